@@ -1,0 +1,1 @@
+"""The `gateway` command line: one module per command group, each with a `register(subparsers)`."""

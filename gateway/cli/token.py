@@ -1,0 +1,10 @@
+"""CLI command group `token` (being built)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: "argparse._SubParsersAction[Any]") -> None:
+    return None

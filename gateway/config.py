@@ -1,0 +1,159 @@
+"""Gateway settings: defaults, an optional YAML/JSON config file, and `GATEWAY_*` variables (which win).
+
+Settings are read once into a frozen `Settings`; a bad value raises `ConfigError` naming the setting,
+so the gateway never starts half-configured. Every setting is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+
+DEFAULT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:8080"
+    profiles_dir: Path = Path("partner_profiles")
+    ledger_url: str = "sqlite:///data/ledger.sqlite3"
+    keys_dir: Path = Path("keys")
+    # Development mode creates missing keys on first run (with a warning); production refuses to start.
+    dev_mode: bool = True
+    jwt_keys: str | None = None  # PEM public key file, JWKS file or JWKS URL; default: dev key in keys_dir
+    jwt_issuer: str = "partner-data-gateway-dev"
+    jwt_audience: str = "partner-data-gateway"
+    jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    jwt_leeway_seconds: int = 30
+    jwks_refresh_min_interval_seconds: float = 30.0
+    jwks_cache_seconds: float = 300.0
+    transfer_rules: Path | None = None  # YAML; default: the shipped rules in gateway/subjects
+    max_body_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    checkpoint_every_records: int = 1000
+    checkpoint_every_seconds: float = 60.0
+    workers: int = 1
+    log_level: str = "info"
+    shutdown_grace_seconds: float = 10.0
+    subject_cache_seconds: float = 0.0  # 0: every request reads the registry (no stale consent)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"GATEWAY_LISTEN: expected HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+
+_ENV_PREFIX = "GATEWAY_"
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, raw: Any, current: Any, annotation: str) -> Any:
+    try:
+        if "tuple" in annotation:
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            return tuple(str(p) for p in raw)
+        if "bool" in annotation:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _BOOL_TRUE:
+                return True
+            if text in _BOOL_FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if "Path" in annotation:
+            return None if raw in (None, "") else Path(str(raw))
+        if annotation.startswith("int"):
+            return int(raw)
+        if annotation.startswith("float"):
+            return float(raw)
+        if "Mapping" in annotation:
+            if not isinstance(raw, Mapping):
+                raise ValueError("expected a mapping")
+            return dict(raw)
+        return None if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {exc} (got {raw!r})") from exc
+
+
+def _validate(settings: Settings) -> Settings:
+    settings.listen_host_port  # noqa: B018 - raises on a bad value
+    bad = [a for a in settings.jwt_algorithms if a not in ASYMMETRIC_ALGORITHMS]
+    if bad or not settings.jwt_algorithms:
+        raise ConfigError(
+            f"GATEWAY_JWT_ALGORITHMS: only asymmetric algorithms are allowed, got {list(settings.jwt_algorithms)}"
+        )
+    if not (settings.ledger_url.startswith("sqlite://") or settings.ledger_url.startswith("postgresql://")
+            or settings.ledger_url.startswith("postgres://")):
+        raise ConfigError("GATEWAY_LEDGER_URL: expected sqlite:///PATH or postgresql://...")
+    for name in ("max_body_bytes", "max_json_depth", "checkpoint_every_records", "workers"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"setting {name}: must be at least 1")
+    return settings
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then the config file (`--config` or GATEWAY_CONFIG), then GATEWAY_* variables, then
+    explicit overrides (command-line flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    annotations = {f.name: str(f.type) for f in fields(Settings)}
+    path = config_file or env.get("GATEWAY_CONFIG")
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of settings")
+        for key, raw in loaded.items():
+            name = str(key).lower().replace("-", "_")
+            if name not in annotations:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[name] = _coerce(name, raw, None, annotations[name])
+    for key, raw in env.items():
+        if not key.startswith(_ENV_PREFIX) or key == "GATEWAY_CONFIG":
+            continue
+        name = key[len(_ENV_PREFIX):].lower()
+        if name in annotations and name != "extra":
+            values[name] = _coerce(key, raw, None, annotations[name])
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in annotations:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, None, annotations[name])
+    return _validate(replace(Settings(), **values))
+
+
+_SQLITE_RE = re.compile(r"^sqlite:///(?P<path>.+)$")
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///relative/path` or `sqlite:////absolute/path` to a filesystem path."""
+    match = _SQLITE_RE.match(url)
+    if not match:
+        raise ConfigError(f"ledger URL {url!r}: expected sqlite:///PATH")
+    return Path(match.group("path"))

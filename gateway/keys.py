@@ -1,0 +1,182 @@
+"""The gateway's secret material: where it lives, how it is created in development, and the keyed
+references built from it.
+
+`GATEWAY_KEYS_DIR` holds:
+- `master.key`: 32 random bytes (hex), the root of every partner's pseudonym keys (see gateway.pseudonyms);
+- `ledger-hmac.key`: 32 random bytes (hex), keys subject references and body digests in the ledger, so the
+  ledger never holds a raw subject id or a raw body and a reader without the key cannot test guesses;
+- `ledger-signing.pem` / `ledger-signing.pub.pem`: Ed25519 pair that signs ledger checkpoints; verifying
+  needs only the public half;
+- `jwt-dev.pem` / `jwt-dev.pub.pem`: Ed25519 pair for development caller tokens (`gateway token mint`).
+
+In development mode missing files are created with a warning; otherwise a missing key is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.errors import ConfigError
+
+MASTER_KEY_FILE = "master.key"
+LEDGER_HMAC_FILE = "ledger-hmac.key"
+LEDGER_SIGNING_FILE = "ledger-signing.pem"
+LEDGER_VERIFY_FILE = "ledger-signing.pub.pem"
+JWT_DEV_PRIVATE_FILE = "jwt-dev.pem"
+JWT_DEV_PUBLIC_FILE = "jwt-dev.pub.pem"
+
+
+class DevelopmentKeyWarning(UserWarning):
+    """Keys were generated on the fly: fine on a laptop, never in production."""
+
+
+def _derive(root: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=b"partner-data-gateway/" + label).derive(root)
+
+
+@dataclass(frozen=True)
+class LedgerKeys:
+    """Keys the ledger and the subject registry need. `hmac_key` never leaves the gateway."""
+
+    hmac_key: bytes
+    signing_key: Ed25519PrivateKey | None
+    verify_key: Ed25519PublicKey
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subject_key", _derive(self.hmac_key, b"subject-ref/v1"))
+        object.__setattr__(self, "_digest_key", _derive(self.hmac_key, b"body-digest/v1"))
+
+    def subject_ref(self, subject_id: str) -> str:
+        """Keyed, stable reference for a data subject: the same for every spelling that only differs in
+        surrounding white space or Unicode form. 64 hex characters."""
+        normal = unicodedata.normalize("NFC", subject_id.strip())
+        key: bytes = self._subject_key  # type: ignore[attr-defined]
+        return hmac.new(key, normal.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def body_digest(self, body: bytes) -> str:
+        """Keyed digest of the exact bytes sent to a partner (proves what was sent without storing it)."""
+        key: bytes = self._digest_key  # type: ignore[attr-defined]
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    master_key: bytes
+    ledger: LedgerKeys
+    jwt_dev_private: Ed25519PrivateKey | None
+    jwt_dev_public: Ed25519PublicKey | None
+    keys_dir: Path
+
+
+def _read_hex_key(path: Path) -> bytes:
+    text = path.read_text(encoding="ascii").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: expected 64 hex characters") from exc
+    if len(key) != 32:
+        raise ConfigError(f"{path}: expected a 32-byte key (64 hex characters), got {len(key)} bytes")
+    return key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _ensure_pair(keys_dir: Path, private_name: str, public_name: str, create: bool) -> None:
+    priv = keys_dir / private_name
+    pub = keys_dir / public_name
+    if priv.exists() or not create:
+        if priv.exists() and not pub.exists():
+            key = serialization.load_pem_private_key(priv.read_bytes(), password=None)
+            pub.write_bytes(
+                key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        return
+    key = Ed25519PrivateKey.generate()
+    _write_private(
+        priv,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def ensure_dev_keys(keys_dir: Path) -> list[str]:
+    """Create whatever key is missing; return the names created (empty when all existed)."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    created: list[str] = []
+    for name in (MASTER_KEY_FILE, LEDGER_HMAC_FILE):
+        path = keys_dir / name
+        if not path.exists():
+            _write_private(path, secrets.token_hex(32).encode("ascii") + b"\n")
+            created.append(name)
+    for priv, pub in ((LEDGER_SIGNING_FILE, LEDGER_VERIFY_FILE), (JWT_DEV_PRIVATE_FILE, JWT_DEV_PUBLIC_FILE)):
+        if not (keys_dir / priv).exists():
+            _ensure_pair(keys_dir, priv, pub, create=True)
+            created.append(priv)
+    return created
+
+
+def load_ed25519_private(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: expected an Ed25519 private key")
+    return key
+
+
+def load_ed25519_public(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path}: expected an Ed25519 public key")
+    return key
+
+
+def load_keys(keys_dir: Path, *, dev_mode: bool) -> GatewayKeys:
+    """Load every key from `keys_dir`; in development mode create the missing ones first."""
+    if dev_mode:
+        created = ensure_dev_keys(keys_dir)
+        if created:
+            warnings.warn(
+                f"development mode: created {', '.join(created)} in {keys_dir}; never use these in production",
+                DevelopmentKeyWarning,
+                stacklevel=2,
+            )
+    try:
+        master = _read_hex_key(keys_dir / MASTER_KEY_FILE)
+        ledger_hmac = _read_hex_key(keys_dir / LEDGER_HMAC_FILE)
+        signing = load_ed25519_private(keys_dir / LEDGER_SIGNING_FILE)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"missing key file {exc.filename} (GATEWAY_KEYS_DIR={keys_dir})") from exc
+    jwt_priv: Ed25519PrivateKey | None = None
+    jwt_pub: Ed25519PublicKey | None = None
+    if (keys_dir / JWT_DEV_PUBLIC_FILE).exists():
+        jwt_pub = load_ed25519_public(keys_dir / JWT_DEV_PUBLIC_FILE)
+    if (keys_dir / JWT_DEV_PRIVATE_FILE).exists():
+        jwt_priv = load_ed25519_private(keys_dir / JWT_DEV_PRIVATE_FILE)
+    return GatewayKeys(
+        master_key=master,
+        ledger=LedgerKeys(hmac_key=ledger_hmac, signing_key=signing, verify_key=signing.public_key()),
+        jwt_dev_private=jwt_priv,
+        jwt_dev_public=jwt_pub,
+        keys_dir=keys_dir,
+    )
