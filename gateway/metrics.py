@@ -1,0 +1,104 @@
+"""Every Prometheus metric the gateway exports, defined once.
+
+Names are fixed by the design ("Metrics" in ../shared/design.md). Label values come only from loaded
+profiles (partner, route, purpose, identifier type) or from fixed sets (outcome, reason, result); a
+value read from a request never becomes a label, so an attacker cannot grow the series count and no
+personal value reaches a scrape. `partner_label()` is the one gate for request-supplied partner ids.
+
+One `GatewayMetrics` per application, on its own registry, so several gateways in one process (tests,
+the demo) do not share counters. With `--workers N` the processes write to a shared
+PROMETHEUS_MULTIPROC_DIR and `render()` aggregates them (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Label value for a request whose partner id names no loaded profile; "-" is not a valid profile id
+# (profile ids match [a-z0-9][a-z0-9-]{1,62}), so it can never collide with a real partner.
+UNKNOWN = "-"
+
+# Outcomes of a request through the egress pipeline (label `outcome`): a fixed set.
+OUTCOMES = ("forwarded", "refused", "upstream_error", "ledger_error", "internal_error")
+RELOAD_RESULTS = ("ok", "error")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class GatewayMetrics:
+    """The gateway's metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "gateway_requests_total", "Egress requests by partner, route and outcome.",
+            ("partner", "route", "outcome"), registry=reg,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds", "Time from request received to response ready.",
+            ("partner", "route"), buckets=_LATENCY_BUCKETS, registry=reg,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds", "Time the partner took to answer.",
+            ("partner",), buckets=_LATENCY_BUCKETS, registry=reg,
+        )
+        self.disclosures = Counter(
+            "gateway_disclosures_total", "Disclosure records written (one per try sent to a partner).",
+            ("partner", "purpose"), registry=reg,
+        )
+        self.fields_dropped = Counter(
+            "gateway_fields_dropped_total", "Fields removed from requests by the route policy.",
+            ("partner", "route"), registry=reg,
+        )
+        self.pseudonymised = Counter(
+            "gateway_pseudonymised_total", "Identifiers replaced by pseudonyms, per identifier type.",
+            ("partner", "type"), registry=reg,
+        )
+        self.refusals = Counter(
+            "gateway_refusals_total", "Requests refused, by the refusal's reason.",
+            ("partner", "reason"), registry=reg,
+        )
+        self.ledger_commit = Histogram(
+            "gateway_ledger_commit_seconds", "Time a ledger append waited until durable.",
+            buckets=_LATENCY_BUCKETS, registry=reg,
+        )
+        self.ledger_batch_size = Histogram(
+            "gateway_ledger_batch_size", "Records per ledger commit (group commit).",
+            buckets=_BATCH_BUCKETS, registry=reg,
+        )
+        self.ledger_errors = Counter(
+            "gateway_ledger_errors_total", "Ledger appends that failed.", registry=reg,
+        )
+        self.profile_reloads = Counter(
+            "gateway_profile_reloads_total", "Profile reloads by result.", ("result",), registry=reg,
+        )
+        for result in RELOAD_RESULTS:
+            self.profile_reloads.labels(result=result)
+
+    def prime(self, routes: Iterable[tuple[str, str]]) -> None:
+        """Create the zero-valued series of every known (partner, route), so dashboards see them at once."""
+        for partner, route in routes:
+            for outcome in OUTCOMES:
+                self.requests.labels(partner=partner, route=route, outcome=outcome)
+            self.fields_dropped.labels(partner=partner, route=route)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this process, or of every worker in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            aggregate = CollectorRegistry()
+            MultiProcessCollector(aggregate)
+            return generate_latest(aggregate)
+        return generate_latest(self.registry)
+
+
+def partner_label(partner_id: str | None, known: Iterable[str] | frozenset[str]) -> str:
+    """The label for a partner id taken from a request: itself when a profile has it, else UNKNOWN."""
+    if partner_id is not None and partner_id in known:
+        return partner_id
+    return UNKNOWN

@@ -1,0 +1,388 @@
+"""The aiohttp application: wiring of the long-lived services, the egress handler, the operations and
+admin endpoints, profile reload, and start/stop of one gateway process.
+
+The egress handler does no checks of its own: it builds the request context and hands it to the current
+`Pipeline` (gateway.proxy.pipeline). A reload builds a complete new pipeline from a freshly loaded profile
+set and swaps one reference, so a request sees either the old set or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import orjson
+import yaml
+from aiohttp import web
+
+from gateway import __version__
+from gateway.auth import CallerAuthenticator
+from gateway.config import Settings
+from gateway.errors import ConfigError, GatewayError, MalformedRequest, NotFound, ScopeMissing, Violation
+from gateway.forward import UpstreamPool
+from gateway.keys import load_keys
+from gateway.ledger import default_chain_id, open_ledger
+from gateway.logs import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.profiles import ProfileLoadError, ProfileSet, load_profiles
+from gateway.proxy.context import RequestContext, request_id_from
+from gateway.proxy.pipeline import Pipeline, build_pipeline
+from gateway.proxy.problems import InternalError, problem_response
+from gateway.proxy.services import GatewayServices
+from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
+from gateway.subjects import TransferRules, open_registry
+
+EGRESS_PREFIX = "/v1/partners/"
+ADMIN_SCOPE = "gateway:admin"
+_log = get_logger("gateway.server")
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class ProfilesRejected(GatewayError):
+    """A reload found errors in the profile set; the running set stays. Violations name file:line."""
+
+    status = 422
+    slug = "profiles-rejected"
+    title = "The profile set has errors; the running set stays"
+
+
+class NotReady(GatewayError):
+    status = 503
+    slug = "not-ready"
+    title = "The gateway is not ready"
+
+
+@dataclass(frozen=True)
+class ReloadSummary:
+    partners: int
+    routes: int
+
+
+class GatewayState:
+    """One process's gateway: settings, services (after startup) and the current pipeline."""
+
+    def __init__(self, settings: Settings, *, worker_index: int = 0, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.worker_index = worker_index
+        self.environ = environ
+        self._services: GatewayServices | None = None
+        self._pipeline: Pipeline | None = None
+        self._reload_lock = asyncio.Lock()
+        self.openapi = _openapi_document()
+
+    @property
+    def services(self) -> GatewayServices:
+        if self._services is None:
+            raise NotReady("the gateway is starting")
+        return self._services
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise NotReady("the gateway is starting")
+        return self._pipeline
+
+    def _chain_id(self) -> str:
+        # One hash chain per writer: each worker process appends to its own chain, named after the host
+        # and its index so that a restarted worker continues its chain.
+        return default_chain_id(None if self.settings.workers <= 1 else f"w{self.worker_index}")
+
+    async def start(self) -> None:
+        settings = self.settings
+        metrics = GatewayMetrics()
+        keys = await asyncio.to_thread(load_keys, settings.keys_dir, dev_mode=settings.dev_mode)
+        pseudonymiser = Pseudonymiser(PartnerKeyring(keys.master_key))
+        rules = await asyncio.to_thread(TransferRules.load, settings.transfer_rules)
+        authenticator = CallerAuthenticator.from_settings(settings, keys)
+        chain_id = self._chain_id()
+        ledger = open_ledger(
+            settings.ledger_url, keys.ledger, chain_id=chain_id,
+            checkpoint_every_records=settings.checkpoint_every_records,
+            checkpoint_every_seconds=settings.checkpoint_every_seconds,
+        )
+        upstream = UpstreamPool()
+        registry = open_registry(settings.ledger_url, keys.ledger, cache_seconds=settings.subject_cache_seconds)
+        await ledger.start()
+        try:
+            await authenticator.start()
+            await upstream.start()
+            await registry.start()
+            services = GatewayServices(
+                settings=settings, keys=keys, metrics=metrics, authenticator=authenticator, ledger=ledger,
+                upstream=upstream, subjects=registry, transfer_rules=rules, pseudonymiser=pseudonymiser,
+                chain_id=chain_id,
+            )
+            profiles = await asyncio.to_thread(self._load_profiles, pseudonymiser)
+            self._pipeline = build_pipeline(services, profiles)
+        except BaseException:
+            await upstream.close()
+            await authenticator.close()
+            await registry.close()
+            await ledger.close()
+            raise
+        self._services = services
+        metrics.prime(_routes_of(profiles))
+        _log.info("started", partners=len(profiles.profiles), routes=sum(1 for _ in _routes_of(profiles)),
+                  worker=self.worker_index, version=__version__)
+
+    async def close(self) -> None:
+        services, self._services, self._pipeline = self._services, None, None
+        if services is None:
+            return
+        await services.upstream.close()
+        await services.authenticator.close()
+        await services.subjects.close()
+        await services.ledger.close()
+        _log.info("stopped", worker=self.worker_index)
+
+    def _load_profiles(self, pseudonymiser: Pseudonymiser) -> ProfileSet:
+        return load_profiles(
+            self.settings.profiles_dir, pseudonymiser=pseudonymiser, environ=self.environ,
+            max_json_depth=self.settings.max_json_depth,
+        )
+
+    async def reload(self) -> ReloadSummary:
+        """Load the profile set again and swap it in whole; on any error keep the running one and raise."""
+        services = self.services
+        result = "error"
+        try:
+            async with self._reload_lock:
+                profiles = await asyncio.to_thread(self._load_profiles, services.pseudonymiser)
+                pipeline = build_pipeline(services, profiles)
+                self._pipeline = pipeline
+                result = "ok"
+        finally:
+            services.metrics.profile_reloads.labels(result=result).inc()
+        services.metrics.prime(_routes_of(profiles))
+        summary = ReloadSummary(len(profiles.profiles), sum(1 for _ in _routes_of(profiles)))
+        _log.info("profiles_reloaded", partners=summary.partners, routes=summary.routes)
+        return summary
+
+    async def reload_logged(self) -> None:
+        """SIGHUP: reload, and log (never raise) a refused set."""
+        try:
+            await self.reload()
+        except ProfileLoadError as exc:
+            _log.error("profiles_reload_refused", problems=len(exc.problems), errors=str(exc))
+        except ConfigError as exc:
+            _log.error("profiles_reload_refused", errors=str(exc))
+
+
+def _routes_of(profiles: ProfileSet) -> list[tuple[str, str]]:
+    return [(pid, route.id) for pid, profile in profiles.profiles.items() for route in profile.routes]
+
+
+STATE_KEY = web.AppKey("gateway_state", GatewayState)
+
+
+async def egress(request: web.Request) -> web.StreamResponse:
+    """`{METHOD} /v1/partners/{partner_id}/{path}`: everything happens in the pipeline's stages."""
+    state = request.app[STATE_KEY]
+    ctx = RequestContext(request, request_id_from(request.headers.get("X-Request-Id")))
+    # The raw request target, not aiohttp's normalised path: a traversal must be seen (and refused) as sent.
+    raw_path = request.raw_path.partition("?")[0]
+    if raw_path.startswith(EGRESS_PREFIX):
+        partner_raw, _, ctx.tail = raw_path[len(EGRESS_PREFIX):].partition("/")
+        ctx.partner_id = unquote(partner_raw)
+    else:
+        ctx.tail = ".."  # aiohttp resolved a dot segment that left the prefix: refused by match_route
+    try:
+        pipeline = state.pipeline
+    except GatewayError as exc:
+        return problem_response(exc, ctx.request_id)
+    return await pipeline.handle(ctx)
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error outside the pipeline (unknown paths, wrong methods, ops and admin endpoints) becomes a
+    problem+json body too; unexpected exceptions are logged by type only and answered without details."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return problem_response(exc, request_id_from(request.headers.get("X-Request-Id")))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error: GatewayError
+        if exc.status == 404:
+            error = NotFound("no such endpoint")
+        elif exc.status == 405:
+            error = MethodNotAllowed("method not allowed for this endpoint")
+        else:
+            error = MalformedRequest("the request could not be processed")
+        return problem_response(error, request_id_from(request.headers.get("X-Request-Id")))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _log.error("unexpected_error", path_kind="ops", error=type(exc).__name__)
+        return problem_response(InternalError("internal error"), request_id_from(None))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    services = state.services  # NotReady while starting
+    if not state.pipeline.profiles.profiles:
+        raise NotReady("no partner profile is loaded")
+    if not services.ledger.writable():
+        raise NotReady("the ledger is not writable")
+    return web.json_response({"status": "ready", "partners": len(state.pipeline.profiles.profiles)})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[STATE_KEY].services.metrics
+    response = web.Response(body=metrics.render())
+    response.content_type = "text/plain"
+    response.charset = "utf-8"
+    response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE_KEY].openapi, content_type="application/json")
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """`POST /v1/admin/reload` (scope gateway:admin): 200 with the new set's size, or 422 with every
+    problem of the refused set (file:line and reason), the running set unchanged."""
+    state = request.app[STATE_KEY]
+    caller = await state.services.authenticator.authenticate(request.headers.getall("Authorization", []))
+    if not caller.has_scope(ADMIN_SCOPE):
+        raise ScopeMissing(f"the token lacks the scope {ADMIN_SCOPE}")
+    try:
+        summary = await state.reload()
+    except ProfileLoadError as exc:
+        raise ProfilesRejected(
+            f"{len(exc.problems)} problem(s) in the profile set",
+            [Violation(f"{p.file}:{p.line}" if p.line else p.file, p.reason) for p in exc.problems],
+        ) from None
+    except ConfigError as exc:
+        raise ProfilesRejected(str(exc)) from None
+    return web.json_response({"result": "ok", "partners": summary.partners, "routes": summary.routes})
+
+
+def _openapi_document() -> bytes:
+    """schemas/openapi.yaml as JSON when the project ships it, else a minimal generated description."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base / "schemas" / "openapi.yaml"
+        if candidate.is_file():
+            try:
+                return orjson.dumps(yaml.safe_load(candidate.read_text(encoding="utf-8")))
+            except (OSError, yaml.YAMLError, TypeError):
+                break
+    problem = {"description": "Refusal", "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+    return orjson.dumps({
+        "openapi": "3.1.0",
+        "info": {"title": "Partner Data Gateway", "version": __version__},
+        "paths": {
+            "/v1/partners/{partner_id}/{path}": {
+                "parameters": [
+                    {"name": "partner_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "X-Purpose", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
+                ],
+                **{m: {"summary": "Disclose to a partner through its declared route",
+                       "responses": {"200": {"description": "The partner's filtered answer"}, "default": problem}}
+                   for m in ("get", "post", "put", "patch", "delete")},
+            },
+            "/healthz": {"get": {"responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"responses": {"200": {"description": "ready"}, "503": problem}}},
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
+            "/v1/admin/reload": {"post": {"responses": {"200": {"description": "reloaded"}, "422": problem}}},
+        },
+    })
+
+
+def create_app(
+    settings: Settings, *, worker_index: int = 0, environ: Mapping[str, str] | None = None
+) -> web.Application:
+    """The gateway application; its services start with the app (on_startup) and close with it."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    state = GatewayState(settings, worker_index=worker_index, environ=environ)
+    app[STATE_KEY] = state
+
+    async def on_startup(_: web.Application) -> None:
+        await state.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await state.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/admin/reload", admin_reload)
+    app.router.add_route("*", "/v1/partners/{partner_id}", egress)
+    app.router.add_route("*", "/v1/partners/{partner_id}/{tail:.*}", egress)
+    return app
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway listening on a socket (tests, the demo and `gateway serve` use it)."""
+
+    app: web.Application
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def state(self) -> GatewayState:
+        return self.app[STATE_KEY]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the shutdown grace), then close the
+        services (the ledger writes its checkpoint and flushes)."""
+        started = time.perf_counter()
+        await self.runner.cleanup()
+        _log.info("shutdown_complete", seconds=round(time.perf_counter() - started, 3))
+
+
+async def start_gateway(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+    worker_index: int = 0,
+    environ: Mapping[str, str] | None = None,
+) -> RunningGateway:
+    """Start one gateway process's server; port 0 picks a free port (see `RunningGateway.port`)."""
+    listen_host, listen_port = settings.listen_host_port
+    host = listen_host if host is None else host
+    port = listen_port if port is None else port
+    app = create_app(settings, worker_index=worker_index, environ=environ)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = int(runner.addresses[0][1]) if runner.addresses else port
+    return RunningGateway(app=app, runner=runner, host=host, port=bound_port)

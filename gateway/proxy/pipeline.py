@@ -1,0 +1,198 @@
+"""The egress pipeline: the ordered list of stages every partner call goes through, and the runner.
+
+`STAGES` below is the one place that says what happens to a request and in which order; adding a step
+means writing a stage class (gateway.proxy.stages) and listing it here. A `Pipeline` is built whole from
+the long-lived services and one profile set; a reload builds a new one and swaps it in only when every
+stage configured without error, so in-flight requests finish on the pipeline they started with.
+
+The runner turns a refusal into a problem+json response, records it (a refusal in the ledger when the
+partner is known and the caller authenticated; an outcome when the disclosure was already recorded),
+and writes the metrics and the one log line of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError
+from gateway.ledger import RecordDraft
+from gateway.logs import get_logger
+from gateway.profiles import ProfileSet
+from gateway.proxy.context import RequestContext
+from gateway.proxy.problems import InternalError, problem_response
+from gateway.proxy.services import GatewayServices
+from gateway.proxy.stages import (
+    Admit,
+    Authenticate,
+    Authorize,
+    CheckSubject,
+    FilterResponse,
+    Forward,
+    LedgerWriter,
+    MatchRoute,
+    Minimise,
+    Parse,
+    ReadBody,
+    RecordDisclosure,
+    RecordOutcome,
+    Stage,
+    Validate,
+    record_outcome,
+)
+
+STAGES: tuple[type[Stage], ...] = (
+    Authenticate,  # 401
+    MatchRoute,  # 404 (400 for a traversal)
+    ReadBody,  # 415, 413
+    Parse,  # 400
+    Validate,  # 422
+    Authorize,  # 400 (X-Purpose), 403
+    CheckSubject,  # 403, 451, 422
+    Minimise,  # 422
+    Admit,  # 429
+    RecordDisclosure,  # 503: nothing leaves without a durable record
+    Forward,  # 502, 504
+    FilterResponse,  # 502
+    RecordOutcome,
+)
+
+_REASON_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+_log = get_logger("gateway.proxy")
+
+
+def _outcome_of(status: int, forwarded: bool) -> str:
+    if status == 503:
+        return "ledger_error"
+    if status in (502, 504):
+        return "upstream_error"
+    if status >= 500:
+        return "internal_error"
+    return "forwarded" if forwarded else "refused"
+
+
+def _reason_label(exc: GatewayError) -> str:
+    """The refusal's reason as a label: its own short reason when it looks like one, else the slug."""
+    return exc.reason if _REASON_RE.match(exc.reason) else exc.slug
+
+
+class Pipeline:
+    """The configured stages for one profile set, and the request runner."""
+
+    def __init__(self, services: GatewayServices, profiles: ProfileSet, stages: Sequence[Stage]) -> None:
+        self.services = services
+        self.profiles = profiles
+        self.stages = tuple(stages)
+        self.partner_ids = frozenset(profiles.profiles)
+        self._writer = LedgerWriter(services)
+        self._metrics = services.metrics
+
+    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+        error: GatewayError | None = None
+        try:
+            try:
+                for stage in self.stages:
+                    await stage(ctx)
+            finally:
+                await ctx.resources.aclose()
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Only the type: the message of an unexpected exception may quote the data that caused it.
+            _log.error("unexpected_error", request_id=ctx.request_id, error=type(exc).__name__)
+            error = (
+                UpstreamError("the partner call failed", reason="internal")
+                if ctx.forwarded
+                else InternalError("the gateway could not process the request")
+            )
+        if error is not None:
+            await self._record_error(ctx, error)
+            response: web.StreamResponse = problem_response(error, ctx.request_id)
+        else:
+            assert ctx.response is not None
+            response = ctx.response
+        self._observe(ctx, response.status, error)
+        return response
+
+    async def _record_error(self, ctx: RequestContext, error: GatewayError) -> None:
+        if ctx.profile is None or isinstance(error, LedgerUnavailable):
+            return
+        reason = _reason_label(error)
+        try:
+            if ctx.forwarded:
+                await record_outcome(self._writer, ctx, error.status, None, reason)
+            elif ctx.caller is not None:
+                await self._writer.append(
+                    RecordDraft(
+                        kind="refusal",
+                        caller=ctx.caller.service,
+                        partner=ctx.profile.id,
+                        route=ctx.route.id if ctx.route is not None else None,
+                        purpose=ctx.purpose,
+                        legal_basis=ctx.route.legal_basis if ctx.route is not None else None,
+                        jurisdiction=ctx.profile.jurisdiction,
+                        subject_ref=ctx.subject_ref,
+                        request_id=ctx.request_id,
+                        status=error.status,
+                        reason=reason,
+                    )
+                )
+        except LedgerUnavailable:
+            _log.warning("refusal_not_recorded", request_id=ctx.request_id, partner=ctx.profile.id)
+
+    def _observe(self, ctx: RequestContext, status: int, error: GatewayError | None) -> None:
+        metrics = self._metrics
+        partner = ctx.profile.id if ctx.profile is not None else "-"
+        route = ctx.route.id if ctx.route is not None else "-"
+        outcome = _outcome_of(status, ctx.upstream is not None and error is None)
+        elapsed = time.perf_counter() - ctx.started
+        metrics.requests.labels(partner=partner, route=route, outcome=outcome).inc()
+        metrics.request_duration.labels(partner=partner, route=route).observe(elapsed)
+        kept = transformed = dropped = 0
+        if ctx.minimised is not None:
+            report = ctx.minimised.report
+            kept, transformed, dropped = len(report.kept), len(report.transformed), len(report.dropped)
+            if ctx.forwarded:
+                if dropped:
+                    metrics.fields_dropped.labels(partner=partner, route=route).inc(dropped)
+                for id_type, count in report.pseudonymised.items():
+                    metrics.pseudonymised.labels(partner=partner, type=id_type).inc(count)
+        reason = None
+        if error is not None:
+            reason = _reason_label(error)
+            if not ctx.forwarded:
+                metrics.refusals.labels(partner=partner, reason=reason).inc()
+        _log.info(
+            "request",
+            request_id=ctx.request_id,
+            caller=ctx.caller.service if ctx.caller is not None else None,
+            partner=partner,
+            route=route,
+            purpose=ctx.purpose,
+            status=status,
+            outcome=outcome,
+            reason=reason,
+            latency_ms=round(elapsed * 1000.0, 3),
+            attempts=ctx.attempt if ctx.forwarded else 0,
+            fields_kept=kept,
+            fields_transformed=transformed,
+            fields_dropped=dropped,
+            response_fields_dropped=ctx.fields_response_dropped,
+        )
+
+
+def build_pipeline(services: GatewayServices, profiles: ProfileSet) -> Pipeline:
+    """Every stage configured for this profile set; raises (leaving the caller's pipeline in place) when
+    any stage refuses its configuration."""
+    stages: list[Stage] = []
+    for stage_class in STAGES:
+        stage = stage_class()
+        stage.configure(services, profiles)
+        stages.append(stage)
+    return Pipeline(services, profiles, stages)

@@ -1,0 +1,38 @@
+"""Rendering refusals as RFC 9457 `application/problem+json` responses.
+
+The exception decides what the caller sees (`GatewayError.to_problem()`, which never holds a personal
+value); this module only turns it into bytes and headers. Errors that are not `GatewayError`s are bugs
+or environment failures: the caller gets a generic problem without any detail from the exception.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class InternalError(GatewayError):
+    """An unexpected failure inside the gateway; the detail never comes from the exception."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+
+def problem_response(exc: GatewayError, request_id: str) -> web.Response:
+    """The problem+json response for a refusal, with the request id to correlate with the log line."""
+    headers = {"X-Request-Id": request_id}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="partner-data-gateway"'
+    elif exc.status == 429:
+        headers["Retry-After"] = "1"
+    return web.Response(
+        status=exc.status,
+        body=orjson.dumps(exc.to_problem()),
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )

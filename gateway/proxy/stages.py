@@ -1,0 +1,520 @@
+"""The stages of the egress pipeline, one small class each.
+
+Every stage has a `name`, a `configure(services, profiles)` that takes or compiles what it needs once
+(at startup and at each reload; it raises on a bad value, and the pipeline being built is then
+discarded, so the running one stays), and an async `__call__(ctx)` that does its step for one request,
+raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.STAGES, nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    LedgerUnavailable,
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    SchemaViolation,
+    ScopeMissing,
+    UnsupportedMediaType,
+    UpstreamError,
+    Violation,
+)
+from gateway.ledger import RecordDraft
+from gateway.logs import get_logger
+from gateway.profiles import ProfileSet
+from gateway.proxy.context import RequestContext
+from gateway.proxy.services import GatewayServices
+from gateway.strictjson import parse_json
+from gateway.subjects import SubjectStatus, check_legal_reference, check_subject
+
+# Headers of the caller that never reach the policy (and so never the partner): credentials, cookies,
+# hop-by-hop headers, framing, and the gateway's own control headers.
+STRIPPED_HEADERS = frozenset(
+    {
+        "authorization", "proxy-authorization", "cookie", "cookie2", "host", "content-length",
+        "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
+        "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
+        "x-purpose", "x-request-id", "x-legal-reference",
+    }
+)
+_MAX_QUERY_FIELDS = 100
+_READ_CHUNK = 65536
+_log = get_logger("gateway.proxy")
+
+
+class Stage(Protocol):
+    """One step of the egress pipeline."""
+
+    name: ClassVar[str]
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None: ...
+
+    async def __call__(self, ctx: RequestContext) -> None: ...
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+class Authenticate:
+    """Verifies the caller's JWT (gateway.auth); 401 when missing or bad."""
+
+    name: ClassVar[str] = "authenticate"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._authenticator = services.authenticator
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ctx.caller = await self._authenticator.authenticate(ctx.request.headers.getall("Authorization", []))
+
+
+def decode_tail(raw_tail: str) -> str:
+    """The partner-relative path from its raw (still percent-encoded) form, refusing every spelling of
+    a traversal: dot segments (also percent-encoded, with `;` parameters or as full-width dots), encoded
+    or literal backslashes, encoded slashes, double encoding, control characters, invalid UTF-8."""
+    if not raw_tail:
+        return "/"
+    decoded: list[str] = []
+    for raw_segment in raw_tail.split("/"):
+        try:
+            segment = unquote(raw_segment, errors="strict")
+        except UnicodeDecodeError:
+            raise MalformedRequest("the path is not valid UTF-8", [Violation("path", "invalid UTF-8")]) from None
+        folded = unicodedata.normalize("NFKC", segment)
+        if (
+            not segment
+            or folded.split(";", 1)[0] in (".", "..")
+            or "/" in folded
+            or "\\" in folded
+            or "%" in segment
+            or _has_control(segment)
+        ):
+            raise MalformedRequest(
+                "the path has an empty, dot, encoded or control-character segment",
+                [Violation("path", "segment not allowed")],
+            )
+        decoded.append(segment)
+    return "/" + "/".join(decoded)
+
+
+class MatchRoute:
+    """Finds the partner's profile and the route for method and path; 404 when none matches."""
+
+    name: ClassVar[str] = "match_route"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._profiles = profiles
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ctx.profile = self._profiles.profiles.get(ctx.partner_id)
+        if ctx.profile is None:
+            raise NotFound("no such partner", reason="unknown-partner")
+        path = decode_tail(ctx.tail)
+        match = self._profiles.match(ctx.partner_id, ctx.request.method, path)
+        ctx.route = match.route
+        ctx.path_params = dict(match.path_params)
+
+
+class ReadBody:
+    """Reads the body up to the route's limit (413 beyond it, with or without Content-Length, reading
+    at most one byte more than allowed) after checking its media type (415)."""
+
+    name: ClassVar[str] = "read_body"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        cap = services.settings.max_body_bytes
+        self._limits = {pid: min(cap, p.limits.max_body_bytes) for pid, p in profiles.profiles.items()}
+        self._cap = cap
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.route is not None
+        request = ctx.request
+        if not request.body_exists:
+            return
+        media_type = request.content_type.lower() if "Content-Type" in request.headers else ""
+        charset = request.charset
+        if media_type not in ctx.route.media_types or (charset is not None and charset.lower() != "utf-8"):
+            raise UnsupportedMediaType(
+                f"media types allowed for this route: {', '.join(ctx.route.media_types)} (UTF-8)",
+                [Violation("Content-Type", "not allowed for this route")],
+            )
+        limit = self._limits.get(ctx.partner_id, self._cap)
+        too_large = PayloadTooLarge(f"the body exceeds {limit} bytes", reason="payload-too-large")
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        content = request.content
+        while size <= limit:
+            chunk = await content.read(min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise too_large
+        ctx.raw_body = b"".join(chunks)
+
+
+class Parse:
+    """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed."""
+
+    name: ClassVar[str] = "parse"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._max_depth = services.settings.max_json_depth
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ctx.body = parse_json(ctx.raw_body, max_depth=self._max_depth) if ctx.raw_body else None
+        raw_path = ctx.request.raw_path
+        query_string = raw_path.partition("?")[2]
+        if query_string:
+            try:
+                pairs = parse_qsl(
+                    query_string, keep_blank_values=True, errors="strict", max_num_fields=_MAX_QUERY_FIELDS
+                )
+            except (UnicodeDecodeError, ValueError):
+                raise MalformedRequest("bad query string", [Violation("query", "malformed")]) from None
+            if any(_has_control(k) or _has_control(v) for k, v in pairs):
+                raise MalformedRequest("bad query string", [Violation("query", "control character")])
+            ctx.query = pairs
+        headers: dict[str, str] = {}
+        seen: set[str] = set()
+        for name, value in ctx.request.headers.items():
+            lower = name.lower()
+            if lower in STRIPPED_HEADERS:
+                continue
+            if lower in seen:
+                # Two values for one header are ambiguous for an allowlist; refuse instead of guessing.
+                raise MalformedRequest("a header was sent twice", [Violation(f"headers.{name}", "duplicate")])
+            seen.add(lower)
+            headers[name] = value
+        ctx.headers = headers
+
+
+class Validate:
+    """The route's JSON Schema (422 with the failing paths)."""
+
+    name: ClassVar[str] = "validate"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        return None
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.route is not None
+        ctx.route.policy.validate(ctx.body)
+
+
+class Authorize:
+    """Picks the purpose (X-Purpose, required when the route serves several) and checks the caller's
+    scope `disclose:{partner}:{purpose}` (403)."""
+
+    name: ClassVar[str] = "authorize"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        return None
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.route is not None
+        assert ctx.caller is not None
+        purposes = ctx.route.purposes
+        asked = ctx.request.headers.getall("X-Purpose", [])
+        if len(asked) > 1:
+            raise MalformedRequest("X-Purpose was sent twice", [Violation("headers.X-Purpose", "duplicate")])
+        if asked:
+            purpose = asked[0].strip()
+            if purpose not in purposes:
+                raise MalformedRequest(
+                    f"X-Purpose must be one of: {', '.join(purposes)}",
+                    [Violation("headers.X-Purpose", "not a purpose of this route")],
+                )
+        elif len(purposes) == 1:
+            purpose = purposes[0]
+        else:
+            raise MalformedRequest(
+                f"this route serves several purposes; send X-Purpose (one of: {', '.join(purposes)})",
+                [Violation("headers.X-Purpose", "required")],
+            )
+        ctx.purpose = purpose
+        if not ctx.caller.may_disclose(ctx.partner_id, purpose):
+            raise ScopeMissing(f"the token lacks the scope disclose:{ctx.partner_id}:{purpose}")
+
+
+class CheckSubject:
+    """The data subject's consent, hold and minor status (gateway.subjects registry), the transfer rule
+    for the subject's residency, and the legal reference where the route requires one (403 / 451)."""
+
+    name: ClassVar[str] = "check_subject"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._registry = services.subjects
+        self._rules = services.transfer_rules
+        self._subject_ref = services.keys.ledger.subject_ref
+
+    def _read(self, ctx: RequestContext, source: Any) -> str | None:
+        assert ctx.route is not None
+        value = ctx.route.read(source, ctx.body, ctx.query, ctx.path_params, dict(ctx.request.headers))
+        return None if value is None else str(value)
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        route, profile = ctx.route, ctx.profile
+        assert route is not None
+        assert profile is not None
+        ctx.legal_reference = check_legal_reference(route, ctx.request.headers.get("X-Legal-Reference"))
+        status = SubjectStatus.unknown_subject()
+        if route.subject is not None:
+            subject_id = self._read(ctx, route.subject)
+            if not subject_id:
+                raise SchemaViolation(
+                    "the data subject's id is missing", [Violation(route.subject.path, "required")]
+                )
+            ctx.subject_ref = self._subject_ref(subject_id)
+            status = await self._registry.status(ctx.subject_ref, route.consent_purpose)
+        transfer = None
+        if route.residency is not None:
+            transfer = self._rules.decide(self._read(ctx, route.residency), profile.id, profile.jurisdiction)
+            ctx.cross_border = transfer.cross_border
+            ctx.transfer_basis = transfer.basis
+        check_subject(route, status, transfer)
+
+
+class Minimise:
+    """Applies the route's request policy to body, query, path parameters and headers."""
+
+    name: ClassVar[str] = "minimise"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._digest = services.keys.ledger.body_digest
+        self._metrics = services.metrics
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.route is not None
+        minimised = ctx.route.policy.minimise_request(ctx.body, ctx.query, ctx.path_params, ctx.headers)
+        ctx.minimised = minimised
+        ctx.sent_body = b"" if minimised.body is None else orjson.dumps(minimised.body)
+        ctx.body_digest = self._digest(ctx.sent_body)
+
+
+class Admit:
+    """Takes a slot under the partner's rate and concurrency limits (429), held until the request ends,
+    before anything is recorded: a refused call leaves a refusal, not a disclosure."""
+
+    name: ClassVar[str] = "admit"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._upstream = services.upstream
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.profile is not None
+        await ctx.resources.enter_async_context(self._upstream.limiter(ctx.profile))
+
+
+def disclosure_draft(ctx: RequestContext, chain_id: str) -> RecordDraft:
+    """The ledger record of what is about to be sent (names and a keyed digest, never values)."""
+    assert ctx.profile is not None
+    assert ctx.route is not None
+    assert ctx.minimised is not None
+    report = ctx.minimised.report
+    caller = ctx.caller.service if ctx.caller is not None else None
+    return RecordDraft(
+        kind="disclosure",
+        caller=caller,
+        partner=ctx.profile.id,
+        route=ctx.route.id,
+        purpose=ctx.purpose,
+        legal_basis=ctx.route.legal_basis,
+        jurisdiction=ctx.profile.jurisdiction,
+        cross_border=ctx.cross_border,
+        transfer_basis=ctx.transfer_basis,
+        subject_ref=ctx.subject_ref,
+        fields_sent=tuple(report.kept) + tuple(report.transformed),
+        fields_transformed=tuple(report.transformed),
+        fields_dropped=tuple(report.dropped),
+        body_digest=ctx.body_digest,
+        request_id=ctx.request_id,
+        legal_reference=ctx.legal_reference,
+        attempt=ctx.attempt,
+    )
+
+
+class LedgerWriter:
+    """Appends to the ledger with the commit-wait metric; any failure is `LedgerUnavailable`."""
+
+    def __init__(self, services: GatewayServices) -> None:
+        self._ledger = services.ledger
+        self._metrics = services.metrics
+        self.chain_id = services.chain_id
+
+    async def append(self, draft: RecordDraft) -> Any:
+        started = time.perf_counter()
+        try:
+            appended = await self._ledger.append(draft)
+        except LedgerUnavailable:
+            self._metrics.ledger_errors.inc()
+            raise
+        except Exception as exc:
+            self._metrics.ledger_errors.inc()
+            raise LedgerUnavailable(f"the ledger failed ({type(exc).__name__})") from exc
+        self._metrics.ledger_commit.observe(time.perf_counter() - started)
+        return appended
+
+
+class RecordDisclosure:
+    """Writes the disclosure record and waits until it is durable (503 otherwise: nothing is sent)."""
+
+    name: ClassVar[str] = "record_disclosure"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._writer = LedgerWriter(services)
+        self._metrics = services.metrics
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.profile is not None
+        ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
+        self._metrics.disclosures.labels(partner=ctx.profile.id, purpose=ctx.purpose or "").inc()
+
+
+class Forward:
+    """Sends the minimised request (gateway.forward injects the partner's credentials). Routes marked
+    idempotent are retried on partner failure, each try with its own disclosure and outcome record."""
+
+    name: ClassVar[str] = "forward"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._upstream = services.upstream
+        self._writer = LedgerWriter(services)
+        self._metrics = services.metrics
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        profile, route, minimised = ctx.profile, ctx.route, ctx.minimised
+        assert profile is not None
+        assert route is not None
+        assert minimised is not None
+        tries = 1 + (profile.upstream.retries if route.idempotent else 0)
+        headers = minimised.headers
+        content_type = "application/json" if ctx.sent_body else None
+        while True:
+            try:
+                answer = await self._upstream.send(
+                    profile, route, ctx.request.method, minimised.path_params, minimised.query, headers,
+                    ctx.sent_body or None, request_id=ctx.request_id, content_type=content_type,
+                )
+                if answer.status >= 500:
+                    raise UpstreamError(f"the partner answered {answer.status}", reason="upstream-5xx")
+            except GatewayError as exc:
+                if ctx.attempt >= tries or exc.status not in (502, 504):
+                    raise
+                await record_outcome(self._writer, ctx, exc.status, None, exc.reason)
+                ctx.attempt += 1
+                ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
+                self._metrics.disclosures.labels(partner=profile.id, purpose=ctx.purpose or "").inc()
+                continue
+            ctx.upstream = answer
+            self._metrics.upstream_duration.labels(partner=profile.id).observe(answer.latency_s)
+            return
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+class FilterResponse:
+    """Passes the partner's answer through the route's response policy (re-identifying `fpe` tokens);
+    a body that is not valid JSON is a partner error (502); a non-JSON body cannot be filtered field by
+    field and is withheld."""
+
+    name: ClassVar[str] = "filter_response"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._max_depth = services.settings.max_json_depth
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        answer, route = ctx.upstream, ctx.route
+        assert answer is not None
+        assert route is not None
+        assert ctx.disclosure is not None
+        content_type = _header(answer.headers, "Content-Type")
+        parsed: Any = None
+        if answer.body and _is_json(content_type):
+            try:
+                parsed = parse_json(answer.body, max_depth=self._max_depth)
+            except GatewayError:
+                raise UpstreamError("the partner answered malformed JSON", reason="upstream-malformed") from None
+        try:
+            filtered = route.policy.filter_response(parsed, answer.headers)
+        except GatewayError as exc:
+            raise UpstreamError("the partner's answer could not be filtered", reason="upstream-filter") from exc
+        headers = dict(filtered.headers)
+        for name in [h for h in headers if h.lower() in ("content-type", "content-length", "transfer-encoding")]:
+            del headers[name]
+        headers["X-Disclosure-Id"] = str(ctx.disclosure.id)
+        headers["X-Request-Id"] = ctx.request_id
+        body = b"" if filtered.body is None else orjson.dumps(filtered.body)
+        ctx.fields_response_dropped = len(filtered.report.dropped)
+        ctx.response = web.Response(
+            status=answer.status, body=body, headers=headers,
+            content_type="application/json" if filtered.body is not None else None,
+        )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lower = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+async def record_outcome(
+    writer: LedgerWriter, ctx: RequestContext, status: int, latency_s: float | None, reason: str | None
+) -> None:
+    """Appends the outcome of the current try (partner status or the gateway's error status)."""
+    assert ctx.profile is not None
+    assert ctx.disclosure is not None
+    await writer.append(
+        RecordDraft(
+            kind="outcome",
+            caller=ctx.caller.service if ctx.caller is not None else None,
+            partner=ctx.profile.id,
+            route=ctx.route.id if ctx.route is not None else None,
+            purpose=ctx.purpose,
+            request_id=ctx.request_id,
+            disclosure_id=str(ctx.disclosure.id),
+            status=status,
+            latency_ms=None if latency_s is None else round(latency_s * 1000.0, 3),
+            reason=reason,
+            attempt=ctx.attempt,
+        )
+    )
+
+
+class RecordOutcome:
+    """Appends the outcome record (partner status and latency)."""
+
+    name: ClassVar[str] = "record_outcome"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._writer = LedgerWriter(services)
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        assert ctx.upstream is not None
+        try:
+            await record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None)
+        except LedgerUnavailable:
+            # The disclosure record is durable and the partner has answered; withholding the answer
+            # now would not undo the disclosure, so the caller gets it and the gap is logged and counted.
+            _log.warning("outcome_not_recorded", request_id=ctx.request_id, partner=ctx.partner_id)
