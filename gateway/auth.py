@@ -387,13 +387,13 @@ def _read_key_file(path: Path, allowed: frozenset[str]) -> KeySet:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"GATEWAY_JWT_KEYS: cannot read {where}: {exc.strerror}") from exc
-    if data.lstrip().startswith(b"{"):
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: not valid JSON") from exc
-        return keyset_from_jwks(document, allowed, where)
-    return keyset_from_pem(data, allowed, where)
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return keyset_from_pem(data, allowed, where)
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: neither a PEM public key nor a JWKS (JSON) document") from exc
+    return keyset_from_jwks(document, allowed, where)
 
 
 # --- token checks ------------------------------------------------------------------------------------------
@@ -540,6 +540,11 @@ class CallerAuthenticator:
     def keys(self) -> KeyProvider:
         return self._provider
 
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens the cache holds (for tests and metrics)."""
+        return len(self._cache)
+
     async def start(self) -> None:
         """Fetch a JWKS URL once. A failure is logged, not raised: tokens are refused until a fetch
         succeeds, so a slow identity provider does not keep the gateway (and /readyz) down."""
@@ -591,6 +596,8 @@ class CallerAuthenticator:
             raise _refuse("missing-claim", f"token lacks the required claim {exc.claim}") from exc
         except jwt.InvalidAlgorithmError as exc:
             raise _refuse("algorithm", "token algorithm not accepted") from exc
+        except jwt.exceptions.InvalidSubjectError as exc:
+            raise _refuse("sub", "token sub is not a valid service name") from exc
         except (jwt.InvalidTokenError, jwt.InvalidKeyError) as exc:
             raise _refuse("malformed", "token is malformed") from exc
         return self._admit(token, decoded["payload"])

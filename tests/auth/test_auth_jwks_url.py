@@ -1,0 +1,297 @@
+"""JWKS URL key source against a real aiohttp JWKS server on 127.0.0.1: first fetch, rotation, the
+rate-limited refresh on unknown kids, stale-set refresh, failures keeping the last good set, failing closed
+without one, and no redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from auth_token_helpers import Signer, bearer
+
+from gateway.auth import CallerAuthenticator
+from gateway.config import Settings
+from gateway.errors import Unauthenticated
+from gateway.keys import GatewayKeys
+
+
+@dataclass
+class JwksServer:
+    """A JWKS endpoint whose answer a test changes at will; counts the fetches it serves."""
+
+    url: str = ""
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    body: bytes | None = None  # overrides the JSON answer (garbage, half a document)
+    delay: float = 0.0
+    fetches: int = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.fetches += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.body is not None:
+            return web.Response(body=self.body, status=self.status, content_type="application/json")
+        return web.json_response({"keys": self.keys}, status=self.status)
+
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        self.fetches += 1
+        raise web.HTTPFound("/jwks.json")
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    server = JwksServer()
+    app = web.Application()
+    app.router.add_get("/jwks.json", server.handle)
+    app.router.add_get("/moved", server.redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{port}/jwks.json"
+    yield server
+    await runner.cleanup()
+
+
+@pytest.fixture
+def url_auth(
+    jwks_server: JwksServer, make_settings: Callable[..., Settings], gateway_keys: GatewayKeys,
+) -> Callable[..., CallerAuthenticator]:
+    """An authenticator on the test server's JWKS URL (call `start()` yourself); settings as keywords."""
+
+    def build(**overrides: Any) -> CallerAuthenticator:
+        overrides.setdefault("jwt_keys", jwks_server.url)
+        return CallerAuthenticator.from_settings(make_settings(**overrides), gateway_keys)
+
+    return build
+
+
+async def reason_of(auth: CallerAuthenticator, token: str) -> str:
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(bearer(token))
+    return info.value.reason
+
+
+async def test_fetches_at_start_and_verifies(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer, es_signer: Signer,
+    rsa_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("ed"), es_signer.jwk("es"), rsa_signer.jwk("rsa")]
+    auth = url_auth()
+    await auth.start()
+    try:
+        assert jwks_server.fetches == 1
+        for signer, kid in ((ed_signer, "ed"), (es_signer, "es"), (rsa_signer, "rsa")):
+            assert (await auth.authenticate(bearer(signer.token(headers={"kid": kid})))).service == "orders-service"
+        assert jwks_server.fetches == 1  # served from the cached set
+        assert await reason_of(auth, es_signer.token(headers={"kid": "ed"})) == "algorithm"
+    finally:
+        await auth.close()
+
+
+async def test_rotation_with_rate_limited_refresh(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    other_ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("2025-01")]
+    auth = url_auth(jwks_refresh_min_interval_seconds=0.5)
+    await auth.start()
+    try:
+        new_token = other_ed_signer.token(headers={"kid": "2025-02"})
+        # The issuer rotates: the new key is published a moment before it signs its first token.
+        jwks_server.keys = [ed_signer.jwk("2025-01"), other_ed_signer.jwk("2025-02")]
+        # Within the minimum interval since the first fetch the unknown kid does not trigger a fetch.
+        assert await reason_of(auth, new_token) == "unknown-key"
+        assert jwks_server.fetches == 1
+        await asyncio.sleep(0.55)
+        assert (await auth.authenticate(bearer(new_token))).service == "orders-service"
+        assert jwks_server.fetches == 2
+        # Old and new keys both verify during the overlap.
+        assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "2025-01"})))
+
+        # A flood of unknown kids (an attacker probing) costs at most one fetch per interval.
+        await asyncio.sleep(0.55)
+        results = await asyncio.gather(
+            *(auth.authenticate(bearer(ed_signer.token(headers={"kid": f"probe-{n}"}))) for n in range(50)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, Unauthenticated) and r.reason == "unknown-key" for r in results)
+        assert jwks_server.fetches == 3
+        for n in range(20):
+            assert await reason_of(auth, ed_signer.token(headers={"kid": f"again-{n}"})) == "unknown-key"
+        assert jwks_server.fetches == 3
+    finally:
+        await auth.close()
+
+
+async def test_retired_key_stops_verifying_after_a_stale_refresh(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    other_ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("old"), other_ed_signer.jwk("new")]
+    auth = url_auth(jwks_cache_seconds=0.2, jwks_refresh_min_interval_seconds=0.1)
+    await auth.start()
+    try:
+        old_token = ed_signer.token(headers={"kid": "old"})
+        assert await auth.authenticate(bearer(old_token))
+        assert auth.cached_tokens == 1
+        jwks_server.keys = [other_ed_signer.jwk("new")]  # the old key is withdrawn (e.g. compromised)
+        await asyncio.sleep(0.25)
+        # The set is stale: this request is still answered from the verified-token cache while a
+        # background refresh runs; the new set drops the cache.
+        assert await auth.authenticate(bearer(old_token))
+        await _wait_for(lambda: jwks_server.fetches == 2)
+        await _wait_for(lambda: auth.cached_tokens == 0)
+        assert await reason_of(auth, old_token) == "unknown-key"
+        assert await auth.authenticate(bearer(other_ed_signer.token(headers={"kid": "new"})))
+    finally:
+        await auth.close()
+
+
+async def test_unchanged_refresh_keeps_the_token_cache(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwks_cache_seconds=0.1, jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        token = ed_signer.token(headers={"kid": "k"})
+        first = await auth.authenticate(bearer(token))
+        await asyncio.sleep(0.15)
+        assert await auth.authenticate(bearer(token)) is first
+        await _wait_for(lambda: jwks_server.fetches == 2)
+        assert auth.cached_tokens == 1
+        assert await auth.authenticate(bearer(token)) is first
+    finally:
+        await auth.close()
+
+
+@pytest.mark.parametrize(
+    "failure", ["status-500", "status-404", "not-json", "empty-set", "symmetric-key", "private-key", "slow"]
+)
+async def test_failed_refresh_keeps_the_last_good_set(
+    failure: str, jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwks_cache_seconds=0.1, jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        if failure == "status-500":
+            jwks_server.status = 500
+        elif failure == "status-404":
+            jwks_server.status = 404
+        elif failure == "not-json":
+            jwks_server.body = b"<html>maintenance</html>"
+        elif failure == "empty-set":
+            jwks_server.keys = []
+        elif failure == "symmetric-key":
+            jwks_server.keys = [{"kty": "oct", "k": "c2VjcmV0", "kid": "k"}]
+        elif failure == "private-key":
+            jwks_server.keys = [{**ed_signer.jwk("k"), "d": "AAAA"}]
+        else:
+            monkeypatch.setattr("gateway.auth.JWKS_FETCH_TIMEOUT_SECONDS", 0.2)
+            await auth.close()  # a new session picks up the shorter timeout
+            jwks_server.delay = 1.0
+        await asyncio.sleep(0.15)
+        # Fresh tokens (no cache hit) still verify against the last good set, before and after the
+        # failed refresh.
+        for n in range(3):
+            assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "k"}, jti=f"t{n}")))
+            await asyncio.sleep(0.3 if failure == "slow" else 0.06)
+        assert jwks_server.fetches >= 2
+        assert auth.keys.keyset is not None
+        assert set(auth.keys.keyset.by_kid) == {"k"}
+    finally:
+        await auth.close()
+
+
+async def test_fails_closed_without_any_good_set(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.status = 503
+    auth = url_auth(jwks_refresh_min_interval_seconds=0.2)
+    await auth.start()  # does not raise: the gateway can start while its identity provider is down
+    try:
+        token = ed_signer.token(headers={"kid": "k"})
+        assert await reason_of(auth, token) == "keys-unavailable"
+        assert await reason_of(auth, ed_signer.token(headers={"kid": None})) == "keys-unavailable"
+        assert jwks_server.fetches == 1  # rate limit applies to failed fetches as well
+        jwks_server.status = 200
+        jwks_server.keys = [ed_signer.jwk("k")]
+        await asyncio.sleep(0.25)
+        assert await auth.authenticate(bearer(token))
+        assert jwks_server.fetches == 2
+    finally:
+        await auth.close()
+
+
+async def test_authenticate_without_start_fetches_once(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth()
+    try:
+        results = await asyncio.gather(
+            *(auth.authenticate(bearer(ed_signer.token(headers={"kid": "k"}, jti=f"c{n}"))) for n in range(10))
+        )
+        assert {caller.service for caller in results} == {"orders-service"}
+        assert jwks_server.fetches == 1
+    finally:
+        await auth.close()
+
+
+async def test_redirects_are_not_followed(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwt_keys=jwks_server.url.replace("/jwks.json", "/moved"))
+    await auth.start()
+    try:
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+        assert jwks_server.fetches == 1  # only the redirect itself was requested
+    finally:
+        await auth.close()
+
+
+async def test_unreachable_url_fails_closed(
+    url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    auth = url_auth(jwt_keys=f"http://127.0.0.1:{port}/jwks.json")
+    await auth.start()
+    try:
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+    finally:
+        await auth.close()
+
+
+async def test_oversized_jwks_is_refused(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k"), {"kty": "unknown", "pad": "x" * (1 << 20)}]
+    auth = url_auth()
+    await auth.start()
+    try:
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+    finally:
+        await auth.close()
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
