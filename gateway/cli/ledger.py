@@ -1,10 +1,236 @@
-"""CLI command group `ledger` (being built)."""
+"""CLI command group `ledger`: verify, export, query and prune the disclosure ledger.
+
+Every action takes `--ledger URL` (default GATEWAY_LEDGER_URL). `verify` and `export` need only the
+public key; `query --subject` needs the ledger HMAC key (GATEWAY_KEYS_DIR) to compute the keyed
+reference; `prune` needs the signing key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import csv
+import hashlib
+import io
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    return None
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+from gateway.keys import LEDGER_VERIFY_FILE, load_ed25519_public, load_keys
+from gateway.ledger import KINDS, LedgerQuery, default_chain_id, open_ledger, open_store
+from gateway.ledger.bundle import BundleSnapshot, export_bundle
+from gateway.ledger.records import COLUMNS, JSON_COLUMNS, format_time, parse_time
+from gateway.ledger.verify import ExpectedHead, VerifyReport, verify_snapshot
+
+TABLE_COLUMNS = ("time", "kind", "chain", "sequence", "caller", "partner", "route", "purpose", "status", "reason")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    ledger = sub.add_parser("ledger", help="verify, export, query and prune the disclosure ledger")
+    actions = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+
+    verify = actions.add_parser("verify", help="recompute every chain and check every signature")
+    _add_ledger_url(verify)
+    verify.add_argument("--expect-head", action="append", default=[], metavar="CHAIN:SEQ:HASH",
+                        help="a head recorded earlier; fails if the ledger no longer reaches it (repeatable)")
+    verify.add_argument("--public-key", type=Path, help="Ed25519 public key PEM (default: from GATEWAY_KEYS_DIR, "
+                                                        "or the bundle's own key with --bundle)")
+    verify.add_argument("--bundle", type=Path, help="verify an exported bundle instead of the database")
+    verify.set_defaults(handler=run_verify)
+
+    export = actions.add_parser("export", help="write a self-contained bundle that verifies without the database")
+    _add_ledger_url(export)
+    export.add_argument("--output", type=Path, required=True, help="new directory for the bundle")
+    export.set_defaults(handler=run_export)
+
+    query = actions.add_parser("query", help="list records by partner, route, caller, purpose, kind, subject, time")
+    _add_ledger_url(query)
+    for name in ("partner", "route", "caller", "purpose"):
+        query.add_argument(f"--{name}")
+    query.add_argument("--kind", choices=KINDS)
+    query.add_argument("--subject", metavar="ID", help="data subject id; the keyed reference is computed here")
+    query.add_argument("--since", help="date or ISO 8601 time (inclusive)")
+    query.add_argument("--until", help="date or ISO 8601 time (exclusive)")
+    query.add_argument("--limit", type=int, default=1000)
+    query.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
+    query.add_argument("--recipients", action="store_true",
+                       help="one line per partner that received matching disclosures (who to notify)")
+    query.set_defaults(handler=run_query)
+
+    prune = actions.add_parser("prune", help="remove records older than a date; writes a signed prune record")
+    _add_ledger_url(prune)
+    prune.add_argument("--before", required=True, help="date or ISO 8601 time; older records are removed")
+    prune.set_defaults(handler=run_prune)
+
+
+def _add_ledger_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ledger", metavar="URL", help="ledger URL (default: GATEWAY_LEDGER_URL)")
+
+
+def _settings_and_url(args: argparse.Namespace) -> tuple[Settings, str]:
+    settings = load_settings()
+    url: str = args.ledger or settings.ledger_url
+    return settings, url
+
+
+def _time_arg(name: str, text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return format_time(parse_time(text))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected a date or ISO 8601 time, got {text!r}") from exc
+
+
+def _fingerprint(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# -- verify --------------------------------------------------------------------------------------------
+def run_verify(args: argparse.Namespace) -> int:
+    heads = [ExpectedHead.parse(text) for text in args.expect_head]
+    if args.bundle is not None:
+        bundle = BundleSnapshot(args.bundle)
+        if args.public_key is None:
+            key = bundle.public_key()
+            print(f"gateway: warning: checking with the bundle's own public key (fingerprint {_fingerprint(key)}); "
+                  "pass --public-key with a key from a trusted source", file=sys.stderr)
+        else:
+            key = load_ed25519_public(args.public_key)
+        report = asyncio.run(verify_snapshot(bundle, key, heads))
+    else:
+        settings, url = _settings_and_url(args)
+        key = load_ed25519_public(args.public_key or settings.keys_dir / LEDGER_VERIFY_FILE)
+        report = asyncio.run(verify_url(url, key, heads))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+async def verify_url(url: str, key: Ed25519PublicKey, heads: Sequence[ExpectedHead] = ()) -> VerifyReport:
+    store = open_store(url, create=False)
+    await store.open()
+    try:
+        async with store.snapshot() as snap:
+            return await verify_snapshot(snap, key, heads)
+    finally:
+        await store.close()
+
+
+# -- export --------------------------------------------------------------------------------------------
+def run_export(args: argparse.Namespace) -> int:
+    settings, url = _settings_and_url(args)
+    key = load_ed25519_public(settings.keys_dir / LEDGER_VERIFY_FILE)
+
+    async def run() -> int:
+        store = open_store(url, create=False)
+        await store.open()
+        try:
+            result = await export_bundle(store, args.output, key)
+        finally:
+            await store.close()
+        print(f"exported {result.records} records and {result.checkpoints} checkpoints "
+              f"from {len(result.heads)} chains to {result.path}")
+        return 0
+
+    return asyncio.run(run())
+
+
+# -- query ---------------------------------------------------------------------------------------------
+def build_query(args: argparse.Namespace, settings: Settings) -> LedgerQuery:
+    subject_ref = None
+    if args.subject is not None:
+        subject_ref = load_keys(settings.keys_dir, dev_mode=False).ledger.subject_ref(args.subject)
+    if args.limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    return LedgerQuery(
+        kind="disclosure" if args.recipients and args.kind is None else args.kind,
+        partner=args.partner, route=args.route, caller=args.caller, purpose=args.purpose,
+        subject_ref=subject_ref, since=_time_arg("--since", args.since), until=_time_arg("--until", args.until),
+        limit=None if args.recipients else args.limit,
+    )
+
+
+def run_query(args: argparse.Namespace) -> int:
+    settings, url = _settings_and_url(args)
+    query = build_query(args, settings)
+
+    async def run() -> list[dict[str, Any]]:
+        store = open_store(url, create=False)
+        await store.open()
+        try:
+            return await store.query(query)
+        finally:
+            await store.close()
+
+    records = asyncio.run(run())
+    sys.stdout.write(render_recipients(records) if args.recipients else render(records, args.format))
+    return 0
+
+
+def render_recipients(records: Sequence[dict[str, Any]]) -> str:
+    partners: dict[str, list[str]] = {}
+    for record in records:
+        partners.setdefault(str(record.get("partner")), []).append(record["time"])
+    lines = ["partner\tdisclosures\tfirst\tlast"]
+    lines += [f"{p}\t{len(t)}\t{min(t)}\t{max(t)}" for p, t in sorted(partners.items())]
+    return "\n".join(lines) + "\n"
+
+
+def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(orjson.dumps(r, option=orjson.OPT_SORT_KEYS).decode() + "\n" for r in records)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for record in records:
+            writer.writerow(
+                "" if record.get(c) is None
+                else orjson.dumps(record[c]).decode() if c in JSON_COLUMNS else record[c]
+                for c in COLUMNS
+            )
+        return out.getvalue()
+    rows = [[str(r.get(c, "")) for c in TABLE_COLUMNS] for r in records]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append(f"({len(rows)} records)")
+    return "\n".join(lines) + "\n"
+
+
+# -- prune ---------------------------------------------------------------------------------------------
+def run_prune(args: argparse.Namespace) -> int:
+    settings, url = _settings_and_url(args)
+    before_text = _time_arg("--before", args.before)
+    assert before_text is not None
+    before = parse_time(before_text)
+    if before > datetime.now(UTC):
+        raise ConfigError("--before: the date is in the future; prune removes only records older than it")
+    keys = load_keys(settings.keys_dir, dev_mode=False)
+    report = asyncio.run(verify_url(url, keys.ledger.verify_key))
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
+        raise ConfigError("prune refused: the ledger does not verify; investigate before removing anything")
+
+    async def run() -> int:
+        ledger = open_ledger(url, keys.ledger, chain_id=default_chain_id("admin"))
+        await ledger.start()
+        try:
+            result = await ledger.prune(before)
+        finally:
+            await ledger.close()
+        print(f"pruned {result.removed} records older than {before_text}; prune record "
+              f"{result.record.chain}:{result.record.sequence}; chains now start after "
+              + (", ".join(f"{c}:{a['sequence']}" for c, a in sorted(result.anchors.items())) or "(none)"))
+        return 0
+
+    return asyncio.run(run())

@@ -1,0 +1,324 @@
+"""The ledger writer: one task, one queue, adaptive group commit, one hash chain per process.
+
+`append()` queues a record and waits. The writer task never sleeps on a timer: when a record arrives and
+no commit is running it commits at once (a lone request pays one fsync and no added wait); while a
+commit is in flight new records queue, and the next commit takes everything queued, so batches grow with
+load by themselves. Each waiter is released when its own batch is durable, and a failed or uncertain
+commit fails exactly that batch with LedgerUnavailable; the next batch first re-reads the chain head from
+the store, so the chain continues correctly whether the failed commit landed or not.
+
+Every `checkpoint_every_records` records, after `checkpoint_every_seconds` with unsigned records, and at
+close, the writer adds an Ed25519-signed checkpoint record to the batch it is committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway.errors import ConfigError, LedgerUnavailable
+from gateway.keys import LedgerKeys
+from gateway.ledger.records import (
+    AppendedRecord,
+    RecordDraft,
+    SealedRecord,
+    check_draft,
+    format_time,
+    now_text,
+    seal,
+)
+from gateway.ledger.store import ChainBounds, ChainHead, LedgerQuery, LedgerStore, Row
+
+log = logging.getLogger("gateway.ledger")
+
+CHAIN_SUFFIX_ENV = "GATEWAY_LEDGER_CHAIN_SUFFIX"
+
+
+def default_chain_id(suffix: str | None = None) -> str:
+    """`<host name>-<suffix>`: one chain per process. The suffix defaults to GATEWAY_LEDGER_CHAIN_SUFFIX
+    or `main`; the server passes one per worker so workers never share a chain."""
+    chosen = suffix if suffix is not None else os.environ.get(CHAIN_SUFFIX_ENV, "main")
+    return f"{socket.gethostname()}-{chosen}"
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    removed: int
+    anchors: dict[str, dict[str, Any]]
+    record: AppendedRecord
+
+
+_Waiter = tuple[RecordDraft, "asyncio.Future[AppendedRecord]"]
+
+
+class Ledger:
+    """Appends records durably to one chain; see the module docstring for how commits are batched."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        keys: LedgerKeys,
+        *,
+        chain_id: str,
+        checkpoint_every_records: int = 1000,
+        checkpoint_every_seconds: float = 60.0,
+        max_batch_records: int = 4096,
+        commit_timeout_seconds: float = 15.0,
+    ) -> None:
+        if checkpoint_every_records < 1 or checkpoint_every_seconds <= 0 or max_batch_records < 1:
+            raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
+        if not chain_id or len(chain_id) > 200:
+            raise ConfigError("ledger: chain id must be 1 to 200 characters")
+        self.store = store
+        self.chain_id = chain_id
+        self._keys = keys
+        self._checkpoint_every_records = checkpoint_every_records
+        self._checkpoint_every_seconds = checkpoint_every_seconds
+        self._max_batch = max_batch_records
+        self._commit_timeout = commit_timeout_seconds
+        self._queue: list[_Waiter] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
+        self._head = ChainHead()
+        self._head_uncertain = False
+        self._since_checkpoint = 0
+        self._last_checkpoint_at = time.monotonic()
+        self._checkpoint_due = False
+        self._accepting = False
+        self._writable = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        await self._reload_head()
+        self._accepting = True
+        self._writable = True
+        self._last_checkpoint_at = time.monotonic()
+        self._writer_task = asyncio.create_task(self._run_writer(), name=f"ledger-writer:{self.chain_id}")
+        self._timer_task = asyncio.create_task(self._run_checkpoint_timer(), name="ledger-checkpoint-timer")
+
+    async def close(self) -> None:
+        """Stop taking records, commit what is queued, sign a final checkpoint, close the store."""
+        if not self._accepting and self._writer_task is None:
+            await self.store.close()
+            return
+        self._accepting = False
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            await asyncio.gather(self._timer_task, return_exceptions=True)
+        self._wake()
+        if self._writer_task is not None:
+            await self._writer_task
+            self._writer_task = None
+        try:
+            async with self._commit_lock:
+                if self._since_checkpoint or self._head_uncertain:
+                    await self._commit([], force_checkpoint=True)
+        finally:
+            self._writable = False
+            await self.store.close()
+
+    def writable(self) -> bool:
+        """True while the ledger takes records and its last commit succeeded (for /readyz)."""
+        return self._accepting and self._writable
+
+    # -- appending -------------------------------------------------------------------------------------
+    async def append(self, draft: RecordDraft) -> AppendedRecord:
+        """Record `draft`; returns once it is durable. Raises LedgerUnavailable if it may not be."""
+        check_draft(draft)
+        if not self._accepting:
+            raise LedgerUnavailable("the disclosure ledger is not accepting records", reason="ledger-closed")
+        future: asyncio.Future[AppendedRecord] = asyncio.get_running_loop().create_future()
+        self._queue.append((draft, future))
+        self._wake()
+        return await future
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _run_writer(self) -> None:
+        while True:
+            if not self._queue and not self._checkpoint_due:
+                if not self._accepting:
+                    return
+                self._wakeup = asyncio.get_running_loop().create_future()
+                await self._wakeup
+                self._wakeup = None
+                continue
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                async with self._commit_lock:
+                    await self._commit(batch, force_checkpoint=False)
+            except BaseException:
+                # Cancelled mid-commit: nobody may be left waiting for an answer that will not come.
+                self._fail(batch, "the ledger writer stopped")
+                self._fail(self._queue, "the ledger writer stopped")
+                self._queue.clear()
+                raise
+
+    async def _run_checkpoint_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self._checkpoint_every_seconds)
+            if self._since_checkpoint and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds:
+                self._checkpoint_due = True
+                self._wake()
+
+    async def _reload_head(self) -> None:
+        self._head = await asyncio.wait_for(self.store.load_head(self.chain_id), self._commit_timeout)
+        self._since_checkpoint = self._head.sequence - self._head.checkpoint_sequence
+        self._head_uncertain = False
+
+    def _fail(self, batch: Sequence[_Waiter], why: str) -> None:
+        for _draft, future in batch:
+            if not future.done():
+                future.set_exception(LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
+
+    async def _commit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
+        """Seal `batch` onto the chain (plus a checkpoint when due) and store it in one transaction."""
+        try:
+            if self._head_uncertain:
+                await self._reload_head()
+        except Exception as exc:
+            self._writable = False
+            log.warning("ledger head could not be re-read: %s", type(exc).__name__)
+            self._fail(batch, "the disclosure ledger is unavailable")
+            return
+        head = self._head
+        stamp = now_text()
+        # Time never runs backwards inside a chain, so a time cut-off is always a prefix of it.
+        stamp = max(stamp, head.time)
+        sequence, prev_hash = head.sequence, head.hash
+        rows: list[Row] = []
+        results: list[AppendedRecord] = []
+        for draft, _future in batch:
+            sequence += 1
+            sealed = seal(draft, record_id=_new_id(), chain=self.chain_id, sequence=sequence, time=stamp,
+                          prev_hash=prev_hash)
+            rows.append(sealed.row)
+            results.append(AppendedRecord(sealed.record["id"], self.chain_id, sequence, stamp, sealed.hash))
+            prev_hash = sealed.hash
+        since = self._since_checkpoint + len(batch)
+        checkpoints: list[Row] = []
+        checkpoint_now = since > 0 and (
+            force_checkpoint
+            or self._checkpoint_due
+            or since >= self._checkpoint_every_records
+            or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds
+        )
+        if checkpoint_now:
+            sequence += 1
+            sealed = self._seal_checkpoint(sequence, stamp, prev_hash, covered=since)
+            rows.append(sealed.row)
+            checkpoints.append(_checkpoint_row(sealed))
+            prev_hash = sealed.hash
+        if not rows:
+            return
+        try:
+            await asyncio.wait_for(self.store.write(rows, checkpoints), self._commit_timeout)
+        except Exception as exc:
+            # Failed or uncertain (a timeout or a lost connection may hide a commit that landed): this
+            # batch is refused, and the next one starts from the head as stored.
+            self._head_uncertain = True
+            self._writable = False
+            log.warning("ledger commit failed (%d records): %s", len(batch), type(exc).__name__)
+            self._fail(batch, "the disclosure ledger could not make the record durable")
+            return
+        self._head = ChainHead(sequence, prev_hash, stamp, sequence if checkpoint_now else head.checkpoint_sequence)
+        if checkpoint_now:
+            self._since_checkpoint = 0
+            self._last_checkpoint_at = time.monotonic()
+            self._checkpoint_due = False
+        else:
+            self._since_checkpoint = since
+        self._writable = True
+        for (_draft, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _seal_checkpoint(self, sequence: int, stamp: str, prev_hash: str, *, covered: int) -> SealedRecord:
+        if self._keys.signing_key is None:
+            raise ConfigError("ledger: a signing key is needed to write checkpoints")
+        return seal(
+            RecordDraft(kind="checkpoint", detail={"records_since_previous": covered}),
+            record_id=_new_id(), chain=self.chain_id, sequence=sequence, time=stamp, prev_hash=prev_hash,
+            signing_key=self._keys.signing_key,
+        )
+
+    # -- reading and pruning ---------------------------------------------------------------------------
+    async def query(self, query: LedgerQuery) -> list[dict[str, Any]]:
+        return await self.store.query(query)
+
+    async def prune(self, before: datetime) -> PruneResult:
+        """Delete every chain's records older than `before` and record a signed prune record (in this
+        chain) that anchors where each chain now starts, in the same transaction."""
+        if not self._accepting:
+            raise LedgerUnavailable("the disclosure ledger is not accepting records", reason="ledger-closed")
+        cutoff = format_time(before)
+        prior = {}
+        async with self.store.snapshot() as snap:
+            for record in await snap.fetch_kind("prune"):
+                prior.update((record.get("detail") or {}).get("anchors", {}))
+        async with self._commit_lock:
+            if self._head_uncertain:
+                await self._reload_head()
+            outcome: dict[str, Any] = {}
+
+            def build(bounds: Sequence[ChainBounds]) -> tuple[Sequence[Row], Sequence[Row]]:
+                anchors: dict[str, dict[str, Any]] = dict(prior)
+                removed = 0
+                for b in bounds:
+                    if b.cut_sequence is not None and b.cut_hash is not None:
+                        anchors[b.chain] = {"sequence": b.cut_sequence, "hash": b.cut_hash}
+                        removed += b.cut_count
+                    elif b.first_sequence > 1:
+                        anchors[b.chain] = {"sequence": b.first_sequence - 1, "hash": b.first_prev_hash}
+                    else:
+                        anchors.pop(b.chain, None)
+                head = self._head
+                stamp = max(now_text(), head.time)
+                draft = RecordDraft(kind="prune", detail={"before": cutoff, "anchors": anchors, "removed": removed})
+                sealed = seal(draft, record_id=_new_id(), chain=self.chain_id, sequence=head.sequence + 1,
+                              time=stamp, prev_hash=head.hash, signing_key=self._keys.signing_key)
+                outcome.update(sealed=sealed, anchors=anchors, removed=removed, stamp=stamp)
+                return [sealed.row], []
+
+            if self._keys.signing_key is None:
+                raise ConfigError("ledger: a signing key is needed to prune")
+            try:
+                await self.store.prune(cutoff, build)
+            except Exception:
+                self._head_uncertain = True
+                raise
+            sealed = outcome["sealed"]
+            self._head = ChainHead(sealed.record["sequence"], sealed.hash, outcome["stamp"],
+                                   self._head.checkpoint_sequence)
+            self._since_checkpoint += 1
+            self._checkpoint_due = True
+            self._wake()
+            return PruneResult(
+                removed=outcome["removed"],
+                anchors=outcome["anchors"],
+                record=AppendedRecord(sealed.record["id"], self.chain_id, sealed.record["sequence"],
+                                      outcome["stamp"], sealed.hash),
+            )
+
+
+def _new_id() -> str:
+    return os.urandom(16).hex()
+
+
+def _checkpoint_row(sealed: SealedRecord) -> Row:
+    return (sealed.record["chain"], sealed.record["sequence"], orjson.dumps(sealed.record).decode())

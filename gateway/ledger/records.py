@@ -1,0 +1,236 @@
+"""Ledger records: what a record holds, its canonical encoding, its chain hash and its signature.
+
+A record is a flat mapping of named fields. Its canonical encoding is the UTF-8 JSON of every non-null
+field except `hash`, with sorted keys and no white space (orjson); the record's `hash` is the SHA-256 of
+that encoding, and `prev_hash` (inside the encoding) links it to its predecessor in the same chain.
+Checkpoint and prune records also carry an Ed25519 `signature` over the canonical encoding without
+`signature` and `hash`, so one public key proves them. The encoding is computed once when a record is
+sealed and recomputed from the stored columns by the verifier: any changed column changes the hash.
+
+No record holds a personal value: `subject_ref` and `body_digest` are keyed HMACs (gateway.keys), and
+the `fields_*` lists name field paths, never values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+KINDS: Final = ("disclosure", "refusal", "outcome", "registry", "checkpoint", "prune")
+# Written only by the ledger itself; append() refuses them from callers.
+LEDGER_KINDS: Final = frozenset({"checkpoint", "prune"})
+GENESIS_HASH: Final = "0" * 64
+SIGNATURE_DOMAIN: Final = b"partner-data-gateway/ledger/v1\n"
+
+_STRING_FIELDS: Final = (
+    "caller", "partner", "route", "purpose", "legal_basis", "jurisdiction", "transfer_basis", "subject_ref",
+    "body_digest", "request_id", "disclosure_id", "reason", "legal_reference", "action",
+)
+_LIST_FIELDS: Final = ("fields_sent", "fields_transformed", "fields_dropped")
+# Column order of the stored table; the stores insert and select in exactly this order.
+HEADER_COLUMNS: Final = ("id", "chain", "sequence", "time", "kind", "prev_hash", "hash", "signature")
+DRAFT_COLUMNS: Final = (
+    "caller", "partner", "route", "purpose", "legal_basis", "jurisdiction", "cross_border", "transfer_basis",
+    "subject_ref", "fields_sent", "fields_transformed", "fields_dropped", "body_digest", "request_id",
+    "disclosure_id", "status", "latency_ms", "reason", "legal_reference", "attempt", "action", "detail",
+)
+COLUMNS: Final = HEADER_COLUMNS + DRAFT_COLUMNS
+JSON_COLUMNS: Final = frozenset({*_LIST_FIELDS, "detail"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDraft:
+    """What a caller asks the ledger to record; the ledger adds id, chain, sequence, time and hashes.
+
+    `subject_ref` and `body_digest` must already be keyed (LedgerKeys.subject_ref / body_digest): the
+    ledger refuses anything that is not 64 lowercase hex characters there, so a raw identifier cannot
+    slip in. `action` is used by `registry` records (consent grant/withdraw, hold place/lift, minor
+    status); `detail` is a small JSON object of non-personal facts.
+    """
+
+    kind: str
+    caller: str | None = None
+    partner: str | None = None
+    route: str | None = None
+    purpose: str | None = None
+    legal_basis: str | None = None
+    jurisdiction: str | None = None
+    cross_border: bool | None = None
+    transfer_basis: str | None = None
+    subject_ref: str | None = None
+    fields_sent: Sequence[str] | None = None
+    fields_transformed: Sequence[str] | None = None
+    fields_dropped: Sequence[str] | None = None
+    body_digest: str | None = None
+    request_id: str | None = None
+    disclosure_id: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    reason: str | None = None
+    legal_reference: str | None = None
+    attempt: int | None = None
+    action: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedRecord:
+    """A record that is durable: its id, where it sits in its chain, and its time (ISO 8601 UTC)."""
+
+    id: str
+    chain: str
+    sequence: int
+    time: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """A record with its place in the chain fixed: the row to store and the mapping that was hashed."""
+
+    row: tuple[Any, ...]
+    record: dict[str, Any]
+    hash: str
+
+
+def format_time(moment: datetime) -> str:
+    """Fixed-width UTC time with microseconds, so text order is time order in both backends."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_text() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def parse_time(text: str) -> datetime:
+    """A date (`2024-05-01`) or ISO 8601 time; naive values are UTC."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def canonical(record: Mapping[str, Any], *, without: tuple[str, ...] = ("hash",)) -> bytes:
+    """The bytes hashed (and, without `signature`, signed): sorted keys, no nulls, no white space."""
+    return orjson.dumps(
+        {k: v for k, v in record.items() if v is not None and k not in without}, option=orjson.OPT_SORT_KEYS
+    )
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def signed_content(record: Mapping[str, Any]) -> bytes:
+    return SIGNATURE_DOMAIN + canonical(record, without=("hash", "signature"))
+
+
+def sign_record(record: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
+    return key.sign(signed_content(record)).hex()
+
+
+def signature_valid(record: Mapping[str, Any], key: Ed25519PublicKey) -> bool:
+    signature = record.get("signature")
+    if not isinstance(signature, str):
+        return False
+    try:
+        key.verify(bytes.fromhex(signature), signed_content(record))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def check_draft(draft: RecordDraft) -> None:
+    """Refuse a draft whose values would not survive storage exactly or could hold a personal value."""
+    if draft.kind not in KINDS or draft.kind in LEDGER_KINDS:
+        raise ValueError(f"record kind {draft.kind!r} cannot be appended")
+    for name in _STRING_FIELDS:
+        value = getattr(draft, name)
+        if value is not None and type(value) is not str:
+            raise TypeError(f"record field {name}: expected a string")
+    for name in ("subject_ref", "body_digest"):
+        value = getattr(draft, name)
+        if value is not None and not _HEX64.fullmatch(value):
+            raise ValueError(f"record field {name}: expected a keyed reference (64 lowercase hex characters)")
+    for name in _LIST_FIELDS:
+        value = getattr(draft, name)
+        if value is not None and (isinstance(value, str) or not all(type(p) is str for p in value)):
+            raise TypeError(f"record field {name}: expected a list of field paths")
+    if draft.cross_border is not None and type(draft.cross_border) is not bool:
+        raise TypeError("record field cross_border: expected a boolean")
+    for name in ("status", "attempt"):
+        value = getattr(draft, name)
+        if value is not None and type(value) is not int:
+            raise TypeError(f"record field {name}: expected an integer")
+    if draft.latency_ms is not None and not isinstance(draft.latency_ms, int | float):
+        raise TypeError("record field latency_ms: expected a number")
+    if draft.detail is not None and not isinstance(draft.detail, Mapping):
+        raise TypeError("record field detail: expected a JSON object")
+
+
+def seal(
+    draft: RecordDraft,
+    *,
+    record_id: str,
+    chain: str,
+    sequence: int,
+    time: str,
+    prev_hash: str,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> SealedRecord:
+    """Fix a draft's place in its chain: build the record, hash it (and sign it when given a key)."""
+    record: dict[str, Any] = {
+        "id": record_id,
+        "chain": chain,
+        "sequence": sequence,
+        "time": time,
+        "kind": draft.kind,
+        "prev_hash": prev_hash,
+    }
+    for name in DRAFT_COLUMNS:
+        value = getattr(draft, name)
+        if value is not None:
+            if name == "detail":
+                # One JSON round trip now, so the record hashed here is exactly what the verifier
+                # rebuilds from the stored text (tuples become lists, keys become sorted strings).
+                value = orjson.loads(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+            elif name in JSON_COLUMNS:
+                value = list(value)
+            elif name == "latency_ms":
+                value = float(value)
+            record[name] = value
+    if signing_key is not None:
+        record["signature"] = sign_record(record, signing_key)
+    digest = record_hash(record)
+    record["hash"] = digest
+    return SealedRecord(row=record_to_row(record), record=record, hash=digest)
+
+
+def record_to_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(
+        orjson.dumps(record[c], option=orjson.OPT_SORT_KEYS).decode() if c in JSON_COLUMNS and c in record
+        else record.get(c)
+        for c in COLUMNS
+    )
+
+
+def row_to_record(row: Sequence[Any]) -> dict[str, Any]:
+    """Rebuild the record from stored columns, restoring types the storage may have widened."""
+    record: dict[str, Any] = {}
+    for name, value in zip(COLUMNS, row, strict=True):
+        if value is None:
+            continue
+        if name in JSON_COLUMNS:
+            value = orjson.loads(value)
+        elif name == "cross_border" and type(value) is int and value in (0, 1):
+            # SQLite stores booleans as 0/1; any other stored value is kept as is, so it fails the hash.
+            value = bool(value)
+        record[name] = value
+    return record

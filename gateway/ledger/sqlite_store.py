@@ -1,0 +1,276 @@
+"""SQLite ledger store: one file in WAL mode with `synchronous=FULL`, written by one connection that lives
+in one dedicated thread (a transaction is durable when COMMIT returns), read through a second connection
+in a second thread so queries never wait behind a commit.
+
+UPDATE is refused by triggers; DELETE is refused unless the row in `ledger_prune_guard` exists, which
+only the prune transaction inserts and removes again before it commits, so no other connection ever
+sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.errors import ConfigError
+from gateway.ledger.records import COLUMNS, row_to_record
+from gateway.ledger.store import (
+    BOUNDS_SQL,
+    CHECKPOINTS_TABLE,
+    COLUMN_LIST,
+    RECORDS_TABLE,
+    SCHEMA_VERSION,
+    ChainBounds,
+    ChainHead,
+    LedgerQuery,
+    LedgerSnapshot,
+    PruneBuilder,
+    Row,
+    query_sql,
+)
+
+_T = TypeVar("_T")
+_COLUMN_TYPES = {"sequence": "INTEGER", "cross_border": "INTEGER", "status": "INTEGER", "attempt": "INTEGER",
+                 "latency_ms": "REAL"}
+_NOT_NULL = frozenset({"id", "chain", "sequence", "time", "kind", "prev_hash", "hash"})
+_COLUMN_DEFS = ",\n".join(
+    f"    {c} {_COLUMN_TYPES.get(c, 'TEXT')}{' NOT NULL' if c in _NOT_NULL else ''}" for c in COLUMNS
+)
+
+SQLITE_SCHEMA = f"""\
+CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS {RECORDS_TABLE} (
+{_COLUMN_DEFS},
+    PRIMARY KEY (chain, sequence)
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_records_id ON {RECORDS_TABLE} (id);
+CREATE INDEX IF NOT EXISTS ledger_records_subject ON {RECORDS_TABLE} (subject_ref) WHERE subject_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_records_time ON {RECORDS_TABLE} (time);
+CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
+    chain TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (chain, sequence)
+) STRICT;
+CREATE TABLE IF NOT EXISTS ledger_prune_guard (armed INTEGER NOT NULL) STRICT;
+CREATE TRIGGER IF NOT EXISTS ledger_records_refuse_update BEFORE UPDATE ON {RECORDS_TABLE}
+BEGIN SELECT RAISE(ABORT, 'ledger_records is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_records_refuse_delete BEFORE DELETE ON {RECORDS_TABLE}
+WHEN NOT EXISTS (SELECT 1 FROM ledger_prune_guard)
+BEGIN SELECT RAISE(ABORT, 'ledger_records is append-only: DELETE refused outside prune'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_refuse_update BEFORE UPDATE ON {CHECKPOINTS_TABLE}
+BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_refuse_delete BEFORE DELETE ON {CHECKPOINTS_TABLE}
+WHEN NOT EXISTS (SELECT 1 FROM ledger_prune_guard)
+BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only: DELETE refused outside prune'); END;
+INSERT OR IGNORE INTO ledger_meta (name, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""  # noqa: S608 - only constant table names are formatted in
+
+_INSERT_RECORD = (
+    f"INSERT INTO {RECORDS_TABLE} ({COLUMN_LIST}) VALUES ({', '.join('?' for _ in COLUMNS)})"  # noqa: S608
+)
+_INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES (?, ?, ?)"  # noqa: S608
+
+
+class SqliteStore:
+    """A ledger in one SQLite file. `create=False` refuses a missing file (verify, query, export)."""
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        self._create = create
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
+        self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-reader")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    async def _on(self, thread: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._create and not self.path.exists():
+            raise ConfigError(f"ledger file {self.path} does not exist")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are spelled out (BEGIN IMMEDIATE ... COMMIT), never implied.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    async def open(self) -> None:
+        await self._on(self._writer_thread, self._open_writer)
+
+    def _open_writer(self) -> None:
+        conn = self._connect()
+        if self._create:
+            conn.executescript("BEGIN IMMEDIATE;\n" + SQLITE_SCHEMA + "COMMIT;")
+        self._writer = conn
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            self._reader = conn
+        return self._reader
+
+    async def close(self) -> None:
+        def close_writer() -> None:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+        def close_reader() -> None:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+        await self._on(self._writer_thread, close_writer)
+        await self._on(self._reader_thread, close_reader)
+        self._writer_thread.shutdown(wait=True)
+        self._reader_thread.shutdown(wait=True)
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise RuntimeError("ledger store is not open")
+        return self._writer
+
+    async def load_head(self, chain: str) -> ChainHead:
+        return await self._on(self._writer_thread, self._load_head, chain)
+
+    def _load_head(self, chain: str) -> ChainHead:
+        conn = self._writer_conn()
+        last = conn.execute(
+            f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = ? "  # noqa: S608
+            "ORDER BY sequence DESC LIMIT 1",
+            (chain,),
+        ).fetchone()
+        if last is None:
+            return ChainHead()
+        checkpoint = conn.execute(
+            f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = ?", (chain,)  # noqa: S608
+        ).fetchone()
+        return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint[0] or 0)
+
+    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
+        await self._on(self._writer_thread, self._write, rows, checkpoints)
+
+    def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_RECORD, rows)
+            if checkpoints:
+                conn.executemany(_INSERT_CHECKPOINT, checkpoints)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def prune(self, before: str, build: PruneBuilder) -> None:
+        await self._on(self._writer_thread, self._prune, before, build)
+
+    def _prune(self, before: str, build: PruneBuilder) -> None:
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            bounds: list[ChainBounds] = []
+            for chain, first, cut, count in conn.execute(BOUNDS_SQL.format(p1="?"), (before, before)).fetchall():
+                (first_prev,) = conn.execute(
+                    f"SELECT prev_hash FROM {RECORDS_TABLE} WHERE chain = ? AND sequence = ?",  # noqa: S608
+                    (chain, first),
+                ).fetchone()
+                cut_hash = None
+                if cut is not None:
+                    (cut_hash,) = conn.execute(
+                        f"SELECT hash FROM {RECORDS_TABLE} WHERE chain = ? AND sequence = ?",  # noqa: S608
+                        (chain, cut),
+                    ).fetchone()
+                bounds.append(ChainBounds(chain, first, first_prev, cut, cut_hash, count or 0))
+            rows, checkpoints = build(bounds)
+            conn.execute("INSERT INTO ledger_prune_guard (armed) VALUES (1)")
+            for b in bounds:
+                if b.cut_sequence is not None:
+                    conn.execute(
+                        f"DELETE FROM {RECORDS_TABLE} WHERE chain = ? AND sequence <= ?",  # noqa: S608
+                        (b.chain, b.cut_sequence),
+                    )
+                    conn.execute(
+                        f"DELETE FROM {CHECKPOINTS_TABLE} WHERE chain = ? AND sequence <= ?",  # noqa: S608
+                        (b.chain, b.cut_sequence),
+                    )
+            conn.execute("DELETE FROM ledger_prune_guard")
+            conn.executemany(_INSERT_RECORD, rows)
+            if checkpoints:
+                conn.executemany(_INSERT_CHECKPOINT, checkpoints)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def query(self, query: LedgerQuery) -> list[dict[str, Any]]:
+        sql, params = query_sql(query, lambda _n: "?")
+
+        def run() -> list[dict[str, Any]]:
+            return [row_to_record(row) for row in self._reader_conn().execute(sql, params)]
+
+        return await self._on(self._reader_thread, run)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[LedgerSnapshot]:
+        def begin() -> None:
+            # A read transaction in WAL mode: every SELECT until COMMIT sees the same state.
+            self._reader_conn().execute("BEGIN")
+
+        def end() -> None:
+            self._reader_conn().execute("COMMIT")
+
+        await self._on(self._reader_thread, begin)
+        try:
+            yield _SqliteSnapshot(self)
+        finally:
+            await self._on(self._reader_thread, end)
+
+
+class _SqliteSnapshot:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def fetch_checkpoints(self) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            rows = self._store._reader_conn().execute(
+                f"SELECT chain, sequence, record FROM {CHECKPOINTS_TABLE} ORDER BY chain, sequence"  # noqa: S608
+            )
+            return [{"chain": c, "sequence": s, "record": orjson.loads(r)} for c, s, r in rows]
+
+        return await self._store._on(self._store._reader_thread, run)
+
+    async def fetch_kind(self, kind: str) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            rows = self._store._reader_conn().execute(
+                f"SELECT {COLUMN_LIST} FROM {RECORDS_TABLE} WHERE kind = ? ORDER BY time", (kind,)  # noqa: S608
+            )
+            return [row_to_record(row) for row in rows]
+
+        return await self._store._on(self._store._reader_thread, run)
+
+    async def iter_records(self) -> AsyncIterator[dict[str, Any]]:
+        cursor = await self._store._on(
+            self._store._reader_thread,
+            lambda: self._store._reader_conn().execute(
+                f"SELECT {COLUMN_LIST} FROM {RECORDS_TABLE} ORDER BY chain, sequence"  # noqa: S608
+            ),
+        )
+        while True:
+            chunk = await self._store._on(self._store._reader_thread, cursor.fetchmany, 5000)
+            if not chunk:
+                return
+            for row in chunk:
+                yield row_to_record(row)

@@ -1,0 +1,129 @@
+"""What the ledger needs from a storage backend, and the SQL both backends share.
+
+A store keeps two append-only tables: `ledger_records` (one row per record, columns as in
+gateway.ledger.records.COLUMNS, primary key (chain, sequence)) and `ledger_checkpoints` (a copy of each
+signed checkpoint record, kept apart so a truncated tail is caught against the last checkpoint). Every
+write is one transaction that is durable when `write()` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.ledger.records import COLUMNS, GENESIS_HASH
+
+RECORDS_TABLE = "ledger_records"
+CHECKPOINTS_TABLE = "ledger_checkpoints"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Where a chain stands: last sequence and hash (0 and the genesis hash for a new chain), and the
+    sequence of its latest checkpoint (0 if none)."""
+
+    sequence: int = 0
+    hash: str = GENESIS_HASH
+    time: str = ""
+    checkpoint_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBounds:
+    """One chain as prune sees it: its first stored record and the last one older than the cut-off."""
+
+    chain: str
+    first_sequence: int
+    first_prev_hash: str
+    cut_sequence: int | None
+    cut_hash: str | None
+    cut_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerQuery:
+    """Filters for `Ledger.query` (all optional; combined with AND). Times are ISO 8601 text or dates."""
+
+    kind: str | None = None
+    partner: str | None = None
+    route: str | None = None
+    caller: str | None = None
+    purpose: str | None = None
+    subject_ref: str | None = None
+    disclosure_id: str | None = None
+    request_id: str | None = None
+    chain: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = 1000
+    newest_first: bool = False
+
+
+Row = tuple[Any, ...]
+# Given every chain's bounds inside the prune transaction, return the rows (and checkpoint rows) to insert.
+PruneBuilder = Callable[[Sequence[ChainBounds]], tuple[Sequence[Row], Sequence[Row]]]
+
+
+class LedgerSnapshot(Protocol):
+    """A consistent view of a whole ledger (one read transaction, or an exported bundle)."""
+
+    async def fetch_checkpoints(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint copy as {"chain", "sequence", "record": the full record}."""
+        ...
+
+    async def fetch_kind(self, kind: str) -> list[dict[str, Any]]: ...
+
+    def iter_records(self) -> AsyncIterator[dict[str, Any]]:
+        """Every record, ordered by chain then sequence."""
+        ...
+
+
+class LedgerStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def load_head(self, chain: str) -> ChainHead: ...
+    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None: ...
+    async def prune(self, before: str, build: PruneBuilder) -> None: ...
+    async def query(self, query: LedgerQuery) -> list[dict[str, Any]]: ...
+    def snapshot(self) -> AbstractAsyncContextManager[LedgerSnapshot]: ...
+
+
+COLUMN_LIST = ", ".join(COLUMNS)
+_EQUAL_FILTERS = (
+    "kind", "partner", "route", "caller", "purpose", "subject_ref", "disclosure_id", "request_id", "chain",
+)
+
+
+def query_sql(query: LedgerQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """SELECT for a LedgerQuery; `placeholder(n)` spells the n-th parameter (`?` or `$n`)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for name in _EQUAL_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            params.append(value)
+            where.append(f"{name} = {placeholder(len(params))}")
+    if query.since is not None:
+        params.append(query.since)
+        where.append(f"time >= {placeholder(len(params))}")
+    if query.until is not None:
+        params.append(query.until)
+        where.append(f"time < {placeholder(len(params))}")
+    sql = f"SELECT {COLUMN_LIST} FROM {RECORDS_TABLE}"  # noqa: S608 - names are constants, values are parameters
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    order = "DESC" if query.newest_first else "ASC"
+    sql += f" ORDER BY time {order}, chain {order}, sequence {order}"
+    if query.limit is not None:
+        params.append(int(query.limit))
+        sql += f" LIMIT {placeholder(len(params))}"
+    return sql, params
+
+
+BOUNDS_SQL = (
+    f"SELECT chain, MIN(sequence), MAX(CASE WHEN time < {{p1}} THEN sequence END), "  # noqa: S608
+    f"SUM(CASE WHEN time < {{p1}} THEN 1 ELSE 0 END) FROM {RECORDS_TABLE} GROUP BY chain ORDER BY chain"
+)
