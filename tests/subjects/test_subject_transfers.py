@@ -130,3 +130,14 @@ def test_a_bad_rules_file_names_file_line_and_reason(
 def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         TransferRules.load(tmp_path / "absent.yaml")
+
+
+def test_chinese_platform_data_stays_with_partners_in_china(shipped: TransferRules) -> None:
+    assert shipped.decide("CN", "customs-cn-declaration", "CN").allowed
+    assert not shipped.decide("CN", "carrier-us-ups", "US").allowed
+
+
+def test_the_policy_home_countries_pass_domestically(shipped: TransferRules) -> None:
+    """VN (000, 001), KR (002, 003) and CN (004) each have a rule, so their domestic transfers pass."""
+    for country in ("VN", "KR", "CN"):
+        assert shipped.decide(country, "any-partner", country).allowed
