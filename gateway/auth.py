@@ -403,8 +403,8 @@ def _refuse(reason: str, detail: str) -> Unauthenticated:
     return Unauthenticated(detail, reason=reason)
 
 
-def bearer_token(authorization: Sequence[str]) -> str:
-    """The token of exactly one `Authorization: Bearer <token>` header, or Unauthenticated."""
+def _bearer_credentials(authorization: Sequence[str]) -> str:
+    """The credentials of exactly one `Authorization: Bearer ...` header (not yet checked as a JWS)."""
     if not authorization:
         raise _refuse("missing", "an Authorization: Bearer token is required")
     if len(authorization) != 1:
@@ -415,8 +415,18 @@ def bearer_token(authorization: Sequence[str]) -> str:
     token = rest.strip(" \t")
     if len(token) > MAX_TOKEN_CHARS:
         raise _refuse("too-large", f"token longer than {MAX_TOKEN_CHARS} characters")
+    return token
+
+
+def _check_compact_jws(token: str) -> None:
     if not _TOKEN_RE.fullmatch(token):
         raise _refuse("malformed", "token is not a compact JWS (three base64url segments)")
+
+
+def bearer_token(authorization: Sequence[str]) -> str:
+    """The token of exactly one `Authorization: Bearer <token>` header, or Unauthenticated."""
+    token = _bearer_credentials(authorization)
+    _check_compact_jws(token)
     return token
 
 
@@ -558,7 +568,8 @@ class CallerAuthenticator:
 
     async def authenticate(self, authorization: Sequence[str]) -> Caller:
         """The caller of a request, given all its Authorization header values."""
-        token = bearer_token(authorization)
+        token = _bearer_credentials(authorization)
+        # Only tokens that passed every check are cache keys, so a hit needs no syntax check either.
         cached = self._cache.get(token)
         if cached is not None:
             now = time.time()
@@ -567,6 +578,7 @@ class CallerAuthenticator:
                 return cached.caller
             if now >= cached.expires:
                 del self._cache[token]
+        _check_compact_jws(token)
         return await self._verify(token)
 
     async def _verify(self, token: str) -> Caller:
