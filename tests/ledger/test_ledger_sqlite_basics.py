@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import disclosure_draft
+from ledger_helpers import disclosure_draft
 
 from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path

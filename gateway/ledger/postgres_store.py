@@ -1,0 +1,247 @@
+"""PostgreSQL ledger store (asyncpg): several gateway replicas share the tables, each writing its own chain.
+
+A batch is one transaction (one pipelined INSERT for all its rows) on a dedicated writer connection with
+`synchronous_commit=on`, so COMMIT returning means the WAL is flushed. Replicas never wait for each
+other: rows of different chains touch different primary keys and no table lock is taken. A failed
+write drops the connection (its state is unknown after an error or a cancel) and the next write opens
+a new one.
+
+UPDATE, DELETE and TRUNCATE are refused by triggers; DELETE is let through only while the transaction
+has set `gateway.ledger_prune = on` with SET LOCAL, which only prune does. The gateway's database role
+needs INSERT and SELECT only (deploy/sql/postgres-roles.sql); the schema is created at start when absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.ledger.records import COLUMNS, row_to_record
+from gateway.ledger.store import (
+    BOUNDS_SQL,
+    CHECKPOINTS_TABLE,
+    COLUMN_LIST,
+    RECORDS_TABLE,
+    SCHEMA_VERSION,
+    ChainBounds,
+    ChainHead,
+    LedgerQuery,
+    LedgerSnapshot,
+    PruneBuilder,
+    Row,
+    query_sql,
+)
+
+_COLUMN_TYPES = {"sequence": "bigint", "cross_border": "boolean", "status": "integer", "attempt": "integer",
+                 "latency_ms": "double precision"}
+_NOT_NULL = frozenset({"id", "chain", "sequence", "time", "kind", "prev_hash", "hash"})
+_COLUMN_DEFS = ",\n".join(
+    f"    {c} {_COLUMN_TYPES.get(c, 'text')}{' NOT NULL' if c in _NOT_NULL else ''}" for c in COLUMNS
+)
+PRUNE_SETTING = "gateway.ledger_prune"
+
+POSTGRES_SCHEMA = f"""\
+CREATE TABLE IF NOT EXISTS ledger_meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS {RECORDS_TABLE} (
+{_COLUMN_DEFS},
+    PRIMARY KEY (chain, sequence)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_records_id ON {RECORDS_TABLE} (id);
+CREATE INDEX IF NOT EXISTS ledger_records_subject ON {RECORDS_TABLE} (subject_ref) WHERE subject_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_records_time ON {RECORDS_TABLE} (time);
+CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
+    chain text NOT NULL,
+    sequence bigint NOT NULL,
+    record text NOT NULL,
+    PRIMARY KEY (chain, sequence)
+);
+CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('{PRUNE_SETTING}', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE OR REPLACE TRIGGER ledger_records_refuse_change BEFORE UPDATE OR DELETE ON {RECORDS_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE OR REPLACE TRIGGER ledger_records_refuse_truncate BEFORE TRUNCATE ON {RECORDS_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+CREATE OR REPLACE TRIGGER ledger_checkpoints_refuse_change BEFORE UPDATE OR DELETE ON {CHECKPOINTS_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE OR REPLACE TRIGGER ledger_checkpoints_refuse_truncate BEFORE TRUNCATE ON {CHECKPOINTS_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+INSERT INTO ledger_meta (name, value) VALUES ('schema_version', '{SCHEMA_VERSION}')
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value;
+"""  # noqa: S608 - only constant table names are formatted in
+
+_INSERT_RECORD = (
+    f"INSERT INTO {RECORDS_TABLE} ({COLUMN_LIST}) "  # noqa: S608
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(COLUMNS) + 1))})"
+)
+_INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES ($1, $2, $3)"  # noqa: S608
+# Session settings for every connection: durable commits, and a name that shows in pg_stat_activity.
+_SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "partner-data-gateway-ledger"}
+
+
+class PostgresStore:
+    """A ledger in PostgreSQL at `url` (query parameters such as search_path become session settings)."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self._create = create
+        self._writer: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url, server_settings=_SERVER_SETTINGS, timeout=10)
+
+    async def open(self) -> None:
+        conn = await self._connect()
+        if self._create:
+            await _migrate(conn)
+        self._writer = conn
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _writer_conn(self) -> asyncpg.Connection:
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await self._connect()
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        # After an error or a cancel the session's state is unknown; never reuse it.
+        if self._writer is not None:
+            self._writer.terminate()
+            self._writer = None
+
+    async def _readers(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=0, max_size=2, server_settings=_SERVER_SETTINGS, timeout=10
+            )
+        return self._pool
+
+    async def load_head(self, chain: str) -> ChainHead:
+        try:
+            conn = await self._writer_conn()
+            last = await conn.fetchrow(
+                f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = $1 "  # noqa: S608
+                "ORDER BY sequence DESC LIMIT 1",
+                chain,
+            )
+            if last is None:
+                return ChainHead()
+            checkpoint = await conn.fetchval(
+                f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = $1", chain  # noqa: S608
+            )
+        except BaseException:
+            self._drop_writer()
+            raise
+        return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint or 0)
+
+    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
+        try:
+            conn = await self._writer_conn()
+            async with conn.transaction():
+                await conn.executemany(_INSERT_RECORD, rows)
+                if checkpoints:
+                    await conn.executemany(_INSERT_CHECKPOINT, checkpoints)
+        except BaseException:
+            self._drop_writer()
+            raise
+
+    async def prune(self, before: str, build: PruneBuilder) -> None:
+        try:
+            conn = await self._writer_conn()
+            async with conn.transaction():
+                # Two prunes at once would anchor chains inconsistently; replicas' appends are not blocked.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('partner-data-gateway/ledger-prune'))")
+                bounds: list[ChainBounds] = []
+                for chain, first, cut, count in await conn.fetch(BOUNDS_SQL.format(p1="$1"), before):
+                    first_prev = await conn.fetchval(
+                        f"SELECT prev_hash FROM {RECORDS_TABLE} WHERE chain = $1 AND sequence = $2",  # noqa: S608
+                        chain, first,
+                    )
+                    cut_hash = None
+                    if cut is not None:
+                        cut_hash = await conn.fetchval(
+                            f"SELECT hash FROM {RECORDS_TABLE} WHERE chain = $1 AND sequence = $2",  # noqa: S608
+                            chain, cut,
+                        )
+                    bounds.append(ChainBounds(chain, first, first_prev, cut, cut_hash, int(count or 0)))
+                rows, checkpoints = build(bounds)
+                await conn.execute(f"SET LOCAL {PRUNE_SETTING} = 'on'")
+                for b in bounds:
+                    if b.cut_sequence is not None:
+                        await conn.execute(
+                            f"DELETE FROM {RECORDS_TABLE} WHERE chain = $1 AND sequence <= $2",  # noqa: S608
+                            b.chain, b.cut_sequence,
+                        )
+                        await conn.execute(
+                            f"DELETE FROM {CHECKPOINTS_TABLE} WHERE chain = $1 AND sequence <= $2",  # noqa: S608
+                            b.chain, b.cut_sequence,
+                        )
+                await conn.execute(f"SET LOCAL {PRUNE_SETTING} = 'off'")
+                await conn.executemany(_INSERT_RECORD, rows)
+                if checkpoints:
+                    await conn.executemany(_INSERT_CHECKPOINT, checkpoints)
+        except BaseException:
+            self._drop_writer()
+            raise
+
+    async def query(self, query: LedgerQuery) -> list[dict[str, Any]]:
+        sql, params = query_sql(query, lambda n: f"${n}")
+        pool = await self._readers()
+        return [row_to_record(row) for row in await pool.fetch(sql, *params)]
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[LedgerSnapshot]:
+        pool = await self._readers()
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            yield _PostgresSnapshot(conn)
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Create the schema when absent or older (idempotent; safe when replicas start together). A role with
+    INSERT and SELECT only passes when the schema is already current, as no DDL is then run."""
+    async with conn.transaction():
+        if await conn.fetchval("SELECT to_regclass('ledger_meta') IS NOT NULL"):
+            version = await conn.fetchval("SELECT value FROM ledger_meta WHERE name = 'schema_version'")
+            if version == str(SCHEMA_VERSION):
+                return
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('partner-data-gateway/ledger-schema'))")
+        await conn.execute(POSTGRES_SCHEMA)
+
+
+class _PostgresSnapshot:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch_checkpoints(self) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(
+            f"SELECT chain, sequence, record FROM {CHECKPOINTS_TABLE} ORDER BY chain, sequence"  # noqa: S608
+        )
+        return [{"chain": c, "sequence": s, "record": orjson.loads(r)} for c, s, r in rows]
+
+    async def fetch_kind(self, kind: str) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(
+            f"SELECT {COLUMN_LIST} FROM {RECORDS_TABLE} WHERE kind = $1 ORDER BY time", kind  # noqa: S608
+        )
+        return [row_to_record(row) for row in rows]
+
+    async def iter_records(self) -> AsyncIterator[dict[str, Any]]:
+        # COLLATE "C": the same byte order as SQLite, whatever the database's locale.
+        sql = f'SELECT {COLUMN_LIST} FROM {RECORDS_TABLE} ORDER BY chain COLLATE "C", sequence'  # noqa: S608
+        async for row in self._conn.cursor(sql, prefetch=5000):
+            yield row_to_record(row)

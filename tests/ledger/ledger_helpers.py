@@ -1,0 +1,27 @@
+"""Shared helpers for the ledger tests (a uniquely named module, importable from any test here)."""
+
+from __future__ import annotations
+
+from gateway.keys import GatewayKeys
+from gateway.ledger import RecordDraft
+
+
+def disclosure_draft(i: int, keys: GatewayKeys, partner: str = "acme-insurance") -> RecordDraft:
+    return RecordDraft(
+        kind="disclosure",
+        caller="billing-service",
+        partner=partner,
+        route="claims.create",
+        purpose="claims",
+        legal_basis="contract",
+        jurisdiction="KR",
+        cross_border=False,
+        subject_ref=keys.ledger.subject_ref(f"subscriber-{i % 7}"),
+        fields_sent=("claim.amount", "claim.device_ref"),
+        fields_transformed=("claim.device_ref",),
+        fields_dropped=("claim.notes",),
+        body_digest=keys.ledger.body_digest(f"body-{i}".encode()),
+        request_id=f"req-{i}",
+        latency_ms=1.5,
+        detail={"n": i},
+    )
