@@ -59,7 +59,8 @@ class Pseudonymiser:
 
     def bind_reverse(self, partner_id: str, id_type: str, *, version: int | None = None) -> Transform:
         """The inverse of `bind(partner_id, id_type, "fpe")`: an fpe pseudonym back to the normalised
-        value. Raises InvalidIdentifier for a token that is not such a pseudonym."""
+        value (a MAC comes back in the token's separator style and case, which the forward function took
+        from the original). Raises InvalidIdentifier for a token that is not such a pseudonym."""
         fmt = _format(id_type)
         return fmt.bind_reverse(self._subkey(partner_id, id_type, version, _FF1_SUBKEY_LABEL))
 
