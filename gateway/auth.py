@@ -285,6 +285,7 @@ class KeyProvider:
         cache_seconds: float,
         min_refresh_interval: float,
         description: str,
+        close_loader: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # loader raises ConfigError/OSError/aiohttp errors; None means a static set (the development key).
         self._loader = loader
@@ -298,6 +299,7 @@ class KeyProvider:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[], None]] = []
+        self._close_loader = close_loader
 
     @property
     def keyset(self) -> KeySet | None:
@@ -347,6 +349,8 @@ class KeyProvider:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._close_loader is not None:
+            await self._close_loader()
 
 
 class _JwksUrlLoader:
@@ -480,7 +484,6 @@ class CallerAuthenticator:
         leeway_seconds: float,
         accepted_types: Iterable[str] = DEFAULT_ACCEPTED_TYPES,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
-        url_loader: _JwksUrlLoader | None = None,
     ) -> None:
         allowed = frozenset(algorithms)
         # config.py already refuses these; repeated so no other construction path can allow HMAC or none.
@@ -488,6 +491,8 @@ class CallerAuthenticator:
             raise ConfigError(f"JWT algorithms: only asymmetric algorithms are allowed, got {sorted(allowed)}")
         if not issuer or not audience:
             raise ConfigError("JWT issuer and audience must be set")
+        if cache_entries < 1:
+            raise ConfigError("verified-token cache needs at least one entry")
         self._provider = provider
         self._issuer = issuer
         self._audience = audience
@@ -496,7 +501,6 @@ class CallerAuthenticator:
         self._accepted_types = frozenset(t.lower() for t in accepted_types)
         self._cache_entries = cache_entries
         self._cache: dict[str, _CachedCaller] = {}
-        self._url_loader = url_loader
         self._jwt = jwt.PyJWT(options={
             "require": ["exp", "iss", "aud", "sub"],
             "verify_signature": True, "verify_exp": True, "verify_nbf": True, "verify_iat": True,
@@ -508,12 +512,11 @@ class CallerAuthenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings, keys: GatewayKeys) -> CallerAuthenticator:
-        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`), a
-        file is read now (JSON: JWKS, otherwise PEM). Unset: the development public key, only in
-        development mode."""
+        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`); a
+        file is read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the
+        development public key, only in development mode."""
         allowed = frozenset(settings.jwt_algorithms)
         source = settings.jwt_keys
-        url_loader: _JwksUrlLoader | None = None
         if source is None:
             if not settings.dev_mode:
                 raise ConfigError("GATEWAY_JWT_KEYS must be set outside development mode")
@@ -526,7 +529,7 @@ class CallerAuthenticator:
             url_loader = _JwksUrlLoader(source, allowed)
             provider = KeyProvider(url_loader, None, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=_redacted_url(source))
+                                   description=_redacted_url(source), close_loader=url_loader.close)
         else:
             path = Path(source)
             initial = _read_key_file(path, allowed)
@@ -543,7 +546,6 @@ class CallerAuthenticator:
             audience=settings.jwt_audience,
             algorithms=allowed,
             leeway_seconds=settings.jwt_leeway_seconds,
-            url_loader=url_loader,
         )
 
     @property
@@ -563,8 +565,6 @@ class CallerAuthenticator:
 
     async def close(self) -> None:
         await self._provider.close()
-        if self._url_loader is not None:
-            await self._url_loader.close()
 
     async def authenticate(self, authorization: Sequence[str]) -> Caller:
         """The caller of a request, given all its Authorization header values."""
