@@ -1,0 +1,193 @@
+"""Field actions as declared in a profile (`keep`, `drop`, `pseudonymise`, ...), parsed into frozen values,
+and the pure value transforms behind `generalise` and `mask`.
+
+Parsing is separate from compiling (gateway/policy/engine.py) so the loader can report a bad action with
+its file and line before anything is bound to a key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ID_TYPES = ("imei", "imsi", "iccid", "mac", "android_id", "advertising_id", "phone", "email", "token")
+MODES = ("hmac", "fpe")
+LOCATION_KEYS = ("lat", "lon", "lng", "latitude", "longitude")
+MAX_LOCATION_DECIMALS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    free_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pseudonymise:
+    id_type: str
+    mode: Literal["hmac", "fpe"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generalise:
+    """Exactly one of the three is set."""
+
+    location_decimals: int | None = None
+    date_precision: Literal["month", "year"] | None = None
+    age_band: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mask:
+    keep_last: int
+    char: str = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Reidentify:
+    id_type: str
+
+
+FieldAction = Keep | Drop | Pseudonymise | Generalise | Mask | Reidentify
+
+
+class ActionError(ValueError):
+    """A field action that cannot be understood; the message says why (no values)."""
+
+
+def _only_key(raw: dict[Any, Any]) -> tuple[str, Any]:
+    if len(raw) != 1:
+        raise ActionError("an action is one of keep, drop, pseudonymise, generalise, mask, reidentify")
+    ((name, options),) = raw.items()
+    return str(name), options
+
+
+def _int_option(options: dict[Any, Any], key: str, low: int, high: int) -> int:
+    value = options.get(key)
+    if type(value) is not int or not low <= value <= high:
+        raise ActionError(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+def parse_action(raw: Any) -> FieldAction:
+    """One action from its profile form; raises `ActionError` with a reason."""
+    if raw == "keep":
+        return Keep()
+    if raw == "drop":
+        return Drop()
+    if not isinstance(raw, dict):
+        raise ActionError("an action is `keep`, `drop` or a one-key mapping such as {pseudonymise: {...}}")
+    name, options = _only_key(raw)
+    if name == "keep":
+        if options is None:
+            return Keep()
+        if not isinstance(options, dict) or set(options) - {"free_text"} or not isinstance(
+                options.get("free_text", False), bool):
+            raise ActionError("keep takes only {free_text: true|false}")
+        return Keep(free_text=bool(options.get("free_text", False)))
+    if not isinstance(options, dict):
+        raise ActionError(f"{name} needs a mapping of options")
+    if name == "pseudonymise":
+        id_type, mode = options.get("type"), options.get("mode", "hmac")
+        if id_type not in ID_TYPES:
+            raise ActionError(f"pseudonymise type must be one of {', '.join(ID_TYPES)}")
+        if mode not in MODES:
+            raise ActionError("pseudonymise mode must be hmac or fpe")
+        return Pseudonymise(id_type=id_type, mode=mode)
+    if name == "reidentify":
+        if options.get("type") not in ID_TYPES or set(options) != {"type"}:
+            raise ActionError(f"reidentify takes {{type: T}} with T one of {', '.join(ID_TYPES)}")
+        return Reidentify(id_type=options["type"])
+    if name == "generalise":
+        if len(options) != 1:
+            raise ActionError("generalise takes exactly one of location, date, age_band")
+        if "location" in options:
+            return Generalise(location_decimals=_int_option(options, "location", 0, MAX_LOCATION_DECIMALS))
+        if "date" in options:
+            if options["date"] not in ("month", "year"):
+                raise ActionError("generalise date must be month or year")
+            return Generalise(date_precision=options["date"])
+        if "age_band" in options:
+            return Generalise(age_band=_int_option(options, "age_band", 1, 100))
+        raise ActionError("generalise takes exactly one of location, date, age_band")
+    if name == "mask":
+        if set(options) - {"keep_last", "char"}:
+            raise ActionError("mask takes keep_last and optionally char")
+        char = options.get("char", "*")
+        if not isinstance(char, str) or len(char) != 1:
+            raise ActionError("mask char must be a single character")
+        return Mask(keep_last=_int_option(options, "keep_last", 0, 64), char=char)
+    raise ActionError(f"unknown action {name!r}; use keep, drop, pseudonymise, generalise, mask or reidentify")
+
+
+class NotGeneralisable(ValueError):
+    """The value has the wrong shape for the generalisation; the message is a reason without the value."""
+
+
+_DATE = re.compile(r"(\d{4})-(\d{2})(?:-(\d{2})(?:[T ][0-9:.+\-Z]*)?)?\Z")
+
+
+def _round_coordinate(value: Any, decimals: int) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise NotGeneralisable("a coordinate must be a finite number")
+    rounded = round(float(value), decimals)
+    return rounded + 0.0  # normalises -0.0, so a rounded coordinate never shows a sign it lost
+
+
+def generalise_location(value: Any, decimals: int) -> Any:
+    """Coordinates rounded to `decimals`: a number, a {lat, lon} object (other keys dropped: accuracy,
+    altitude and the like are as precise as the position), a [lat, lon] pair or a "lat,lon" string."""
+    kind = type(value)
+    if kind is dict:
+        out = {key: _round_coordinate(value[key], decimals) for key in LOCATION_KEYS if key in value}
+        if not out:
+            raise NotGeneralisable("a location object needs lat/lon (or lng, latitude, longitude)")
+        return out
+    if kind is list:
+        if len(value) not in (2, 3):
+            raise NotGeneralisable("a location array is [lat, lon]")
+        return [_round_coordinate(item, decimals) for item in value[:2]]
+    if kind is str:
+        parts = value.split(",")
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            raise NotGeneralisable('a location string is "lat,lon"') from None
+        if len(numbers) != 2:
+            raise NotGeneralisable('a location string is "lat,lon"')
+        return ",".join(f"{_round_coordinate(n, decimals):.{decimals}f}" for n in numbers)
+    return _round_coordinate(value, decimals)
+
+
+def generalise_date(value: Any, precision: str) -> str:
+    """An ISO 8601 date or date-time cut to `YYYY-MM` (month) or `YYYY` (year)."""
+    match = _DATE.match(value) if type(value) is str else None
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise NotGeneralisable("a date must be ISO 8601 (YYYY-MM-DD)")
+    return match.group(1) if precision == "year" else f"{match.group(1)}-{match.group(2)}"
+
+
+def generalise_age(value: Any, band: int) -> str:
+    """An age in whole years as the band holding it: band 10 turns 34 into "30-39"."""
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value < 200:
+        raise NotGeneralisable("an age must be a number of years from 0 to 199")
+    low = int(value) // band * band
+    return f"{low}-{low + band - 1}" if band > 1 else str(low)
+
+
+def mask_value(value: Any, keep_last: int, char: str) -> str:
+    """All but the last `keep_last` characters replaced; a value no longer than `keep_last` is masked whole,
+    because keeping it would reveal it entirely."""
+    if type(value) is int:
+        value = str(value)
+    if type(value) is not str:
+        raise NotGeneralisable("only a string or an integer can be masked")
+    if len(value) <= keep_last:
+        return char * len(value)
+    return char * (len(value) - keep_last) + (value[-keep_last:] if keep_last else "")

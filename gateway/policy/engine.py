@@ -1,0 +1,495 @@
+"""The policy engine: a route's field policies compiled once into closures, applied per request.
+
+Compiling turns each declared path (`recipient.phone`, `items[].sku`) into a tree of small functions,
+one per object, array and field, with the pseudonymiser already bound to the partner's key. Applying a
+policy is then one walk over the input that builds a new value holding only what the allowlist names:
+anything undeclared is dropped (or refused with `unknown_fields: reject`). The same engine filters
+responses. No I/O happens here; errors name field paths, never values.
+
+Reports use the declared path form (`items[].sku`) so one field is one entry however many array
+elements carried it. Query parameters, path parameters and headers are reported as `query:NAME`,
+`path:NAME` and `header:NAME`, so they can never be confused with a body field of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.errors import (
+    FieldNotAllowed,
+    GatewayError,
+    IdentifierInFreeText,
+    InvalidIdentifier,
+    SchemaViolation,
+    UpstreamError,
+    Violation,
+)
+from gateway.policy.actions import (
+    Drop,
+    FieldAction,
+    Generalise,
+    Keep,
+    NotGeneralisable,
+    Pseudonymise,
+    Reidentify,
+    generalise_age,
+    generalise_date,
+    generalise_location,
+    mask_value,
+)
+from gateway.policy.freetext import redact, scan
+from gateway.policy.schema import ROOT, CompiledSchema
+
+UnknownFields = Literal["drop", "reject"]
+FreeTextMode = Literal["redact", "reject"]
+
+
+class PseudonymBinder(Protocol):
+    """What the engine needs of `gateway.pseudonyms.Pseudonymiser`: functions bound once per field."""
+
+    def bind(self, partner_id: str, id_type: str, mode: str) -> Callable[[str], str]: ...
+
+    def bind_reverse(self, partner_id: str, id_type: str) -> Callable[[str], str]: ...
+
+
+class _Missing:
+    """Marks a value the policy removed (distinct from JSON null)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+# Refusals are raised with every violation found; the first class present in this order decides the type.
+_ERROR_ORDER: tuple[type[GatewayError], ...] = (FieldNotAllowed, InvalidIdentifier, IdentifierInFreeText,
+                                                SchemaViolation)
+
+
+@dataclass(frozen=True, slots=True)
+class MinimisationReport:
+    """What a policy did, by field path only (never values): for the ledger and the metrics."""
+
+    kept: tuple[str, ...]
+    transformed: tuple[str, ...]
+    dropped: tuple[str, ...]
+    pseudonymised: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class MinimisedRequest:
+    body: Any | None
+    query: tuple[tuple[str, str], ...]
+    path_params: Mapping[str, str]
+    headers: Mapping[str, str]
+    report: MinimisationReport
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredResponse:
+    body: Any | None
+    headers: Mapping[str, str]
+    report: MinimisationReport
+
+
+@dataclass(frozen=True)
+class RoutePolicySpec:
+    """A route's policy as declared: for each part of the request and response, field path -> action."""
+
+    request_body: Mapping[str, FieldAction] = field(default_factory=dict)
+    request_query: Mapping[str, FieldAction] = field(default_factory=dict)
+    request_path: Mapping[str, FieldAction] = field(default_factory=dict)
+    request_headers: Mapping[str, FieldAction] = field(default_factory=dict)
+    response_body: Mapping[str, FieldAction] = field(default_factory=dict)
+    response_headers: Mapping[str, FieldAction] = field(default_factory=dict)
+    unknown_fields: UnknownFields = "drop"
+    free_text: FreeTextMode = "reject"
+    schema: Mapping[str, Any] | None = None
+
+
+class PolicyCompileError(ValueError):
+    """A policy that cannot be compiled. `section` is e.g. ("request", "body"); `key` the declared path."""
+
+    def __init__(self, section: tuple[str, ...], key: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.section = section
+        self.key = key
+        self.reason = reason
+
+
+class _Run:
+    """The mutable record of one application of a policy: what happened to which path, and refusals."""
+
+    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "transformed")
+
+    def __init__(self, reject_unknown: bool, free_text_reject: bool) -> None:
+        self.kept: list[str] = []
+        self.transformed: list[str] = []
+        self.dropped: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.errors: list[tuple[type[GatewayError], Violation]] = []
+        self.reject_unknown = reject_unknown
+        self.free_text_reject = free_text_reject
+
+    def unknown(self, path: str) -> Any:
+        if self.reject_unknown:
+            self.errors.append((FieldNotAllowed, Violation(path, "field not in the route's allowlist")))
+        else:
+            self.dropped.append(path)
+        return MISSING
+
+    def refuse(self, kind: type[GatewayError], path: str, reason: str) -> Any:
+        self.errors.append((kind, Violation(path, reason)))
+        return MISSING
+
+    def scan_free_text(self, value: Any, path: str) -> Any:
+        """`value` with identifiers in its strings redacted (or refused), recursing into containers."""
+        kind = type(value)
+        if kind is str:
+            hits = scan(value)
+            if not hits:
+                return value
+            if self.free_text_reject:
+                found = ", ".join(sorted({hit.id_type for hit in hits}))
+                return self.refuse(IdentifierInFreeText, path, f"free text contains an identifier ({found})")
+            self.transformed.append(path)
+            return redact(value, hits)
+        if kind is dict:
+            return {key: self.scan_free_text(item, path) for key, item in value.items()}
+        if kind is list:
+            return [self.scan_free_text(item, path) for item in value]
+        return value
+
+    def report(self) -> MinimisationReport:
+        transformed = tuple(dict.fromkeys(self.transformed))
+        changed = set(transformed)
+        return MinimisationReport(
+            kept=tuple(path for path in dict.fromkeys(self.kept) if path not in changed),
+            transformed=transformed,
+            dropped=tuple(dict.fromkeys(self.dropped)),
+            pseudonymised=dict(self.counts),
+        )
+
+    def raise_errors(self, response: bool) -> None:
+        if not self.errors:
+            return
+        violations = [violation for _, violation in self.errors]
+        if response:
+            raise UpstreamError("the partner's response violates the route's response policy", violations,
+                                reason="response-policy")
+        kinds = {kind for kind, _ in self.errors}
+        kind = next(k for k in _ERROR_ORDER if k in kinds)
+        raise kind(f"request refused by the route's policy at {len(violations)} place(s)", violations)
+
+
+Apply = Callable[[Any, _Run], Any]
+
+
+def _leaf(action: FieldAction, path: str, partner_id: str, binder: PseudonymBinder) -> Apply:
+    """The function applying one declared action to the value at `path`."""
+    if isinstance(action, Keep):
+        if action.free_text:
+            def keep_free_text(value: Any, run: _Run) -> Any:
+                run.kept.append(path)
+                return run.scan_free_text(value, path)
+            return keep_free_text
+
+        def keep(value: Any, run: _Run) -> Any:
+            run.kept.append(path)
+            return value
+        return keep
+    if isinstance(action, Drop):
+        def drop(value: Any, run: _Run) -> Any:
+            run.dropped.append(path)
+            return MISSING
+        return drop
+    if isinstance(action, Pseudonymise | Reidentify):
+        id_type = action.id_type
+        if isinstance(action, Pseudonymise):
+            convert = binder.bind(partner_id, id_type, action.mode)
+            invalid = f"not a valid {id_type}"
+        else:
+            convert = binder.bind_reverse(partner_id, id_type)
+            invalid = f"not a reversible {id_type} pseudonym"
+
+        def pseudonymise(value: Any, run: _Run) -> Any:
+            if value is None:
+                run.kept.append(path)
+                return None
+            if type(value) is int:
+                value = str(value)
+            elif type(value) is not str:
+                return run.refuse(InvalidIdentifier, path, f"a {id_type} must be a string")
+            try:
+                result = convert(value)
+            except InvalidIdentifier:
+                return run.refuse(InvalidIdentifier, path, invalid)
+            run.transformed.append(path)
+            run.counts[id_type] = run.counts.get(id_type, 0) + 1
+            return result
+        return pseudonymise
+
+    transform: Callable[[Any], Any]
+    if isinstance(action, Generalise):
+        if action.location_decimals is not None:
+            decimals = action.location_decimals
+
+            def transform(value: Any) -> Any:
+                return generalise_location(value, decimals)
+        elif action.date_precision is not None:
+            precision = action.date_precision
+
+            def transform(value: Any) -> Any:
+                return generalise_date(value, precision)
+        else:
+            band = action.age_band or 1
+
+            def transform(value: Any) -> Any:
+                return generalise_age(value, band)
+    else:
+        keep_last, char = action.keep_last, action.char
+
+        def transform(value: Any) -> Any:
+            return mask_value(value, keep_last, char)
+
+    def coarsen(value: Any, run: _Run) -> Any:
+        if value is None:
+            run.kept.append(path)
+            return None
+        try:
+            result = transform(value)
+        except NotGeneralisable as exc:
+            return run.refuse(SchemaViolation, path, str(exc))
+        run.transformed.append(path)
+        return result
+    return coarsen
+
+
+def parse_field_path(text: str) -> tuple[str | None, ...]:
+    """`items[].sku` -> ("items", None, "sku"): names, with None for "every element of an array"."""
+    segments: list[str | None] = []
+    for part in text.split("."):
+        name = part
+        arrays = 0
+        while name.endswith("[]"):
+            name = name[:-2]
+            arrays += 1
+        if not name and not (arrays and not segments):
+            raise ValueError(f"field path {text!r} has an empty name")
+        if "[" in name or "]" in name:
+            raise ValueError(f"field path {text!r}: `[]` may only follow a name")
+        if name:
+            segments.append(name)
+        segments.extend([None] * arrays)
+    return tuple(segments)
+
+
+class _Builder:
+    """A node of the declared-path tree before compiling: a leaf action, object fields or array items."""
+
+    __slots__ = ("action", "declared", "fields", "items", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.action: FieldAction | None = None
+        self.declared: str | None = None
+        self.fields: dict[str, _Builder] = {}
+        self.items: _Builder | None = None
+
+    def child(self, segment: str | None, declared: str) -> _Builder:
+        if self.action is not None:
+            raise ValueError(f"{declared!r} lies under {self.declared!r}, which already has an action")
+        if segment is None:
+            if self.fields:
+                raise ValueError(f"{declared!r} treats {self.path or ROOT!r} as an array and an object")
+            if self.items is None:
+                self.items = _Builder(f"{self.path}[]")
+            return self.items
+        if self.items is not None:
+            raise ValueError(f"{declared!r} treats {self.path or ROOT!r} as an object and an array")
+        node = self.fields.get(segment)
+        if node is None:
+            node = self.fields[segment] = _Builder(f"{self.path}.{segment}" if self.path else segment)
+        return node
+
+    def set_action(self, action: FieldAction, declared: str) -> None:
+        if self.action is not None or self.fields or self.items is not None:
+            raise ValueError(f"{declared!r} overlaps another declared path")
+        self.action = action
+        self.declared = declared
+
+    def compile(self, partner_id: str, binder: PseudonymBinder) -> Apply:
+        if self.action is not None:
+            return _leaf(self.action, self.path, partner_id, binder)
+        if self.items is not None:
+            return _array(self.path, self.items.compile(partner_id, binder))
+        return _object(self.path, {name: node.compile(partner_id, binder) for name, node in self.fields.items()})
+
+
+def _object(path: str, fields: dict[str, Apply]) -> Apply:
+    lookup = fields.get
+    prefix = f"{path}." if path else ""
+
+    def apply_object(value: Any, run: _Run) -> Any:
+        if type(value) is not dict:
+            if value is None:
+                run.dropped.append(path or ROOT)
+                return MISSING
+            return run.unknown(path or ROOT)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            apply = lookup(key)
+            if apply is None:
+                run.unknown(prefix + key)
+                continue
+            result = apply(item, run)
+            if result is not MISSING:
+                out[key] = result
+        # An object left empty says nothing the partner needs; omit it rather than send a shell.
+        return out if out else MISSING
+    return apply_object
+
+
+def _array(path: str, element: Apply) -> Apply:
+    def apply_array(value: Any, run: _Run) -> Any:
+        if type(value) is not list:
+            if value is None:
+                run.dropped.append(path)
+                return MISSING
+            return run.unknown(path[:-2] or ROOT)
+        out = []
+        for item in value:
+            result = element(item, run)
+            if result is not MISSING:
+                out.append(result)
+        return out
+    return apply_array
+
+
+def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: PseudonymBinder,
+                 section: tuple[str, ...]) -> Apply:
+    """The body policy as one function; raises `PolicyCompileError` naming the declared path."""
+    root = _Builder("")
+    for declared, action in policy.items():
+        try:
+            node = root
+            for segment in parse_field_path(declared):
+                node = node.child(segment, declared)
+            node.set_action(action, declared)
+        except ValueError as exc:
+            raise PolicyCompileError(section, declared, str(exc)) from None
+    return root.compile(partner_id, binder)
+
+
+def _compile_names(policy: Mapping[str, FieldAction], prefix: str, partner_id: str, binder: PseudonymBinder,
+                   section: tuple[str, ...], fold_case: bool) -> dict[str, tuple[str, Apply]]:
+    """Flat name -> (output name, function) for query, path parameters and headers."""
+    compiled: dict[str, tuple[str, Apply]] = {}
+    for name, action in policy.items():
+        if isinstance(action, Reidentify) and section[0] == "request":
+            raise PolicyCompileError(section, name, "reidentify is for responses only")
+        key = name.lower() if fold_case else name
+        if key in compiled:
+            raise PolicyCompileError(section, name, "declared twice (header names ignore case)")
+        compiled[key] = (name, _leaf(action, f"{prefix}{name}", partner_id, binder))
+    return compiled
+
+
+def _check_body_actions(policy: Mapping[str, FieldAction], section: tuple[str, ...]) -> None:
+    if section[0] == "request":
+        for declared, action in policy.items():
+            if isinstance(action, Reidentify):
+                raise PolicyCompileError(section, declared, "reidentify is for responses only")
+
+
+class CompiledRoutePolicy:
+    """One route's policy, compiled: schema validation, request minimisation and response filtering."""
+
+    __slots__ = ("_path", "_query", "_request_body", "_request_headers", "_response_body", "_response_headers",
+                 "_schema", "free_text", "partner_id", "spec", "unknown_fields")
+
+    def __init__(self, spec: RoutePolicySpec, *, partner_id: str, pseudonymiser: PseudonymBinder) -> None:
+        self.spec = spec
+        self.partner_id = partner_id
+        self.unknown_fields = spec.unknown_fields
+        self.free_text = spec.free_text
+        _check_body_actions(spec.request_body, ("request", "body"))
+        self._schema = CompiledSchema(spec.schema) if spec.schema is not None else None
+        self._request_body = compile_body(spec.request_body, partner_id, pseudonymiser, ("request", "body"))
+        self._response_body = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
+        self._query = _compile_names(spec.request_query, "query:", partner_id, pseudonymiser,
+                                     ("request", "query"), fold_case=False)
+        self._path = _compile_names(spec.request_path, "path:", partner_id, pseudonymiser,
+                                    ("request", "path"), fold_case=False)
+        self._request_headers = _compile_names(spec.request_headers, "header:", partner_id, pseudonymiser,
+                                               ("request", "headers"), fold_case=True)
+        self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
+                                                ("response", "headers"), fold_case=True)
+
+    def validate(self, body: Any) -> None:
+        """Check `body` against the route's request JSON Schema; raises `SchemaViolation` with paths."""
+        if self._schema is not None:
+            self._schema.validate(body)
+
+    def minimise_request(self, body: Any | None, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],
+                         headers: Mapping[str, str]) -> MinimisedRequest:
+        """The request as the partner may see it, and what was done; raises a 422 refusal naming paths."""
+        run = _Run(self.unknown_fields == "reject", self.free_text == "reject")
+        out_body = _apply_root(self._request_body, body, run)
+        out_query: list[tuple[str, str]] = []
+        for name, value in query:
+            entry = self._query.get(name)
+            if entry is None:
+                run.unknown(f"query:{name}")
+                continue
+            result = entry[1](value, run)
+            if result is not MISSING:
+                out_query.append((entry[0], result))
+        out_path: dict[str, str] = {}
+        for name, value in path_params.items():
+            entry = self._path.get(name)
+            if entry is None:
+                run.unknown(f"path:{name}")
+                continue
+            result = entry[1](value, run)
+            if result is not MISSING:
+                out_path[name] = result
+        out_headers = _apply_headers(self._request_headers, headers, run)
+        run.raise_errors(response=False)
+        return MinimisedRequest(out_body, tuple(out_query), out_path, out_headers, run.report())
+
+    def filter_response(self, body: Any | None, headers: Mapping[str, str]) -> FilteredResponse:
+        """The partner's answer as the caller may see it. Undeclared fields are dropped (never refused: the
+        caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`."""
+        run = _Run(False, self.free_text == "reject")
+        out_body = _apply_root(self._response_body, body, run)
+        out_headers = _apply_headers(self._response_headers, headers, run)
+        run.raise_errors(response=True)
+        return FilteredResponse(out_body, out_headers, run.report())
+
+
+def _apply_root(apply: Apply, body: Any | None, run: _Run) -> Any | None:
+    if body is None:
+        return None
+    result = apply(body, run)
+    if result is MISSING:
+        return {} if type(body) is dict else None
+    return result
+
+
+def _apply_headers(policy: Mapping[str, tuple[str, Apply]], headers: Mapping[str, str], run: _Run) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        entry = policy.get(name.lower())
+        if entry is None:
+            # Undeclared headers (Authorization, cookies, tracing) never pass and never refuse a request.
+            run.dropped.append(f"header:{name.lower()}")
+            continue
+        result = entry[1](value, run)
+        if result is not MISSING:
+            out[entry[0]] = result
+    return out

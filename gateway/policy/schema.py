@@ -1,0 +1,104 @@
+"""A route's request JSON Schema (Draft 2020-12), compiled once, and its violations as safe paths.
+
+jsonschema's own messages quote the offending value ("'abc' does not match ..."), so they never leave
+this module: each error becomes a `Violation` of a field path and a reason built from the keyword and
+the schema alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from gateway.errors import SchemaViolation, Violation
+
+ROOT = "$"
+MAX_VIOLATIONS = 20
+
+
+def check_schema(schema: Mapping[str, Any]) -> str | None:
+    """Why `schema` is not a valid 2020-12 schema, or None."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return f"request schema is not valid JSON Schema 2020-12 ({exc.validator} at {where or 'the root'})"
+    return None
+
+
+def render_path(parts: Iterable[Any]) -> str:
+    """A JSON Schema error path as the profile's dotted form with concrete indices: items[2].sku."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text = f"{text}.{part}" if text else str(part)
+    return text or ROOT
+
+
+def _reason(error: ValidationError) -> str:
+    keyword = str(error.validator)
+    expected: Any = error.validator_value
+    if keyword == "type":
+        return f"expected type {expected if isinstance(expected, str) else ' or '.join(expected)}"
+    if keyword == "required":
+        return "required property missing"
+    if keyword in ("enum", "const"):
+        return "not one of the allowed values"
+    if keyword == "pattern":
+        return "does not match the required pattern"
+    if keyword == "format":
+        return f"not a valid {expected}"
+    if keyword == "additionalProperties" or keyword == "unevaluatedProperties":
+        return "property not allowed by the schema"
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+                   "minItems", "maxItems", "minProperties", "maxProperties", "multipleOf"):
+        return f"violates {keyword} {expected}"
+    return f"violates {keyword}"
+
+
+def _violations(error: ValidationError) -> list[Violation]:
+    base: list[Any] = list(error.absolute_path)
+    keyword = error.validator
+    instance = error.instance
+    # These keywords fail on the parent object; the useful path is the property they are about.
+    if keyword == "required" and isinstance(instance, dict):
+        required: Any = error.validator_value
+        names = [name for name in required if name not in instance]
+        return [Violation(render_path([*base, name]), _reason(error)) for name in names]
+    if keyword == "additionalProperties" and isinstance(instance, dict) and isinstance(error.schema, dict):
+        declared = error.schema.get("properties", {})
+        extra = [name for name in instance if name not in declared]
+        if extra and not error.schema.get("patternProperties"):
+            return [Violation(render_path([*base, name]), _reason(error)) for name in extra]
+    return [Violation(render_path(base), _reason(error))]
+
+
+class CompiledSchema:
+    """One route's request schema with its validator built once; `validate` raises `SchemaViolation`."""
+
+    __slots__ = ("_validator", "schema")
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.schema = schema
+        self._validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+    def validate(self, body: Any) -> None:
+        errors = self._validator.iter_errors(body)
+        first = next(errors, None)
+        if first is None:
+            return
+        found: list[Violation] = []
+        for error in (first, *errors):
+            for violation in _violations(error):
+                if violation not in found:
+                    found.append(violation)
+            if len(found) >= MAX_VIOLATIONS:
+                break
+        found.sort(key=lambda v: v.path)
+        raise SchemaViolation(f"request body violates the route's schema at {len(found)} place(s)", found,
+                              reason="schema")

@@ -1,0 +1,344 @@
+"""Loading a folder of partner profiles: YAML with lines, environment substitution, the JSON Schema, the
+checks a schema cannot express, policy compilation and the examples. Every problem of every file is
+collected and reported as `file:line: reason`; one bad file fails the whole load (the caller keeps
+the previous set running).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from gateway.errors import ConfigError
+from gateway.policy import (
+    ActionError,
+    CompiledRoutePolicy,
+    Drop,
+    FieldAction,
+    PolicyCompileError,
+    PseudonymBinder,
+    RoutePolicySpec,
+    check_schema,
+    parse_action,
+)
+from gateway.profiles.examples import example_pseudonymiser, run_profile_examples
+from gateway.profiles.matching import ProfileSet
+from gateway.profiles.model import (
+    ExampleRequest,
+    ExpectedError,
+    Limits,
+    PartnerProfile,
+    Route,
+    RouteExample,
+    Upstream,
+    UpstreamAuth,
+    ValueSource,
+)
+from gateway.profiles.yamlsource import JsonPath, YamlProblem, line_of, load_yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "partner_profile.schema.json"
+PROFILE_SUFFIXES = (".yaml", ".yml")
+_PARAM = re.compile(r"\{([^}]*)\}")
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileProblem:
+    file: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}" if self.line else f"{self.file}: {self.reason}"
+
+
+class ProfileLoadError(ConfigError):
+    """One or more profiles are invalid; `.problems` lists every one, in file and line order."""
+
+    def __init__(self, problems: list[ProfileProblem]) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"{len(problems)} problem(s) in partner profiles:\n{listing}")
+
+
+@cache
+def profile_validator() -> Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+class _FileContext:
+    """Problems of one file, with the line map to place them."""
+
+    def __init__(self, file: str, lines: Mapping[JsonPath, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.problems: list[ProfileProblem] = []
+
+    def add(self, path: JsonPath, reason: str) -> None:
+        self.problems.append(ProfileProblem(self.file, line_of(self.lines, path), reason))
+
+
+def _schema_reason(error: ValidationError) -> tuple[JsonPath, str]:
+    # oneOf errors ("... is not valid under any of the given schemas") say nothing; the best sub-error does.
+    chosen = best_match([error, *error.context]) if error.context else error
+    path: JsonPath = tuple(chosen.absolute_path)
+    where = ".".join(str(p) for p in path)
+    if "auth" in path and "upstream" in path:
+        # Credentials are already substituted from the environment: never quote them.
+        return path, f"{where}: invalid ({chosen.validator} check failed)"
+    message = chosen.message if len(chosen.message) <= 200 else chosen.message[:197] + "..."
+    return path, f"{where or 'profile'}: {message}" if where else message
+
+
+def _read_secret(ctx: _FileContext, path: JsonPath, options: Mapping[str, Any], key: str, folder: Path) -> str:
+    if key in options:
+        return str(options[key])
+    file_name = Path(str(options[f"{key}_file"]))
+    secret_file = file_name if file_name.is_absolute() else folder / file_name
+    try:
+        return secret_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        ctx.add((*path, f"{key}_file"), f"cannot read {key}_file: {exc.strerror}")
+        return ""
+
+
+def _build_auth(ctx: _FileContext, raw: Mapping[str, Any] | None, folder: Path) -> UpstreamAuth | None:
+    if raw is None:
+        return None
+    path: JsonPath = ("upstream", "auth")
+    kind = raw["type"]
+    if kind == "bearer":
+        return UpstreamAuth("bearer", "Authorization", "Bearer " + _read_secret(ctx, path, raw, "token", folder))
+    if kind == "header":
+        return UpstreamAuth("header", str(raw["header"]), _read_secret(ctx, path, raw, "value", folder))
+    password = _read_secret(ctx, path, raw, "password", folder)
+    token = base64.b64encode(f"{raw['username']}:{password}".encode()).decode("ascii")
+    return UpstreamAuth("basic", "Authorization", "Basic " + token)
+
+
+def _source(raw: Mapping[str, Any] | None) -> ValueSource | None:
+    if raw is None:
+        return None
+    if "value" in raw:
+        return ValueSource("value", "", str(raw["value"]))
+    return ValueSource(raw["from"], str(raw["path"]))
+
+
+def _actions(ctx: _FileContext, path: JsonPath, raw: Mapping[str, Any] | None) -> dict[str, FieldAction]:
+    actions: dict[str, FieldAction] = {}
+    for name, spec in (raw or {}).items():
+        try:
+            actions[name] = parse_action(spec)
+        except ActionError as exc:
+            ctx.add((*path, name), f"{name}: {exc}")
+    return actions
+
+
+def _example(raw: Mapping[str, Any], line: int | None) -> RouteExample:
+    request = raw.get("request") or {}
+    query: list[tuple[str, str]] = []
+    for name, value in (request.get("query") or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            query.append((name, item))
+    expect_error = raw.get("expect_error")
+    return RouteExample(
+        name=raw["name"],
+        request=ExampleRequest(body=request.get("body"), query=tuple(query), path=dict(request.get("path") or {}),
+                               headers=dict(request.get("headers") or {})),
+        expect=raw.get("expect"),
+        expect_error=ExpectedError(expect_error["status"], tuple(expect_error["paths"]) if "paths" in expect_error
+                                   else None) if expect_error else None,
+        line=line,
+    )
+
+
+def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_id: str,
+                 consent_purposes: tuple[str, ...], pseudonymiser: PseudonymBinder) -> Route | None:
+    at: JsonPath = ("routes", index)
+    route_id = raw["id"]
+    before = len(ctx.problems)
+    request = raw.get("request") or {}
+    response = raw.get("response") or {}
+    purposes = tuple(raw["purposes"]) if "purposes" in raw else (raw["purpose"],)
+
+    params = _PARAM.findall(raw["path"])
+    path_policy = request.get("path") or {}
+    for param in params:
+        if param not in path_policy:
+            ctx.add((*at, "path"), f"route {route_id}: path parameter {{{param}}} has no policy under request.path")
+    for name in path_policy:
+        if name not in params:
+            ctx.add((*at, "request", "path", name), f"route {route_id}: request.path.{name} is not a parameter of "
+                                                     f"the path template")
+    if len(set(params)) != len(params):
+        ctx.add((*at, "path"), f"route {route_id}: a path parameter appears twice")
+    consent = raw.get("consent")
+    if consent is not None and consent not in consent_purposes:
+        ctx.add((*at, "consent"), f"route {route_id}: consent purpose {consent!r} is not declared in consent_purposes")
+    # A disclosure whose purpose is a legal obligation (to an authority) must name the legal instrument.
+    if "legal_obligation" in purposes and not raw.get("legal_reference_required", False):
+        ctx.add((*at, "purposes" if "purposes" in raw else "purpose"),
+                f"route {route_id}: a route with purpose legal_obligation needs legal_reference_required: true")
+    schema = request.get("schema")
+    if schema is not None:
+        problem = check_schema(schema)
+        if problem:
+            ctx.add((*at, "request", "schema"), f"route {route_id}: {problem}")
+
+    sections: dict[tuple[str, str], dict[str, FieldAction]] = {}
+    for part, key, source in (("request", "body", request), ("request", "query", request), ("request", "path", request),
+                              ("request", "headers", request), ("response", "body", response),
+                              ("response", "headers", response)):
+        sections[(part, key)] = _actions(ctx, (*at, part, key), source.get(key))
+    for name, action in sections[("request", "path")].items():
+        if isinstance(action, Drop):
+            ctx.add((*at, "request", "path", name), f"route {route_id}: path parameter {name} cannot be dropped: "
+                                                     "the partner's URL needs it")
+    spec = RoutePolicySpec(
+        request_body=sections[("request", "body")], request_query=sections[("request", "query")],
+        request_path=sections[("request", "path")], request_headers=sections[("request", "headers")],
+        response_body=sections[("response", "body")], response_headers=sections[("response", "headers")],
+        unknown_fields=raw.get("unknown_fields", "drop"), free_text=raw.get("free_text", "reject"), schema=schema,
+    )
+    if len(ctx.problems) > before:
+        return None
+    try:
+        policy = CompiledRoutePolicy(spec, partner_id=profile_id, pseudonymiser=pseudonymiser)
+    except PolicyCompileError as exc:
+        ctx.add((*at, *exc.section, *( [exc.key] if exc.key else [])), f"route {route_id}: {exc.reason}")
+        return None
+    examples = tuple(_example(item, line_of(ctx.lines, (*at, "examples", n)))
+                     for n, item in enumerate(raw.get("examples") or ()))
+    return Route(
+        id=route_id, method=raw["method"], path_template=raw["path"], purposes=purposes,
+        legal_basis=raw["legal_basis"], subject=_source(raw.get("subject")), residency=_source(raw.get("residency")),
+        consent_purpose=consent, essential=raw.get("essential", False),
+        allowed_during_hold=raw.get("allowed_during_hold", False), idempotent=raw.get("idempotent", False),
+        legal_reference_required=raw.get("legal_reference_required", False),
+        media_types=tuple(raw.get("media_types") or ("application/json",)), policy=policy, examples=examples,
+        description=raw.get("description", ""),
+    )
+
+
+def _route_shape(route: Route) -> tuple[str, tuple[str | None, ...]]:
+    return route.method, tuple(None if p.startswith("{") else p for p in route.path_template.split("/"))
+
+
+def build_profile(ctx: _FileContext, data: Mapping[str, Any], file: Path, pseudonymiser: PseudonymBinder
+                  ) -> PartnerProfile | None:
+    """The profile from schema-valid data, or None after adding problems to `ctx`."""
+    profile_id = data["id"]
+    if profile_id != file.stem:
+        ctx.add(("id",), f"id {profile_id!r} must equal the file name without extension ({file.stem!r})")
+    consent_purposes = tuple(data.get("consent_purposes") or ())
+    routes: list[Route] = []
+    seen_ids: dict[str, int] = {}
+    shapes: dict[tuple[str, tuple[str | None, ...]], str] = {}
+    for index, raw in enumerate(data["routes"]):
+        if raw["id"] in seen_ids:
+            ctx.add(("routes", index, "id"), f"duplicate route id {raw['id']!r} (first at route {seen_ids[raw['id']]})")
+            continue
+        seen_ids[raw["id"]] = index
+        route = _build_route(ctx, index, raw, profile_id, consent_purposes, pseudonymiser)
+        if route is None:
+            continue
+        shape = _route_shape(route)
+        if shape in shapes:
+            ctx.add(("routes", index, "path"), f"route {route.id}: same method and path shape as route {shapes[shape]}")
+            continue
+        shapes[shape] = route.id
+        routes.append(route)
+    upstream_raw = data["upstream"]
+    timeouts = upstream_raw.get("timeouts") or {}
+    upstream = Upstream(
+        base_url=upstream_raw["base_url"].rstrip("/"), auth=_build_auth(ctx, upstream_raw.get("auth"), file.parent),
+        connect_timeout=float(timeouts.get("connect", 2.0)), total_timeout=float(timeouts.get("total", 10.0)),
+        retries=int(upstream_raw.get("retries", 0)),
+    )
+    if upstream.connect_timeout > upstream.total_timeout:
+        ctx.add(("upstream", "timeouts"), "the connect timeout cannot exceed the total timeout")
+    limits_raw = data.get("limits") or {}
+    limits = Limits(
+        max_body_bytes=int(limits_raw.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        rate_per_second=limits_raw.get("rate_per_second"), burst=limits_raw.get("burst"),
+        max_concurrency=limits_raw.get("max_concurrency"),
+    )
+    if ctx.problems:
+        return None
+    return PartnerProfile(
+        id=profile_id, name=data["name"], category=data["category"], jurisdiction=data["jurisdiction"],
+        description=data.get("description", ""), upstream=upstream, limits=limits, routes=tuple(routes),
+        consent_purposes=consent_purposes, source_file=str(file), source=dict(data.get("source") or {}),
+    )
+
+
+def load_profile_file(file: Path, *, pseudonymiser: PseudonymBinder, environ: Mapping[str, str],
+                      check_examples: bool = True, max_json_depth: int = 32
+                      ) -> tuple[PartnerProfile | None, list[ProfileProblem]]:
+    """One profile and its problems (the profile is None when there are any)."""
+    name = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [ProfileProblem(name, None, f"cannot read the file: {exc}")]
+    try:
+        data, lines, yaml_problems = load_yaml(text, environ)
+    except YamlProblem as exc:
+        return None, [ProfileProblem(name, exc.line, exc.reason)]
+    ctx = _FileContext(name, lines)
+    ctx.problems.extend(ProfileProblem(name, p.line, p.reason) for p in yaml_problems)
+    errors = sorted(profile_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    for error in errors:
+        path, reason = _schema_reason(error)
+        ctx.add(path, reason)
+    if ctx.problems:
+        return None, ctx.problems
+    profile = build_profile(ctx, data, file, pseudonymiser)
+    if profile is not None and check_examples:
+        for result in run_profile_examples(profile, example_pseudonymiser(), max_json_depth):
+            if not result.passed:
+                ctx.problems.append(ProfileProblem(name, result.line, f"route {result.route_id}: example "
+                                                                    f"{result.name!r} fails: {result.reason}"))
+    return (None if ctx.problems else profile), ctx.problems
+
+
+def profile_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir()
+                  if p.suffix in PROFILE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def load_profiles(directory: Path, *, pseudonymiser: PseudonymBinder, environ: Mapping[str, str] | None = None,
+                  max_json_depth: int = 32, check_examples: bool = True) -> ProfileSet:
+    """Every profile in `directory`; raises `ProfileLoadError` listing all problems of all files."""
+    env = os.environ if environ is None else environ
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ProfileLoadError([ProfileProblem(str(directory), None, "profile folder does not exist")])
+    files = profile_files(directory)
+    if not files:
+        raise ProfileLoadError([ProfileProblem(str(directory), None, "no *.yaml profiles in the folder")])
+    problems: list[ProfileProblem] = []
+    profiles: dict[str, PartnerProfile] = {}
+    for file in files:
+        profile, found = load_profile_file(file, pseudonymiser=pseudonymiser, environ=env,
+                                           check_examples=check_examples, max_json_depth=max_json_depth)
+        problems.extend(found)
+        if profile is not None:
+            if profile.id in profiles:
+                problems.append(ProfileProblem(str(file), None, f"profile id {profile.id!r} is used twice"))
+            profiles[profile.id] = profile
+    if problems:
+        raise ProfileLoadError(problems)
+    return ProfileSet(profiles)
