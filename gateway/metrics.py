@@ -92,7 +92,7 @@ class GatewayMetrics:
         """The Prometheus text exposition of this process, or of every worker in multiprocess mode."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             aggregate = CollectorRegistry()
-            MultiProcessCollector(aggregate)
+            MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
             return generate_latest(aggregate)
         return generate_latest(self.registry)
 

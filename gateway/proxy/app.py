@@ -138,10 +138,16 @@ class GatewayState:
         services, self._services, self._pipeline = self._services, None, None
         if services is None:
             return
-        await services.upstream.close()
-        await services.authenticator.close()
-        await services.subjects.close()
-        await services.ledger.close()
+        # Each close runs even when an earlier one fails: the ledger's final checkpoint matters most.
+        closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("upstream", services.upstream.close), ("authenticator", services.authenticator.close),
+            ("subjects", services.subjects.close), ("ledger", services.ledger.close),
+        ]
+        for name, close in closers:
+            try:
+                await close()
+            except Exception as exc:
+                _log.error("close_failed", component_closed=name, error=type(exc).__name__)
         _log.info("stopped", worker=self.worker_index)
 
     def _load_profiles(self, pseudonymiser: Pseudonymiser) -> ProfileSet:

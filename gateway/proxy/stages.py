@@ -119,8 +119,10 @@ class MatchRoute:
         ctx.profile = self._profiles.profiles.get(ctx.partner_id)
         if ctx.profile is None:
             raise NotFound("no such partner", reason="unknown-partner")
-        path = decode_tail(ctx.tail)
-        match = self._profiles.match(ctx.partner_id, ctx.request.method, path)
+        # decode_tail refuses every traversal spelling; the profile set matches on the raw path, which it
+        # decodes segment by segment itself (so an encoded slash can never split a parameter).
+        decode_tail(ctx.tail)
+        match = self._profiles.match(ctx.partner_id, ctx.request.method, "/" + ctx.tail)
         ctx.route = match.route
         ctx.path_params = dict(match.path_params)
 
