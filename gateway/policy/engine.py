@@ -430,6 +430,15 @@ class CompiledRoutePolicy:
         self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
                                                 ("response", "headers"), fold_case=True)
 
+    def request_actions(self, location: str) -> Mapping[str, FieldAction]:
+        """The declared request actions of `location` ("body", "query", "path" or "headers"), by path."""
+        return {"body": self.spec.request_body, "query": self.spec.request_query, "path": self.spec.request_path,
+                "headers": self.spec.request_headers}[location]
+
+    def response_actions(self, location: str) -> Mapping[str, FieldAction]:
+        """The declared response actions of `location` ("body" or "headers"), by path."""
+        return {"body": self.spec.response_body, "headers": self.spec.response_headers}[location]
+
     def validate(self, body: Any) -> None:
         """Check `body` against the route's request JSON Schema; raises `SchemaViolation` with paths."""
         if self._schema is not None:

@@ -4,12 +4,12 @@ gateway/profiles/render.py."""
 
 from gateway.profiles.examples import EXAMPLE_MASTER_KEY, ExampleResult, example_pseudonymiser, run_profile_examples
 from gateway.profiles.loader import ProfileLoadError, ProfileProblem, load_profile_file, load_profiles
-from gateway.profiles.matching import ProfileSet
 from gateway.profiles.model import (
     ExampleRequest,
     ExpectedError,
     Limits,
     PartnerProfile,
+    ProfileSet,
     Route,
     RouteExample,
     RouteMatch,

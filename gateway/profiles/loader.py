@@ -32,12 +32,12 @@ from gateway.policy import (
     parse_action,
 )
 from gateway.profiles.examples import example_pseudonymiser, run_profile_examples
-from gateway.profiles.matching import ProfileSet
 from gateway.profiles.model import (
     ExampleRequest,
     ExpectedError,
     Limits,
     PartnerProfile,
+    ProfileSet,
     Route,
     RouteExample,
     Upstream,

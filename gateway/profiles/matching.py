@@ -9,12 +9,14 @@ considered. Literal segments win over parameters, earlier literals over later on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from gateway.errors import MalformedRequest, NotFound, Violation
-from gateway.profiles.model import PartnerProfile, Route, RouteMatch
+from gateway.errors import MalformedRequest, Violation
+
+if TYPE_CHECKING:
+    from gateway.profiles.model import Route
 
 # Decoding rounds checked for hidden traversal: %2e, %252e and %25252e all refuse.
 _DECODE_ROUNDS = 4
@@ -117,27 +119,3 @@ class RouteTable:
             else:
                 return template.route, dict(zip(template.names, values, strict=True))
         return None
-
-
-class ProfileSet:
-    """Every loaded profile and its compiled route table; immutable (a reload builds a new set)."""
-
-    __slots__ = ("_tables", "profiles")
-
-    def __init__(self, profiles: Mapping[str, PartnerProfile]) -> None:
-        self.profiles: Mapping[str, PartnerProfile] = dict(profiles)
-        self._tables = {pid: RouteTable(profile.routes) for pid, profile in self.profiles.items()}
-
-    def match(self, partner_id: str, method: str, path: str) -> RouteMatch:
-        """The route of `partner_id` serving `method` on `path` (raw, still percent-encoded)."""
-        segments = split_path(path)
-        table = self._tables.get(partner_id)
-        if table is None:
-            raise NotFound("no such partner", reason="unknown-partner")
-        found = table.match(method.upper(), segments)
-        if found is None:
-            raise NotFound("no route of this partner matches the method and path", reason="no-route")
-        return RouteMatch(self.profiles[partner_id], found[0], found[1])
-
-    def __len__(self) -> int:
-        return len(self.profiles)

@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.errors import NotFound
 from gateway.policy import CompiledRoutePolicy
+from gateway.profiles.matching import RouteTable, split_path
 
 SourceLocation = Literal["body", "query", "path", "header", "value"]
 
@@ -155,3 +157,27 @@ class RouteMatch:
     profile: PartnerProfile
     route: Route
     path_params: dict[str, str]
+
+
+class ProfileSet:
+    """Every loaded profile and its compiled route table; immutable (a reload builds a new set)."""
+
+    __slots__ = ("_tables", "profiles")
+
+    def __init__(self, profiles: Mapping[str, PartnerProfile]) -> None:
+        self.profiles: Mapping[str, PartnerProfile] = dict(profiles)
+        self._tables = {pid: RouteTable(profile.routes) for pid, profile in self.profiles.items()}
+
+    def match(self, partner_id: str, method: str, path: str) -> RouteMatch:
+        """The route of `partner_id` serving `method` on `path` (raw, still percent-encoded)."""
+        segments = split_path(path)
+        table = self._tables.get(partner_id)
+        if table is None:
+            raise NotFound("no such partner", reason="unknown-partner")
+        found = table.match(method.upper(), segments)
+        if found is None:
+            raise NotFound("no route of this partner matches the method and path", reason="no-route")
+        return RouteMatch(self.profiles[partner_id], found[0], found[1])
+
+    def __len__(self) -> int:
+        return len(self.profiles)
