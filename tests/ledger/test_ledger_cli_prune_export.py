@@ -142,6 +142,7 @@ def test_every_record_kind_matches_the_schema(cli_url: str, gateway_keys: Gatewa
                                         reason="consent-required", request_id="req-x"))
         await ledger.append(RecordDraft(kind="registry", action="hold_place", subject_ref="a" * 64, reason="dispute"))
         await ledger.prune(cut)
+        await ledger.append(RecordDraft(kind="refusal", reason="upstream-timeout"))  # after the prune's checkpoint
         records = await ledger.query(LedgerQuery(limit=None))
         await ledger.close()
         return records
