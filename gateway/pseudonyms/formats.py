@@ -13,7 +13,7 @@ Errors name the type and the reason, never the value (they end up in problem bod
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,8 +29,28 @@ Transform = Callable[[str], str]
 # delivered to anyone, yet ordinary validators accept it, unlike the special-use TLDs .invalid or .test.
 EMAIL_DOMAIN = "example.com"
 
-_HASH = "sha256"
-_HEX = frozenset("0123456789abcdef")
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def keyed_sha256(key: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 (RFC 2104) under `key`, with the inner and outer hash states of the padded key
+    computed once: a call then costs two state copies and two short hashes, under half of what
+    `hmac.digest` spends re-deriving both pads on every call. Equality with `hmac` is tested."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    inner = hashlib.sha256(block.translate(_IPAD))
+    outer = hashlib.sha256(block.translate(_OPAD))
+
+    def mac(message: bytes) -> bytes:
+        inner_hash = inner.copy()
+        inner_hash.update(message)
+        outer_hash = outer.copy()
+        outer_hash.update(inner_hash.digest())
+        return outer_hash.digest()
+
+    return mac
 
 
 def _invalid(id_type: str, reason: str) -> InvalidIdentifier:
@@ -52,15 +72,17 @@ def _without_separators(text: str) -> str:
     return "".join(text.split()).replace("-", "")
 
 
-# Luhn: digits in odd positions counting from the right of the body (the check digit's neighbours) double.
-_LUHN_DOUBLED = {str(d): (2 * d) // 10 + (2 * d) % 10 for d in range(10)}
-_LUHN_PLAIN = {str(d): d for d in range(10)}
+# Luhn: digits in odd positions counting from the right of the body (the check digit's neighbours) are
+# doubled (and 10..18 reduced to their digit sum). bytes.translate maps every ASCII digit to its
+# contribution in C, which is twice as fast as a Python loop on the per-request path.
+_LUHN_DOUBLED = bytes(range(256)).maketrans(b"0123456789", bytes(((2 * d) // 10 + (2 * d) % 10) for d in range(10)))
+_LUHN_PLAIN = bytes(range(256)).maketrans(b"0123456789", bytes(range(10)))
 
 
 def luhn_check_digit(body: str) -> str:
     """The Luhn (ISO/IEC 7812-1) check digit to append to a string of ASCII digits."""
-    reverse = body[::-1]
-    total = sum(map(_LUHN_DOUBLED.__getitem__, reverse[0::2])) + sum(map(_LUHN_PLAIN.__getitem__, reverse[1::2]))
+    data = body.encode("ascii")
+    total = sum(data[::-2].translate(_LUHN_DOUBLED)) + sum(data[-2::-2].translate(_LUHN_PLAIN))
     return str(-total % 10)
 
 
@@ -125,10 +147,11 @@ class ImeiFormat(IdentifierFormat):
         return digits
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise = self.normalise
 
         def pseudonymise(value: str) -> str:
-            body = _digits(hmac.digest(key, normalise(value).encode(), _HASH), 14)
+            body = _digits(keyed(normalise(value).encode()), 14)
             return body + luhn_check_digit(body)
 
         return pseudonymise
@@ -173,12 +196,13 @@ class ImsiFormat(IdentifierFormat):
         return imsi[:cut], imsi[cut:]
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise, split = self.normalise, self.split
 
         def pseudonymise(value: str) -> str:
             imsi = normalise(value)
             network, msin = split(imsi)
-            return network + _digits(hmac.digest(key, imsi.encode(), _HASH), len(msin))
+            return network + _digits(keyed(imsi.encode()), len(msin))
 
         return pseudonymise
 
@@ -215,11 +239,12 @@ class IccidFormat(IdentifierFormat):
         return digits
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise = self.normalise
 
         def pseudonymise(value: str) -> str:
             iccid = normalise(value)
-            body = "89" + _digits(hmac.digest(key, iccid.encode(), _HASH), len(iccid) - 3)
+            body = "89" + _digits(keyed(iccid.encode()), len(iccid) - 3)
             return body + luhn_check_digit(body)
 
         return pseudonymise
@@ -285,10 +310,11 @@ class MacFormat(IdentifierFormat):
         return _render_mac(_parse_mac(value)[0], ":", False)
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         def pseudonymise(value: str) -> str:
             mac, separator, upper = _parse_mac(value)
             canonical = _render_mac(mac, ":", False)
-            drawn = int.from_bytes(hmac.digest(key, canonical.encode(), _HASH)[:6], "big")
+            drawn = int.from_bytes(keyed(canonical.encode())[:6], "big")
             return _render_mac((drawn | _MAC_LOCAL) & ~_MAC_MULTICAST, separator, upper)
 
         return pseudonymise
@@ -337,10 +363,11 @@ class AndroidIdFormat(IdentifierFormat):
         return text.lower()
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise = self.normalise
 
         def pseudonymise(value: str) -> str:
-            return hmac.digest(key, normalise(value).encode(), _HASH)[:8].hex()
+            return keyed(normalise(value).encode())[:8].hex()
 
         return pseudonymise
 
@@ -390,13 +417,14 @@ class AdvertisingIdFormat(IdentifierFormat):
         raise _invalid("advertising_id", "expected a UUID (8-4-4-4-12 hex digits)")
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         parse = self._parse
 
         def pseudonymise(value: str) -> str:
             uuid = parse(value)
             if uuid == 0:
                 return ZERO_UUID
-            drawn = int.from_bytes(hmac.digest(key, _render_uuid(uuid).encode(), _HASH)[:16], "big")
+            drawn = int.from_bytes(keyed(_render_uuid(uuid).encode())[:16], "big")
             return _render_uuid((drawn & ~_UUID_V4_MASK) | _UUID_V4_BITS)
 
         return pseudonymise
@@ -463,11 +491,12 @@ class PhoneFormat(IdentifierFormat):
         return number, number[:cut], number[cut:]
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         split = self._split
 
         def pseudonymise(value: str) -> str:
             number, kept, replaced = split(value)
-            return kept + _digits(hmac.digest(key, number.encode(), _HASH), len(replaced))
+            return kept + _digits(keyed(number.encode()), len(replaced))
 
         return pseudonymise
 
@@ -539,10 +568,11 @@ class EmailFormat(IdentifierFormat):
         return address
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise = self.normalise
 
         def pseudonymise(value: str) -> str:
-            drawn = int.from_bytes(hmac.digest(key, normalise(value).encode(), _HASH), "big")
+            drawn = int.from_bytes(keyed(normalise(value).encode()), "big")
             return f"{_base36(drawn, _EMAIL_HMAC_LENGTH)}@{EMAIL_DOMAIN}"
 
         return pseudonymise
@@ -612,10 +642,11 @@ class TokenFormat(IdentifierFormat):
         return text
 
     def bind_hmac(self, key: bytes) -> Transform:
+        keyed = keyed_sha256(key)
         normalise = self.normalise
 
         def pseudonymise(value: str) -> str:
-            return hmac.digest(key, normalise(value).encode(), _HASH)[:16].hex()
+            return keyed(normalise(value).encode())[:16].hex()
 
         return pseudonymise
 

@@ -33,8 +33,9 @@ MIXED_MCC_THREE_DIGIT_MNCS: dict[str, frozenset[str]] = {
     "350": frozenset({"007"}),
     "374": frozenset({"130", "140"}),
     "405": frozenset(
-        {"024", "025", "026", "027", "028", "029", "048", "750", "751", "752", "753", "754", "755", "756",
-         "799", *(str(n) for n in range(800, 810)), *(str(n) for n in range(840, 933))}
+        ["024", "025", "026", "027", "028", "029", "048", *(str(n) for n in range(750, 757)), "799"]
+        + [str(n) for n in range(800, 810)]
+        + [str(n) for n in range(840, 933)]
     ),
     "441": frozenset({*(str(n) for n in range(200, 217))}),
     "454": frozenset({"290", "380", "382", "383", "390"}),

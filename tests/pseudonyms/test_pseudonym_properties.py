@@ -115,8 +115,10 @@ def test_fpe_round_trips(id_type: str, data: st.DataObject) -> None:
     pseudonym = BOUND["carrier-a", id_type, "fpe"](value)
     original = REVERSE[id_type](pseudonym)
     assert normalise(id_type, original) == normalise(id_type, value)
-    if id_type == "mac":  # re-identified in the partner's spelling, which is the caller's spelling
-        assert original == value
+    if id_type == "mac":
+        # Re-identified in the partner's spelling, which is the caller's; a pseudonym without hex letters
+        # cannot carry the case, and then comes back in lower case.
+        assert original == (value if re.search("[a-fA-F]", pseudonym) else value.lower())
     else:
         assert original == normalise(id_type, value)
 

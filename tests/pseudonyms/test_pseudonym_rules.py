@@ -26,6 +26,7 @@ from gateway.pseudonyms import (
     luhn_check_digit,
     normalise,
 )
+from gateway.pseudonyms.formats import keyed_sha256
 from gateway.pseudonyms.tables import COUNTRY_CALLING_CODES, country_calling_code, mnc_length
 
 MASTER = bytes(range(32))
@@ -265,3 +266,9 @@ def test_normalise_gives_canonical_forms() -> None:
     assert normalise("phone", "+44 (0)20 7946 0958") == "+442079460958"
     assert normalise("email", "  Alice@Example.ORG ") == "alice@example.org"
     assert normalise("token", "  ab c ") == "ab c"
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(max_size=130), message=st.binary(max_size=200))
+def test_keyed_sha256_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    assert keyed_sha256(key)(message) == hmac.new(key, message, hashlib.sha256).digest()
