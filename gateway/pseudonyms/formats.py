@@ -638,7 +638,7 @@ class TokenFormat(IdentifierFormat):
         if not text or len(text) > _TOKEN_MAX:
             raise _invalid("token", f"expected 1 to {_TOKEN_MAX} characters")
         if not text.isprintable():
-            raise _invalid("token", "control characters are not allowed")
+            raise _invalid("token", "control or other non-printable characters are not allowed")
         return text
 
     def bind_hmac(self, key: bytes) -> Transform:
