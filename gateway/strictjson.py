@@ -70,19 +70,24 @@ def parse_json(data: bytes, *, max_depth: int = 32) -> Any:
         if problem is not None:
             raise _refuse(problem) from None
         raise _refuse(_describe_orjson_error(str(exc))) from None
-    walker = _Walker(max_depth)
-    counted = walker.walk(value, 1) if type(value) in (dict, list) else _scalar_count(value, walker)
+    suspect = [False]
+    kind = type(value)
+    if kind is dict or kind is list:
+        try:
+            counted = _lean_walk(value, 1, max_depth, suspect)
+        except _Refused:
+            raise _located_refusal(value, 1, max_depth, ROOT) or _refuse("invalid JSON") from None
+    elif kind is str:
+        counted = value.count(":")
+    else:
+        counted = 0
+        if kind is int and (value > INT_MAX or value < INT_MIN):
+            raise _refuse("integer out of the 64-bit signed range")
+        suspect[0] = kind is float and abs(value) >= 9.2e18 and value.is_integer()
     # An escaped colon in a string adds a parsed colon without a raw one and could hide a lost key.
-    if walker.suspect_float or counted != data.count(b":") or b"\\u003" in data:
+    if suspect[0] or counted != data.count(b":") or b"\\u003" in data:
         _slow_check(data)
     return value
-
-
-def _scalar_count(value: Any, walker: _Walker) -> int:
-    if type(value) is str:
-        return value.count(":")
-    walker.check_number(value, ROOT)
-    return 0
 
 
 def _describe_orjson_error(message: str) -> str:
@@ -102,52 +107,54 @@ def _describe_orjson_error(message: str) -> str:
     return f"invalid JSON syntax ({position})" if position else "invalid JSON syntax"
 
 
-class _Walker:
-    """One pass over a parsed tree: depth, number ranges, and the key/colon count for the duplicate proof."""
+class _Refused(Exception):
+    """Raised by the lean walk; the located walk then finds the path and the reason."""
 
-    __slots__ = ("max_depth", "suspect_float")
 
-    def __init__(self, max_depth: int) -> None:
-        self.max_depth = max_depth
-        self.suspect_float = False
+def _lean_walk(value: Any, depth: int, max_depth: int, suspect: list[bool]) -> int:
+    """Depth, integer range and the key/colon count, with no path bookkeeping (the common, valid case)."""
+    if depth > max_depth:
+        raise _Refused
+    count = 0
+    if type(value) is dict:
+        count = len(value)
+        items: Any = value.values()
+        for key in value:
+            if ":" in key:
+                count += key.count(":")
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if ":" in item:
+                count += item.count(":")
+        elif kind is dict or kind is list:
+            count += _lean_walk(item, depth + 1, max_depth, suspect)
+        elif kind is int:
+            if item > INT_MAX or item < INT_MIN:
+                raise _Refused
+        elif kind is float and abs(item) >= 9.2e18 and item.is_integer():
+            # orjson turns integer literals beyond 64 bits into floats; the raw text tells.
+            suspect[0] = True
+    return count
 
-    def check_number(self, value: Any, path: str) -> None:
-        kind = type(value)
-        if kind is int:
-            if value > INT_MAX or value < INT_MIN:
-                raise _refuse("integer out of the 64-bit signed range", path)
-        elif kind is float and abs(value) >= 9.2e18 and value.is_integer():
-            # orjson turns integer literals beyond 64 bits into floats; look at the raw text to tell.
-            self.suspect_float = True
 
-    def walk(self, value: Any, depth: int, path: str = ROOT) -> int:
-        if depth > self.max_depth:
-            raise _refuse(f"nesting deeper than {self.max_depth} levels", path)
-        count = 0
-        if type(value) is dict:
-            count = len(value)
-            for key, item in value.items():
-                if ":" in key:
-                    count += key.count(":")
-                kind = type(item)
-                if kind is str:
-                    if ":" in item:
-                        count += item.count(":")
-                elif kind is dict or kind is list:
-                    count += self.walk(item, depth + 1, _child(path, key))
-                elif kind is int or kind is float:
-                    self.check_number(item, _child(path, key))
-        else:
-            for index, item in enumerate(value):
-                kind = type(item)
-                if kind is str:
-                    if ":" in item:
-                        count += item.count(":")
-                elif kind is dict or kind is list:
-                    count += self.walk(item, depth + 1, f"{path}[{index}]")
-                elif kind is int or kind is float:
-                    self.check_number(item, f"{path}[{index}]")
-        return count
+def _located_refusal(value: Any, depth: int, max_depth: int, path: str) -> MalformedRequest | None:
+    """The refusal the lean walk found, with its path (run only after `_Refused`)."""
+    if depth > max_depth:
+        return _refuse(f"nesting deeper than {max_depth} levels", path)
+    pairs = value.items() if type(value) is dict else enumerate(value)
+    for key, item in pairs:
+        where = f"{path}[{key}]" if type(key) is int else _child(path, key)
+        kind = type(item)
+        if kind is dict or kind is list:
+            found = _located_refusal(item, depth + 1, max_depth, where)
+            if found is not None:
+                return found
+        elif kind is int and (item > INT_MAX or item < INT_MIN):
+            return _refuse("integer out of the 64-bit signed range", where)
+    return None
 
 
 class _StrictPairs:
@@ -214,6 +221,35 @@ def _check_canonical(value: Any, path: str) -> Any:
     return value
 
 
+def _plainly_canonical(value: Any) -> bool:
+    """True when every key is ASCII (so already NFC), no two keys of an object differ only by case,
+    and every number is representable; False sends `value` through the careful path."""
+    if type(value) is dict:
+        size = len(value)
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                return False
+        if size > 1 and len({key.lower() for key in value}) != size:
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            if not _plainly_canonical(item):
+                return False
+        elif kind is int:
+            if item > INT_MAX or item < INT_MIN:
+                return False
+        elif kind is float and not math.isfinite(item):
+            return False
+    return True
+
+
 def canonical_dumps(obj: Any) -> bytes:
     """The canonical bytes of `obj`: sorted keys, compact, UTF-8, NFC keys; refuses colliding keys."""
+    kind = type(obj)
+    if (kind is dict or kind is list) and _plainly_canonical(obj):
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     return orjson.dumps(_check_canonical(obj, ROOT), option=orjson.OPT_SORT_KEYS)

@@ -1,0 +1,173 @@
+"""Policy engine micro-benchmark: one ~1.5 KB order through a carrier route, per request:
+strict parse + JSON Schema validation + minimisation (two pseudonymised identifiers) + canonical dump.
+
+    .venv/bin/python bench/policy_bench.py            # hmac and fpe, median of 7 rounds
+    .venv/bin/python bench/policy_bench.py --profile  # pyinstrument profile of the hmac path
+
+Figures go to docs/performance.md ("Policy engine (issue 2)"). Bounded: about 10 s in total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from gateway.policy import CompiledRoutePolicy, RoutePolicySpec, parse_action
+from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
+from gateway.strictjson import canonical_dumps, parse_json
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["order_id", "recipient", "items"],
+    "properties": {
+        "order_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "created_at": {"type": "string"},
+        "recipient": {
+            "type": "object",
+            "required": ["name", "phone", "address", "country"],
+            "properties": {
+                "customer_id": {"type": "string"},
+                "name": {"type": "string", "maxLength": 200},
+                "phone": {"type": "string"},
+                "email": {"type": "string"},
+                "address": {"type": "object"},
+                "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+                "birth_date": {"type": "string"},
+            },
+        },
+        "device": {"type": "object", "properties": {"imei": {"type": "string"}}},
+        "items": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {
+                "type": "object",
+                "required": ["sku", "quantity"],
+                "properties": {
+                    "sku": {"type": "string"},
+                    "quantity": {"type": "integer", "minimum": 1},
+                    "unit_price": {"type": "number"},
+                    "weight_g": {"type": "integer"},
+                },
+            },
+        },
+        "parcel": {"type": "object"},
+        "delivery_note": {"type": "string", "maxLength": 500},
+        "payment": {"type": "object"},
+    },
+}
+
+BODY_POLICY = {
+    "order_id": "keep",
+    "recipient.name": "keep",
+    "recipient.phone": {"pseudonymise": {"type": "phone", "mode": "MODE"}},
+    "recipient.address": "keep",
+    "recipient.country": "keep",
+    "recipient.birth_date": {"generalise": {"date": "year"}},
+    "device.imei": {"pseudonymise": {"type": "imei", "mode": "MODE"}},
+    "items[].sku": "keep",
+    "items[].quantity": "keep",
+    "items[].weight_g": "keep",
+    "parcel.weight_g": "keep",
+    "parcel.dims": "keep",
+    "delivery_note": {"keep": {"free_text": True}},
+}
+
+ORDER = {
+    "order_id": "QX-2024-00098123",
+    "created_at": "2024-05-17T09:31:22Z",
+    "recipient": {
+        "customer_id": "c-88213901",
+        "name": "Lin Mei-Hua",
+        "phone": "+886912345678",
+        "email": "mei.hua.lin@example.com",
+        "address": {"line1": "No. 12, Lane 5, Section 3, Zhongshan Road", "line2": "7F-2", "city": "Taipei",
+                    "district": "Zhongzheng", "postcode": "100", "country": "TW"},
+        "country": "TW",
+        "birth_date": "1988-11-02",
+    },
+    "device": {"imei": "490154203237518", "model": "Pixel 7", "os": "Android 14"},
+    "items": [
+        {"sku": f"SKU-{n:05d}", "quantity": n % 3 + 1, "unit_price": 12.5 + n, "weight_g": 120 * (n + 1),
+         "title": f"Product number {n} with a descriptive title"}
+        for n in range(8)
+    ],
+    "parcel": {"weight_g": 2400, "dims": {"l": 30, "w": 20, "h": 12}, "insured": True},
+    "delivery_note": "Please leave the parcel with the building manager if nobody answers the door.",
+    "payment": {"method": "card", "card_last4": "1111", "amount": 128.4, "currency": "TWD"},
+}
+
+
+def build_policy(mode: str) -> CompiledRoutePolicy:
+    body = {path: parse_action(orjson.loads(orjson.dumps(action).replace(b"MODE", mode.encode())))
+            for path, action in BODY_POLICY.items()}
+    spec = RoutePolicySpec(request_body=body, request_headers={"Idempotency-Key": parse_action("keep")},
+                           unknown_fields="drop", free_text="redact", schema=SCHEMA)
+    pseudonymiser = Pseudonymiser(PartnerKeyring(bytes(32)))
+    return CompiledRoutePolicy(spec, partner_id="carrier-tw-hct", pseudonymiser=pseudonymiser)
+
+
+def one_request(policy: CompiledRoutePolicy, raw: bytes, headers: dict[str, str]) -> bytes:
+    body = parse_json(raw)
+    policy.validate(body)
+    minimised = policy.minimise_request(body, (), {}, headers)
+    return canonical_dumps(minimised.body)
+
+
+def measure(policy: CompiledRoutePolicy, raw: bytes, rounds: int = 7, per_round: int = 2000) -> float:
+    headers = {"Idempotency-Key": "k-1", "Authorization": "Bearer x", "User-Agent": "svc"}
+    for _ in range(500):
+        one_request(policy, raw, headers)
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(per_round):
+            one_request(policy, raw, headers)
+        timings.append((time.perf_counter() - start) / per_round * 1e6)
+    return statistics.median(timings)
+
+
+def stages(policy: CompiledRoutePolicy, raw: bytes, n: int = 5000) -> dict[str, float]:
+    body = parse_json(raw)
+    minimised = policy.minimise_request(body, (), {}, {})
+    out = {}
+    for name, call in (("parse_json", lambda: parse_json(raw)), ("validate", lambda: policy.validate(body)),
+                       ("minimise_request", lambda: policy.minimise_request(body, (), {}, {})),
+                       ("canonical_dumps", lambda: canonical_dumps(minimised.body))):
+        start = time.perf_counter()
+        for _ in range(n):
+            call()
+        out[name] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="profile the hmac path with pyinstrument")
+    args = parser.parse_args()
+    raw = orjson.dumps(ORDER)
+    if args.profile:
+        from pyinstrument import Profiler
+
+        policy = build_policy("hmac")
+        headers = {"Idempotency-Key": "k-1"}
+        profiler = Profiler(interval=0.0001)
+        with profiler:
+            for _ in range(20000):
+                one_request(policy, raw, headers)
+        print(profiler.output_text(unicode=True, color=False))
+        return 0
+    print(f"payload: {len(raw)} bytes; python {sys.version.split()[0]}")
+    for mode in ("hmac", "fpe"):
+        policy = build_policy(mode)
+        print(f"{mode}: {measure(policy, raw):.1f} µs per request (median of 7 rounds x 2000)")
+        print("   stages: " + ", ".join(f"{k} {v:.1f} µs" for k, v in stages(policy, raw).items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
