@@ -37,6 +37,11 @@ class _Plan:
     state: int  # CBC-MAC state after P and the constant full blocks of Q
     q_prefix: bytes  # the constant bytes of Q after those full blocks (tweak tail and zero padding)
     extra_blocks: int  # AES blocks beyond R needed to make S at least d bytes
+    # When [i] || NUM(B) fits in Q's last block (b <= 15, every identifier here), that block is
+    # q_prefix || [i] || NUM(B) and is built as an integer: last_block_base | i << round_shift | NUM(B).
+    single_block: bool
+    last_block_base: int
+    round_shift: int
 
 
 class FF1:
@@ -94,12 +99,16 @@ class FF1:
 
     def _round_value(self, plan: _Plan, i: int, half: int) -> int:
         """y = NUM(S) for round i, where Q ends with [i]_1 || [NUM(half)]_b (steps 6.i-6.iv)."""
-        tail = plan.q_prefix + bytes((i,)) + half.to_bytes(plan.b, "big")
-        state = plan.state
         update = self._ecb.update
-        for offset in range(0, len(tail), 16):
-            block = int.from_bytes(tail[offset : offset + 16], "big")
-            state = int.from_bytes(update((state ^ block).to_bytes(16, "big")), "big")
+        if plan.single_block:
+            block = plan.last_block_base | (i << plan.round_shift) | half
+            state = int.from_bytes(update((plan.state ^ block).to_bytes(16, "big")), "big")
+        else:
+            tail = plan.q_prefix + bytes((i,)) + half.to_bytes(plan.b, "big")
+            state = plan.state
+            for offset in range(0, len(tail), 16):
+                block = int.from_bytes(tail[offset : offset + 16], "big")
+                state = int.from_bytes(update((state ^ block).to_bytes(16, "big")), "big")
         if plan.extra_blocks:
             # S = R || CIPH(R xor [1]) || CIPH(R xor [2]) || ...: the blocks are independent, one call.
             extra = b"".join((state ^ j).to_bytes(16, "big") for j in range(1, plan.extra_blocks + 1))
@@ -148,6 +157,9 @@ class FF1:
             state=state,
             q_prefix=q_constant[full:],
             extra_blocks=(d + 15) // 16 - 1,
+            single_block=len(q_constant) - full + 1 + b == 16,
+            last_block_base=int.from_bytes(q_constant[full:], "big") << (8 * (1 + b)),
+            round_shift=8 * b,
         )
 
 
