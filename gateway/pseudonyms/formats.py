@@ -265,10 +265,13 @@ class IccidFormat(IdentifierFormat):
         return apply
 
 
-# MAC spellings: pairs with ':' or '-' (one separator throughout), Cisco's dotted quads, or bare hex.
-_MAC_PAIRS = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
-_MAC_DOTTED = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
-_MAC_BARE = re.compile(r"[0-9a-fA-F]{12}")
+# MAC spellings, in one pattern so a value costs one match: pairs with ':' or '-' (one separator
+# throughout), Cisco's dotted quads, or bare hex.
+_MAC = re.compile(
+    r"[0-9a-fA-F]{2}(?P<pair>[:-])[0-9a-fA-F]{2}(?:(?P=pair)[0-9a-fA-F]{2}){4}"
+    r"|[0-9a-fA-F]{4}(?P<dot>\.)[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}"
+    r"|[0-9a-fA-F]{12}"
+)
 _MAC_LOCAL = 0x02 << 40  # I/G and U/L flags live in the first octet, the 48-bit value's top byte
 _MAC_MULTICAST = 0x01 << 40
 _LOW_40 = (1 << 40) - 1
@@ -277,25 +280,23 @@ _LOW_40 = (1 << 40) - 1
 def _parse_mac(value: str) -> tuple[int, str, bool]:
     """(48-bit value, separator, upper case) of a MAC in any of the accepted spellings."""
     text = _text("mac", value)
-    if (match := _MAC_PAIRS.fullmatch(text)) is not None:
-        separator = match.group(1)
-    elif _MAC_DOTTED.fullmatch(text) is not None:
-        separator = "."
-    elif _MAC_BARE.fullmatch(text) is not None:
-        separator = ""
-    else:
+    match = _MAC.fullmatch(text)
+    if match is None:
         raise _invalid("mac", "expected 12 hex digits as aa:bb:cc:dd:ee:ff, aa-bb-.., aabb.ccdd.eeff or bare")
+    separator = match.group("pair") or match.group("dot") or ""
     hex_digits = text.replace(separator, "") if separator else text
     # Mixed case gives lower case: only an all-upper-case input is echoed in upper case.
     return int(hex_digits, 16), separator, hex_digits.isupper()
 
 
 def _render_mac(mac: int, separator: str, upper: bool) -> str:
-    hex_digits = f"{mac:012X}" if upper else f"{mac:012x}"
+    h = f"{mac:012X}" if upper else f"{mac:012x}"
     if not separator:
-        return hex_digits
-    width = 4 if separator == "." else 2
-    return separator.join(hex_digits[i : i + width] for i in range(0, 12, width))
+        return h
+    if separator == ".":
+        return f"{h[:4]}.{h[4:8]}.{h[8:]}"
+    s = separator
+    return f"{h[:2]}{s}{h[2:4]}{s}{h[4:6]}{s}{h[6:8]}{s}{h[8:10]}{s}{h[10:]}"
 
 
 class MacFormat(IdentifierFormat):
