@@ -147,32 +147,96 @@ def signature_valid(record: Mapping[str, Any], key: Ed25519PublicKey) -> bool:
     return True
 
 
-def check_draft(draft: RecordDraft) -> None:
-    """Refuse a draft whose values would not survive storage exactly or could hold a personal value."""
-    if draft.kind not in KINDS or draft.kind in LEDGER_KINDS:
-        raise ValueError(f"record kind {draft.kind!r} cannot be appended")
-    for name in _STRING_FIELDS:
+# How each draft column is checked and stored; one pass over these per record (append() is on every
+# request's path, so the checks are table-driven rather than one function per field).
+_STR, _HEX, _LIST, _BOOL, _INT, _FLOAT, _OBJECT = range(7)
+_FIELD_RULES: Final = tuple(
+    (name, _HEX if name in ("subject_ref", "body_digest") else _STR if name in _STRING_FIELDS
+     else _LIST if name in _LIST_FIELDS else _BOOL if name == "cross_border"
+     else _INT if name in ("status", "attempt") else _FLOAT if name == "latency_ms" else _OBJECT)
+    for name in DRAFT_COLUMNS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A checked draft: its non-null fields as they are hashed, and its columns as they are stored.
+    Built once in append(), so the writer only adds the chain header, hashes and stores."""
+
+    fields: dict[str, Any]
+    values: tuple[Any, ...]
+
+
+def prepare(draft: RecordDraft, *, ledger_kind: bool = False) -> PreparedRecord:
+    """Check a draft and encode it. Refuses a value that would not survive storage exactly, or a subject
+    reference / digest that is not a keyed hash (so a raw identifier cannot slip in)."""
+    kind = draft.kind
+    if kind not in KINDS or (kind in LEDGER_KINDS) != ledger_kind:
+        raise ValueError(f"record kind {kind!r} cannot be appended")
+    fields: dict[str, Any] = {"kind": kind}
+    values: list[Any] = []
+    for name, rule in _FIELD_RULES:
         value = getattr(draft, name)
-        if value is not None and type(value) is not str:
-            raise TypeError(f"record field {name}: expected a string")
-    for name in ("subject_ref", "body_digest"):
-        value = getattr(draft, name)
-        if value is not None and not _HEX64.fullmatch(value):
-            raise ValueError(f"record field {name}: expected a keyed reference (64 lowercase hex characters)")
-    for name in _LIST_FIELDS:
-        value = getattr(draft, name)
-        if value is not None and (isinstance(value, str) or not all(type(p) is str for p in value)):
-            raise TypeError(f"record field {name}: expected a list of field paths")
-    if draft.cross_border is not None and type(draft.cross_border) is not bool:
-        raise TypeError("record field cross_border: expected a boolean")
-    for name in ("status", "attempt"):
-        value = getattr(draft, name)
-        if value is not None and type(value) is not int:
-            raise TypeError(f"record field {name}: expected an integer")
-    if draft.latency_ms is not None and not isinstance(draft.latency_ms, int | float):
-        raise TypeError("record field latency_ms: expected a number")
-    if draft.detail is not None and not isinstance(draft.detail, Mapping):
-        raise TypeError("record field detail: expected a JSON object")
+        if value is None:
+            values.append(None)
+            continue
+        if rule == _STR:
+            if type(value) is not str:
+                raise TypeError(f"record field {name}: expected a string")
+        elif rule == _HEX:
+            if type(value) is not str or not _HEX64.fullmatch(value):
+                raise ValueError(f"record field {name}: expected a keyed reference (64 lowercase hex characters)")
+        elif rule == _LIST:
+            if isinstance(value, str) or not all(type(p) is str for p in value):
+                raise TypeError(f"record field {name}: expected a list of field paths")
+            value = list(value)
+        elif rule == _BOOL:
+            if type(value) is not bool:
+                raise TypeError(f"record field {name}: expected a boolean")
+        elif rule == _INT:
+            if type(value) is not int:
+                raise TypeError(f"record field {name}: expected an integer")
+        elif rule == _FLOAT:
+            if type(value) not in (int, float):
+                raise TypeError(f"record field {name}: expected a number")
+            # Stored as a float in both backends, so it is hashed as one.
+            value = float(value)
+        else:
+            if not isinstance(value, Mapping):
+                raise TypeError(f"record field {name}: expected a JSON object")
+            # One JSON round trip now, so what is hashed is exactly what the verifier rebuilds from the
+            # stored text (tuples become lists, keys sorted, non-JSON values refused here, not later).
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+            fields[name] = orjson.loads(text)
+            values.append(text.decode())
+            continue
+        fields[name] = value
+        values.append(orjson.dumps(value).decode() if rule == _LIST else value)
+    return PreparedRecord(fields, tuple(values))
+
+
+def seal_prepared(
+    prepared: PreparedRecord,
+    *,
+    record_id: str,
+    chain: str,
+    sequence: int,
+    time: str,
+    prev_hash: str,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> SealedRecord:
+    """Fix a prepared record's place in its chain: add the header, hash it (and sign it when given a key)."""
+    record: dict[str, Any] = {
+        "id": record_id, "chain": chain, "sequence": sequence, "time": time, "prev_hash": prev_hash,
+        **prepared.fields,
+    }
+    signature = None
+    if signing_key is not None:
+        signature = record["signature"] = sign_record(record, signing_key)
+    digest = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    record["hash"] = digest
+    row = (record_id, chain, sequence, time, record["kind"], prev_hash, digest, signature, *prepared.values)
+    return SealedRecord(row=row, record=record, hash=digest)
 
 
 def seal(
@@ -185,32 +249,11 @@ def seal(
     prev_hash: str,
     signing_key: Ed25519PrivateKey | None = None,
 ) -> SealedRecord:
-    """Fix a draft's place in its chain: build the record, hash it (and sign it when given a key)."""
-    record: dict[str, Any] = {
-        "id": record_id,
-        "chain": chain,
-        "sequence": sequence,
-        "time": time,
-        "kind": draft.kind,
-        "prev_hash": prev_hash,
-    }
-    for name in DRAFT_COLUMNS:
-        value = getattr(draft, name)
-        if value is not None:
-            if name == "detail":
-                # One JSON round trip now, so the record hashed here is exactly what the verifier
-                # rebuilds from the stored text (tuples become lists, keys become sorted strings).
-                value = orjson.loads(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-            elif name in JSON_COLUMNS:
-                value = list(value)
-            elif name == "latency_ms":
-                value = float(value)
-            record[name] = value
-    if signing_key is not None:
-        record["signature"] = sign_record(record, signing_key)
-    digest = record_hash(record)
-    record["hash"] = digest
-    return SealedRecord(row=record_to_row(record), record=record, hash=digest)
+    """prepare() and seal_prepared() in one (for the ledger's own checkpoint and prune records)."""
+    return seal_prepared(
+        prepare(draft, ledger_kind=draft.kind in LEDGER_KINDS), record_id=record_id, chain=chain,
+        sequence=sequence, time=time, prev_hash=prev_hash, signing_key=signing_key,
+    )
 
 
 def record_to_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
