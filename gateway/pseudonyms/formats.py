@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from gateway.errors import InvalidIdentifier
-from gateway.pseudonyms.ff1 import FF1
+from gateway.pseudonyms.ff1 import ALPHABET, FF1
 from gateway.pseudonyms.tables import country_calling_code, mnc_length
 
 Transform = Callable[[str], str]
@@ -92,12 +92,13 @@ def _digits(digest: bytes, count: int) -> str:
     return str(int.from_bytes(digest, "big") % 10**count).zfill(count)
 
 
-def _base36(value: int, length: int) -> str:
+def format_base36(number: int) -> str:
+    """`number` in base 36 over 0-9a-z (the FF1 alphabet), no padding."""
     out = []
-    for _ in range(length):
-        value, digit = divmod(value, 36)
-        out.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
-    return "".join(out)
+    while number:
+        number, digit = divmod(number, 36)
+        out.append(ALPHABET[digit])
+    return "".join(reversed(out)) or "0"
 
 
 class IdentifierFormat(ABC):
@@ -574,7 +575,7 @@ class EmailFormat(IdentifierFormat):
 
         def pseudonymise(value: str) -> str:
             drawn = int.from_bytes(keyed(normalise(value).encode()), "big")
-            return f"{_base36(drawn, _EMAIL_HMAC_LENGTH)}@{EMAIL_DOMAIN}"
+            return f"{format_base36(drawn % 36**_EMAIL_HMAC_LENGTH).zfill(_EMAIL_HMAC_LENGTH)}@{EMAIL_DOMAIN}"
 
         return pseudonymise
 
@@ -611,17 +612,6 @@ class EmailFormat(IdentifierFormat):
             return address
 
         return reidentify
-
-
-def format_base36(number: int) -> str:
-    """`number` in base 36 (0-9a-z), no padding."""
-    if number == 0:
-        return "0"
-    out = []
-    while number:
-        number, digit = divmod(number, 36)
-        out.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
-    return "".join(reversed(out))
 
 
 _TOKEN_MAX = 256
@@ -665,7 +655,7 @@ class TokenFormat(IdentifierFormat):
 
     def bind_reverse(self, key: bytes) -> Transform:
         decrypt = FF1(key, 36).decrypt
-        alphabet = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+        alphabet = frozenset(ALPHABET)
 
         def reidentify(token: str) -> str:
             text = _text("token", token)
