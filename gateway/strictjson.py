@@ -99,7 +99,7 @@ def _describe_orjson_error(message: str) -> str:
         return "number out of range (float overflow)"
     if "surrogate" in lowered or "utf-8" in lowered:
         return "invalid UTF-8 or unpaired surrogate escape"
-    if "recursion" in lowered:
+    if "recursion" in lowered or "depth" in lowered:
         return "nesting too deep"
     if "empty" in lowered or "eof" in lowered:
         return "empty or truncated document"
@@ -146,7 +146,7 @@ def _located_refusal(value: Any, depth: int, max_depth: int, path: str) -> Malfo
         return _refuse(f"nesting deeper than {max_depth} levels", path)
     pairs = value.items() if type(value) is dict else enumerate(value)
     for key, item in pairs:
-        where = f"{path}[{key}]" if type(key) is int else _child(path, key)
+        where = f"{path}[{key}]" if type(key) is int else _child(path, str(key))
         kind = type(item)
         if kind is dict or kind is list:
             found = _located_refusal(item, depth + 1, max_depth, where)

@@ -358,9 +358,9 @@ def _array(path: str, element: Apply) -> Apply:
     def apply_array(value: Any, run: _Run) -> Any:
         if type(value) is not list:
             if value is None:
-                run.dropped.append(path)
+                run.dropped.append(path or ROOT)
                 return MISSING
-            return run.unknown(path[:-2] or ROOT)
+            return run.unknown(path or ROOT)
         out = []
         for item in value:
             result = element(item, run)

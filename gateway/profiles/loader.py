@@ -90,10 +90,30 @@ class _FileContext:
         self.problems.append(ProfileProblem(self.file, line_of(self.lines, path), reason))
 
 
+_POLICY_SECTIONS = frozenset({"body", "query", "path", "headers"})
+
+
+def _is_field_action(path: JsonPath) -> bool:
+    return len(path) == 5 and path[0] == "routes" and path[2] in ("request", "response") and path[3] in _POLICY_SECTIONS
+
+
 def _schema_reason(error: ValidationError) -> tuple[JsonPath, str]:
+    path: JsonPath = tuple(error.absolute_path)
+    if _is_field_action(path):
+        # The action schema is a oneOf of six shapes; the action parser says which one was meant and why.
+        try:
+            parse_action(error.instance)
+        except ActionError as exc:
+            return path, f"{'.'.join(map(str, path))}: {exc}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        declared = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        extra = [name for name in error.instance if name not in declared]
+        if extra:
+            where = ".".join(map(str, path)) or "profile"
+            return (*path, extra[0]), f"{where}: unknown key(s) {', '.join(map(repr, extra))}"
     # oneOf errors ("... is not valid under any of the given schemas") say nothing; the best sub-error does.
     chosen = best_match([error, *error.context]) if error.context else error
-    path: JsonPath = tuple(chosen.absolute_path)
+    path = tuple(chosen.absolute_path)
     where = ".".join(str(p) for p in path)
     if "auth" in path and "upstream" in path:
         # Credentials are already substituted from the environment: never quote them.

@@ -97,7 +97,7 @@ class _Builder:
             if default is not None:
                 return default
             missing.append(name)
-            return ""
+            return match.group(0)  # left as written: the problem is reported once, not again by the schema
 
         result = _ENV.sub(replace, text)
         for name in missing:
