@@ -80,6 +80,8 @@ class Ledger:
             raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
         if not chain_id or len(chain_id) > 200:
             raise ConfigError("ledger: chain id must be 1 to 200 characters")
+        if keys.signing_key is None:
+            raise ConfigError("ledger: writing needs the signing key (checkpoints are signed)")
         self.store = store
         self.chain_id = chain_id
         self._keys = keys
@@ -164,6 +166,12 @@ class Ledger:
             try:
                 async with self._commit_lock:
                     await self._commit(batch, force_checkpoint=False)
+            except Exception as exc:
+                # A bug while sealing must not kill the writer and leave later appends waiting forever.
+                log.error("ledger writer failed on a batch: %s", type(exc).__name__)
+                self._head_uncertain = True
+                self._writable = False
+                self._fail(batch, "the disclosure ledger failed")
             except BaseException:
                 # Cancelled mid-commit: nobody may be left waiting for an answer that will not come.
                 self._fail(batch, "the ledger writer stopped")

@@ -93,3 +93,20 @@ async def test_triggers_refuse_update_and_delete(sqlite_url: str, gateway_keys: 
             conn.execute("DELETE FROM ledger_records")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute("DELETE FROM ledger_checkpoints")
+
+
+async def test_a_checkpoint_follows_after_the_interval_without_more_traffic(
+    sqlite_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_seconds=0.2)
+    await ledger.start()
+    await ledger.append(disclosure_draft(1, gateway_keys))
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if await ledger.query(LedgerQuery(kind="checkpoint")):
+            break
+    checkpoints = await ledger.query(LedgerQuery(kind="checkpoint"))
+    assert [c["sequence"] for c in checkpoints] == [2]
+    await asyncio.sleep(0.5)  # nothing new to sign: no empty checkpoints
+    assert len(await ledger.query(LedgerQuery(kind="checkpoint"))) == 1
+    await ledger.close()
