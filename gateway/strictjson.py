@@ -8,11 +8,12 @@ object that collide after NFC or case folding.
 
 Speed: orjson does the parsing. It is strict about everything above except duplicate keys (it keeps
 the last one), integer range (it silently turns integers beyond 64 bits into floats) and depth (its
-limit is 1024). One cheap walk over the parsed tree checks depth and number ranges and proves the
-absence of duplicate keys by counting: every ':' in the raw bytes is either a key separator or inside
-a string, so `raw.count(b":")` equals keys + colons inside parsed strings exactly when no key was lost.
-Only when that proof fails (or an escaped colon could fool it) does the slow stdlib path run, to find
-and name the duplicate.
+limit is 1024). Those are proven cheaply without walking the tree in Python: orjson re-serialises the
+value (with its 53-bit integer check), and since every ':' is either a key separator or inside a
+string, the echo has as many colons as the input exactly when no key was lost; a 20-digit literal
+(maybe an integer orjson turned into a float) or an escaped colon also sends the body to the exact
+stdlib path, which finds and names the problem. Depth is walked only when the document has more
+brackets than the limit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ ROOT = "$"
 _UTF32_BOMS = (b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00")
 _UTF16_BOMS = (b"\xfe\xff", b"\xff\xfe")
 _UTF8_BOM = b"\xef\xbb\xbf"
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+# orjson makes floats of integer literals above 2**64-1 (20 digits) or below -2**63 (a minus and 19).
+_LONG_DIGITS = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
 
 
 def _refuse(reason: str, path: str = ROOT) -> MalformedRequest:
@@ -70,23 +75,23 @@ def parse_json(data: bytes, *, max_depth: int = 32) -> Any:
         if problem is not None:
             raise _refuse(problem) from None
         raise _refuse(_describe_orjson_error(str(exc))) from None
-    suspect = [False]
-    kind = type(value)
-    if kind is dict or kind is list:
-        try:
-            counted = _lean_walk(value, 1, max_depth, suspect)
-        except _Refused:
-            raise _located_refusal(value, 1, max_depth, ROOT) or _refuse("invalid JSON") from None
-    elif kind is str:
-        counted = value.count(":")
-    else:
-        counted = 0
-        if kind is int and (value > INT_MAX or value < INT_MIN):
-            raise _refuse("integer out of the 64-bit signed range")
-        suspect[0] = kind is float and abs(value) >= 9.2e18 and value.is_integer()
-    # An escaped colon in a string adds a parsed colon without a raw one and could hide a lost key.
-    if suspect[0] or counted != data.count(b":") or b"\\u003" in data:
+    # orjson's own echo proves there was no duplicate key: every ':' is a key separator or inside a string,
+    # so the counts match exactly when no key was lost (an escaped colon could fake one: exact path then).
+    try:
+        echo: bytes | None = orjson.dumps(value, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        # An integer beyond 53 bits: name it if it is beyond 64; the exact path below covers the rest.
+        echo = None
+        refusal = _located_refusal(value, 1, 2**31, ROOT)
+        if refusal is not None:
+            raise refusal from None
+    if (echo is None or echo.count(b":") != data.count(b":") or b"\\u003" in data
+            or _LONG_DIGITS in (digits := data.translate(_DIGITS_AS_ZERO)) or _LONG_NEGATIVE in digits):
+        # A 20-digit literal may be an integer beyond 64 bits that orjson silently made a float.
         _slow_check(data)
+    if (data.count(b"[") + data.count(b"{") > max_depth
+            and (refusal := _located_refusal(value, 1, max_depth, ROOT)) is not None):
+        raise refusal
     return value
 
 
@@ -107,41 +112,11 @@ def _describe_orjson_error(message: str) -> str:
     return f"invalid JSON syntax ({position})" if position else "invalid JSON syntax"
 
 
-class _Refused(Exception):
-    """Raised by the lean walk; the located walk then finds the path and the reason."""
-
-
-def _lean_walk(value: Any, depth: int, max_depth: int, suspect: list[bool]) -> int:
-    """Depth, integer range and the key/colon count, with no path bookkeeping (the common, valid case)."""
-    if depth > max_depth:
-        raise _Refused
-    count = 0
-    if type(value) is dict:
-        count = len(value)
-        items: Any = value.values()
-        for key in value:
-            if ":" in key:
-                count += key.count(":")
-    else:
-        items = value
-    for item in items:
-        kind = type(item)
-        if kind is str:
-            if ":" in item:
-                count += item.count(":")
-        elif kind is dict or kind is list:
-            count += _lean_walk(item, depth + 1, max_depth, suspect)
-        elif kind is int:
-            if item > INT_MAX or item < INT_MIN:
-                raise _Refused
-        elif kind is float and abs(item) >= 9.2e18 and item.is_integer():
-            # orjson turns integer literals beyond 64 bits into floats; the raw text tells.
-            suspect[0] = True
-    return count
-
-
 def _located_refusal(value: Any, depth: int, max_depth: int, path: str) -> MalformedRequest | None:
-    """The refusal the lean walk found, with its path (run only after `_Refused`)."""
+    """Nesting beyond `max_depth` (or an integer out of range), with its path; run only when the
+    document has more containers than the depth limit, so most bodies never pay for the walk."""
+    if type(value) not in (dict, list):
+        return None
     if depth > max_depth:
         return _refuse(f"nesting deeper than {max_depth} levels", path)
     pairs = value.items() if type(value) is dict else enumerate(value)

@@ -333,6 +333,8 @@ class _Builder:
 def _object(path: str, fields: dict[str, Apply]) -> Apply:
     lookup = fields.get
     prefix = f"{path}." if path else ""
+    # Paths of undeclared keys, built once per key; bounded, since the keys come from callers.
+    unknown_paths: dict[str, str] = {}
 
     def apply_object(value: Any, run: _Run) -> Any:
         if type(value) is not dict:
@@ -344,7 +346,15 @@ def _object(path: str, fields: dict[str, Apply]) -> Apply:
         for key, item in value.items():
             apply = lookup(key)
             if apply is None:
-                run.unknown(prefix + key)
+                unknown = unknown_paths.get(key)
+                if unknown is None:
+                    unknown = prefix + key
+                    if len(unknown_paths) < 256:
+                        unknown_paths[key] = unknown
+                if run.reject_unknown:
+                    run.unknown(unknown)
+                else:
+                    run.dropped.append(unknown)
                 continue
             result = apply(item, run)
             if result is not MISSING:

@@ -15,16 +15,14 @@ from gateway.pseudonyms import is_valid
 
 SCANNED_TYPES = ("imei", "imsi", "iccid", "mac", "email", "phone")
 
-_CANDIDATE = re.compile(
-    r"""
-    (?P<email>[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)
-  | (?P<mac>(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:\-])
-          | (?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.]))
-  | (?P<phone>\+\d[\d \-().]{5,20}\d)
-  | (?P<digits>(?<![\d])\d(?:[ \-]?\d){13,21}(?!\d))
-    """,
-    re.VERBOSE,
-)
+# One pattern per trigger character, run only when the text holds that character: a combined
+# alternation is tried at every position and costs ~10 µs on a sentence with no identifier at all.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_PHONE = re.compile(r"\+\d[\d \-().]{5,20}\d")
+_MAC = re.compile(r"(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:\-])"
+                  r"|(?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.])")
+_DIGITS = re.compile(r"(?<!\d)\d(?:[ \-]?\d){13,21}(?!\d)")
+_HAS_DIGIT = re.compile(r"\d")
 _SEPARATORS = str.maketrans("", "", " -")
 # Order matters: an ICCID is longer and starts with 89; a 15-digit run is an IMEI only with a valid Luhn
 # digit, otherwise maybe an IMSI.
@@ -46,19 +44,29 @@ def _confirm(id_type: str, candidate: str) -> bool:
 
 
 def scan(text: str) -> list[Hit]:
-    """Every confirmed identifier in `text`, left to right."""
-    hits: list[Hit] = []
-    for match in _CANDIDATE.finditer(text):
-        kind = match.lastgroup
-        candidate = match.group()
-        if kind == "digits":
-            digits = candidate.translate(_SEPARATORS)
+    """Every confirmed identifier in `text`, left to right, without overlaps."""
+    found: list[Hit] = []
+    if "@" in text:
+        found.extend(Hit(m.start(), m.end(), "email") for m in _EMAIL.finditer(text) if _confirm("email", m.group()))
+    if ("+" in text or ":" in text or "-" in text or "." in text or len(text) >= 14) and _HAS_DIGIT.search(text):
+        if "+" in text:
+            found.extend(Hit(m.start(), m.end(), "phone") for m in _PHONE.finditer(text)
+                         if _confirm("phone", m.group()))
+        for match in _DIGITS.finditer(text):
+            digits = match.group().translate(_SEPARATORS)
             for id_type in _DIGIT_TYPES:
                 if _confirm(id_type, digits):
-                    hits.append(Hit(match.start(), match.end(), id_type))
+                    found.append(Hit(match.start(), match.end(), id_type))
                     break
-        elif kind is not None and _confirm(kind, candidate):
-            hits.append(Hit(match.start(), match.end(), kind))
+    if ":" in text or "-" in text or "." in text:
+        found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
+    if len(found) < 2:
+        return found
+    found.sort(key=lambda hit: (hit.start, -hit.end))
+    hits: list[Hit] = []
+    for hit in found:
+        if not hits or hit.start >= hits[-1].end:
+            hits.append(hit)
     return hits
 
 
