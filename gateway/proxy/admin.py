@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
@@ -50,11 +50,13 @@ from gateway.ledger.records import format_time
 from gateway.logs import get_logger
 from gateway.profiles import PartnerProfile, ProfileSet
 from gateway.profiles.model import Route
-from gateway.proxy.app import STATE_KEY, GatewayState
 from gateway.proxy.services import GatewayServices
 from gateway.strictjson import parse_json
 from gateway.subjects.report import LedgerReader, build_access_report
 from gateway.subjects.rights import RegistryChange, SubjectRights
+
+if TYPE_CHECKING:
+    from gateway.proxy.app import GatewayState
 
 AUDIT_SCOPE: Final = "gateway:audit"
 ADMIN_SCOPE: Final = "gateway:admin"
@@ -73,6 +75,8 @@ _RESUME_SLACK: Final = 64
 _log = get_logger("gateway.admin")
 # The authenticated caller's service name, kept on the request for the endpoint's log line.
 _CALLER_KEY: Final = web.RequestKey("admin_caller", str)
+# Set once the routes are registered, so a second add_admin_routes on the same app is a no-op.
+_ROUTES_ADDED_KEY: Final = web.AppKey("admin_routes_added", bool)
 
 # -- request schemas (published verbatim in schemas/openapi.yaml, components.schemas) -------------------
 _SUBJECT_ID: Final[dict[str, Any]] = {
@@ -457,6 +461,9 @@ def _logged(endpoint: str, handler: Handler) -> Handler:
 
 
 def _state(request: web.Request) -> GatewayState:
+    # Imported here, not at the top: app.py imports this module to register the routes.
+    from gateway.proxy.app import STATE_KEY
+
     return request.app[STATE_KEY]
 
 
@@ -564,7 +571,10 @@ async def change_minor(request: web.Request) -> web.Response:
 
 def add_admin_routes(app: web.Application) -> None:
     """Register every admin and audit endpoint (except reload, which create_app registers) on an app built
-    by `create_app`, before it starts."""
+    by `create_app`, before it starts. Calling it again on the same app changes nothing."""
+    if app.get(_ROUTES_ADDED_KEY):
+        return
+    app[_ROUTES_ADDED_KEY] = True
     routes: list[tuple[str, str, str, Handler]] = [
         ("GET", "/partners", "partners", list_partners),
         ("GET", "/partners/{partner_id}", "partner", get_partner),

@@ -299,3 +299,15 @@ async def test_concurrent_changes_each_get_their_own_ledger_record(admin: AdminH
     ids = {body["ledger_record"]["id"] for _, body in results}
     assert len(ids) == 20
     assert {r["id"] for r in await admin.ledger_records(kind="registry")} == ids
+
+
+def test_adding_the_admin_routes_twice_changes_nothing() -> None:
+    from gateway.config import Settings
+    from gateway.proxy import create_app
+    from gateway.proxy.admin import add_admin_routes
+
+    app = create_app(Settings())
+    add_admin_routes(app)
+    count = len(list(app.router.routes()))
+    add_admin_routes(app)
+    assert len(list(app.router.routes())) == count
