@@ -6,8 +6,10 @@ This module owns
 - the outbound headers: only the minimised headers the pipeline passes, the partner's credential from the
   profile, Content-Type, Content-Length (computed by the client) and X-Request-Id; the caller's
   Authorization, cookies and hop-by-hop headers are stripped even if passed, and CR/LF/NUL is refused;
-- one pooled, keep-alive `aiohttp.ClientSession` per partner, tuned for a proxy (no cookie jar, no
-  decompression, no environment proxies, no automatic User-Agent/Accept headers);
+- a small HTTP/1.1 client: per partner, a pool of keep-alive connections (asyncio protocols), each
+  carrying one exchange at a time, with a strict, size-capped response parser. It adds nothing a proxy
+  does not need: no cookies, no decompression, no environment proxies, no User-Agent/Accept headers,
+  no redirects;
 - per-partner admission (`UpstreamPool.limiter`): a token bucket and a concurrency cap that refuse at
   once with `RateLimited` (429) rather than queue;
 - one try of one call (`UpstreamPool.send`). Retries are the pipeline's: each try is its own ledger record.
@@ -22,21 +24,21 @@ parameter may be a pseudonym or worse.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import re
+import ssl
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.errors import (
     ConfigError,
@@ -216,6 +218,15 @@ def _split_template(path_template: str) -> tuple[tuple[str, ...], tuple[str, ...
     return tuple(literals), tuple(names)
 
 
+def _request_target(
+    base_url: str, path_template: str, path_params: Mapping[str, str], query: Sequence[tuple[str, str]]
+) -> str:
+    """The origin-form request target (path and query) of `build_upstream_url`, with the same checks."""
+    url = build_upstream_url(base_url, path_template, path_params, query)
+    _, netloc, _ = _parsed_base(base_url)
+    return url[url.index(netloc) + len(netloc) :]
+
+
 def build_upstream_url(
     base_url: str,
     path_template: str,
@@ -315,54 +326,319 @@ def _credential_header(auth: UpstreamAuthLike | None) -> tuple[str, str] | None:
     raise ConfigError("upstream auth kind must be bearer, header or basic")
 
 
-class _PartnerChannel:
-    """One partner's session, limiter and precomputed credential; replaced when its profile settings change."""
+_MAX_HEAD_BYTES = 65536
+_MAX_HEADERS = 128
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n\x00]*)?")
+_HEADER_NAME_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n\x00]*)?")
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
-    __slots__ = ("credential", "limiter", "limits", "session", "stripped", "upstream")
+
+class _Failure(Exception):
+    """A failed exchange on one connection; `reason` is the UpstreamError reason label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    reusable: bool
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a partner, carrying one exchange at a time.
+
+    A deliberately small client: aiohttp's ClientSession spends most of a proxied request's client-leg CPU
+    on per-request objects (request, response, stream reader, payload, timers, a writer task) that a
+    proxy sending one buffered body and reading one buffered, size-capped answer does not need. The
+    parser is strict and fails closed: anything ambiguous (conflicting lengths, transfer codings other
+    than chunked, obs-fold, bytes after the answer) ends the exchange as a malformed response.
+    """
+
+    __slots__ = (
+        "_body_limit",
+        "_buffer",
+        "_chunk_size",
+        "_chunks",
+        "_head",
+        "_length",
+        "_mode",
+        "_no_body",
+        "_size",
+        "_waiter",
+        "closed",
+        "idle_since",
+        "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[_Answer] | None = None
+        self._reset_state(False, 0)
+
+    def _reset_state(self, no_body: bool, body_limit: int) -> None:
+        self._head: tuple[int, CIMultiDict[str], bool] | None = None
+        self._mode = ""  # "length" | "chunked" | "close"
+        self._length = 0
+        self._chunks: list[bytes] = []
+        self._chunk_size = -1
+        self._size = 0
+        self._no_body = no_body
+        self._body_limit = body_limit
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transport is not an asyncio.Transport subclass, though it implements one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            # Bytes nobody asked for: the connection's framing can no longer be trusted.
+            self.abort()
+            return
+        self._buffer += data
+        self._advance(eof=False)
+
+    def eof_received(self) -> bool:
+        if self._waiter is not None and not self._waiter.done():
+            self._advance(eof=True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self._mode == "close" and exc is None:
+                self._advance(eof=True)
+            if not waiter.done():
+                waiter.set_exception(_Failure("upstream-reset", "the partner closed or reset the connection"))
+
+    # -- exchange
+    def exchange(self, request: bytes, no_body: bool, body_limit: int) -> asyncio.Future[_Answer]:
+        assert self.transport is not None
+        self._reset_state(no_body, body_limit)
+        self._buffer.clear()
+        waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self.transport.write(request)
+        return waiter
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, reason: str, detail: str) -> None:
+        waiter = self._waiter
+        self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_Failure(reason, detail))
+
+    def _advance(self, eof: bool) -> None:
+        try:
+            self._advance_or_raise(eof)
+        except _Failure as failure:
+            self._fail(failure.reason, failure.detail)
+
+    def _advance_or_raise(self, eof: bool) -> None:
+        buffer = self._buffer
+        while self._head is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > _MAX_HEAD_BYTES:
+                    raise _Failure("upstream-malformed", "the partner's response head is too large")
+                if eof:
+                    raise _Failure("upstream-reset", "the partner closed the connection before answering")
+                return
+            head = bytes(buffer[:end])
+            del buffer[: end + 4]
+            status, headers, keep_alive, mode, length = _parse_head(head)
+            if 100 <= status < 200:
+                if status == 101:
+                    raise _Failure("upstream-malformed", "the partner switched protocols")
+                continue  # interim answer (100 Continue, 103 Early Hints): the final one follows
+            if self._no_body or status in (204, 304):
+                mode, length = "length", 0
+            if mode == "length" and length > self._body_limit:
+                raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+            self._head = (status, headers, keep_alive)
+            self._mode, self._length = mode, length
+        body = self._body_if_complete(eof)
+        if body is None:
+            return
+        if buffer:
+            raise _Failure("upstream-malformed", "the partner sent bytes after its response")
+        status, headers, keep_alive = self._head
+        waiter = self._waiter
+        assert waiter is not None
+        waiter.set_result(_Answer(status, headers, body, keep_alive and self._mode != "close"))
+
+    def _body_if_complete(self, eof: bool) -> bytes | None:
+        buffer = self._buffer
+        if self._mode == "length":
+            if len(buffer) < self._length:
+                if eof:
+                    raise _Failure("upstream-malformed", "the partner's response body is shorter than announced")
+                return None
+            body = bytes(buffer[: self._length])
+            del buffer[: self._length]
+            return body
+        if self._mode == "close":
+            if len(buffer) > self._body_limit:
+                raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+            if not eof:
+                return None
+            body = bytes(buffer)
+            buffer.clear()
+            return body
+        # chunked (RFC 9112 7.1): size line, data, CRLF; a zero size line, optional trailers, CRLF.
+        while True:
+            if self._chunk_size < 0:
+                line_end = buffer.find(b"\r\n")
+                if line_end < 0:
+                    if len(buffer) > 4096:
+                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                    break
+                match = _CHUNK_SIZE.fullmatch(buffer, 0, line_end)
+                if match is None:
+                    raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                self._chunk_size = int(match.group(1), 16)
+                del buffer[: line_end + 2]
+                self._size += self._chunk_size
+                if self._size > self._body_limit:
+                    raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+            if self._chunk_size == 0:
+                # Trailers are read and discarded: no trailer reaches the caller.
+                if buffer[:2] == b"\r\n":
+                    del buffer[:2]
+                    return b"".join(self._chunks)
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > _MAX_HEAD_BYTES:
+                        raise _Failure("upstream-malformed", "the partner's trailers are too large")
+                    break
+                del buffer[: end + 4]
+                return b"".join(self._chunks)
+            if len(buffer) < self._chunk_size + 2:
+                break
+            if buffer[self._chunk_size : self._chunk_size + 2] != b"\r\n":
+                raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+            self._chunks.append(bytes(buffer[: self._chunk_size]))
+            del buffer[: self._chunk_size + 2]
+            self._chunk_size = -1
+        if eof:
+            raise _Failure("upstream-malformed", "the partner's chunked body ended early")
+        return None
+
+
+def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int]:
+    """(status, headers, keep-alive, framing mode, content length) of a response head; strict."""
+    lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        raise _Failure("upstream-malformed", "the partner sent a malformed status line")
+    if len(lines) - 1 > _MAX_HEADERS:
+        raise _Failure("upstream-malformed", "the partner sent too many headers")
+    headers: CIMultiDict[str] = CIMultiDict()
+    lengths: set[bytes] = set()
+    transfer_encodings: list[bytes] = []
+    connection = b""
+    for line in lines[1:]:
+        name, sep, raw_value = line.partition(b":")
+        # No colon, white space before it, or a continuation line (obs-fold) all fail the token check.
+        if not sep or not _HEADER_NAME_BYTES.fullmatch(name):
+            raise _Failure("upstream-malformed", "the partner sent a malformed header")
+        value = raw_value.strip(b" \t")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise _Failure("upstream-malformed", "the partner sent a malformed header")
+        lowered = name.lower()
+        if lowered == b"content-length":
+            lengths.add(value)
+        elif lowered == b"transfer-encoding":
+            transfer_encodings.append(value.lower())
+        elif lowered == b"connection":
+            connection += b"," + value.lower()
+        headers.add(name.decode("ascii"), value.decode("latin-1"))
+    http10 = match.group(1) == b"0"
+    tokens = {token.strip() for token in connection.split(b",")}
+    keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
+    status = int(match.group(2))
+    if transfer_encodings:
+        if lengths or transfer_encodings != [b"chunked"]:
+            raise _Failure("upstream-malformed", "the partner's response framing is ambiguous")
+        return status, headers, keep_alive, "chunked", 0
+    if lengths:
+        if len(lengths) != 1:
+            raise _Failure("upstream-malformed", "the partner sent conflicting Content-Length values")
+        (length,) = lengths
+        if not length.isdigit() or len(length) > 15:
+            raise _Failure("upstream-malformed", "the partner sent an invalid Content-Length")
+        return status, headers, keep_alive, "length", int(length)
+    return status, headers, False, "close", 0
+
+
+class _PartnerChannel:
+    """One partner's connections, limiter and precomputed credential; replaced when its profile settings change."""
+
+    __slots__ = (
+        "_closed",
+        "_connections",
+        "_idle",
+        "_ssl",
+        "connect_host",
+        "connect_port",
+        "credential",
+        "host_header",
+        "limiter",
+        "limits",
+        "max_connections",
+        "stripped",
+        "upstream",
+    )
 
     def __init__(self, profile: ProfileLike) -> None:
         upstream, limits = profile.upstream, profile.limits
         self.upstream = upstream
         self.limits = limits
-        _parsed_base(upstream.base_url)
+        scheme, netloc, _ = _parsed_base(upstream.base_url)
+        parts = urlsplit(upstream.base_url)
+        assert parts.hostname is not None
+        self.connect_host = parts.hostname
+        self.connect_port = parts.port or (443 if scheme == "https" else 80)
+        self.host_header = netloc
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if scheme == "https" else None
         self.credential = _credential_header(upstream.auth)
         if self.credential is not None and _FORBIDDEN_IN_VALUE.search(self.credential[1]):
             raise ConfigError("upstream credential contains a control character")
         self.stripped = _STRIPPED_HEADERS | ({self.credential[0].lower()} if self.credential else set())
         self.limiter = PartnerLimiter(limits.rate_per_second, limits.burst, limits.max_concurrency)
-        connections = limits.max_concurrency or DEFAULT_MAX_CONCURRENCY
-        connector = aiohttp.TCPConnector(
-            limit=connections,
-            limit_per_host=connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=30.0,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            # A proxy adds nothing the caller did not send: no User-Agent, Accept or Accept-Encoding, and no
-            # guessed Content-Type (the pipeline states the real one).
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=upstream.total_timeout,
-                connect=upstream.connect_timeout,
-                sock_connect=upstream.connect_timeout,
-            ),
-            raise_for_status=False,
-            read_bufsize=2**16,
-        )
+        self.max_connections = limits.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        # LIFO: the most recently used connection is the least likely to have been closed by the partner.
+        self._idle: list[_Connection] = []
+        self._connections: set[_Connection] = set()
+        self._closed = False
 
-    def outbound_headers(
+    def request_head(
         self,
+        method: str,
+        target: str,
         headers: Mapping[str, str],
         body: bytes | None,
         request_id: str | None,
         content_type: str | None,
-    ) -> CIMultiDict[str]:
-        out: CIMultiDict[str] = CIMultiDict()
+    ) -> bytes:
+        """The request line and headers, serialised once; refuses header names or values that could inject."""
         stripped = self.stripped
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
         for name, value in headers.items():
             lowered = name.lower()
             if lowered in stripped:
@@ -378,29 +654,99 @@ class _PartnerChannel:
                 if content_type is None:
                     content_type = value
                 continue
-            out.add(name, value)
+            lines.append(f"{name}: {value}\r\n")
         if body is not None and content_type is not None:
             if _FORBIDDEN_IN_VALUE.search(content_type):
                 raise MalformedRequest("the content type contains a line break or NUL")
-            out["Content-Type"] = content_type
+            lines.append(f"Content-Type: {content_type}\r\n")
         if request_id is not None:
             if _FORBIDDEN_IN_VALUE.search(request_id):
                 raise MalformedRequest("the request id contains a line break or NUL")
-            out["X-Request-Id"] = request_id
+            lines.append(f"X-Request-Id: {request_id}\r\n")
         if self.credential is not None:
-            out[self.credential[0]] = self.credential[1]
-        return out
+            lines.append(f"{self.credential[0]}: {self.credential[1]}\r\n")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        elif method in _BODYLESS_METHODS:
+            lines.append("\r\n")
+        else:
+            lines.append("Content-Length: 0\r\n\r\n")
+        try:
+            return "".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            raise MalformedRequest(
+                "a header value is not Latin-1", [Violation("headers", "non-Latin-1 character")]
+            ) from None
+
+    async def acquire(self) -> _Connection:
+        now = time.monotonic()
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < _KEEPALIVE_SECONDS:
+                return connection
+            self._drop(connection)
+        if len(self._connections) >= self.max_connections:
+            raise RateLimited("partner concurrency limit reached", reason="concurrency-limit")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.upstream.connect_timeout):
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    self.connect_host,
+                    self.connect_port,
+                    ssl=self._ssl,
+                    server_hostname=self.connect_host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "could not connect to the partner in time", reason="upstream-connect-timeout"
+            ) from None
+        except OSError:
+            raise UpstreamError("could not connect to the partner", reason="upstream-connect") from None
+        self._connections.add(connection)
+        return connection
+
+    def release(self, connection: _Connection, reusable: bool) -> None:
+        if reusable and not connection.closed and not self._closed:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.abort()
+        self._connections.discard(connection)
+
+    def close_when_idle(self) -> None:
+        """Stop reusing connections: idle ones close now, busy ones when their call ends."""
+        self._closed = True
+        for connection in self._idle:
+            self._drop(connection)
+        self._idle.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        for connection in list(self._connections):
+            self._drop(connection)
+        self._idle.clear()
+
+
+_KEEPALIVE_SECONDS = 15.0
 
 
 class UpstreamPool:
-    """Pooled upstream sessions, one per partner, created on first use; `start()` before use, `close()` after."""
+    """Pooled upstream connections, one channel per partner, created on first use.
+
+    `start()` before use, `close()` after (it closes every connection, idle or not).
+    """
 
     def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self._max_response_bytes = max_response_bytes
         self._channels: dict[str, _PartnerChannel] = {}
-        # Sessions of channels replaced by a profile reload; closed with the pool, since in-flight calls
-        # may still be using them.
-        self._retired: list[aiohttp.ClientSession] = []
+        # Channels replaced by a profile reload: their in-flight calls finish, then their connections are
+        # dropped on release, and whatever remains is closed with the pool.
+        self._retired: list[_PartnerChannel] = []
         self._started = False
 
     async def start(self) -> None:
@@ -408,11 +754,10 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._started = False
-        sessions = [channel.session for channel in self._channels.values()] + self._retired
+        for channel in [*self._channels.values(), *self._retired]:
+            channel.close()
         self._channels.clear()
         self._retired.clear()
-        for session in sessions:
-            await session.close()
 
     def _channel(self, profile: ProfileLike) -> _PartnerChannel:
         channel = self._channels.get(profile.id)
@@ -425,7 +770,8 @@ class UpstreamPool:
         if not self._started:
             raise UpstreamError("the upstream pool is not running", reason="pool-closed")
         if channel is not None:
-            self._retired.append(channel.session)
+            channel.close_when_idle()
+            self._retired.append(channel)
         channel = _PartnerChannel(profile)
         self._channels[profile.id] = channel
         return channel
@@ -455,52 +801,32 @@ class UpstreamPool:
         if not _METHOD.fullmatch(method):
             raise MalformedRequest("the request method is not valid")
         channel = self._channel(profile)
-        url = build_upstream_url(channel.upstream.base_url, route.path_template, path_params, query)
-        out_headers = channel.outbound_headers(headers, body, request_id, content_type)
-        cap = self._max_response_bytes
+        target = _request_target(channel.upstream.base_url, route.path_template, path_params, query)
+        request = channel.request_head(method, target, headers, body, request_id, content_type)
+        if body:
+            request += body
         started = time.perf_counter()
+        connection: _Connection | None = None
         try:
-            async with channel.session.request(
-                method, URL(url, encoded=True), headers=out_headers, data=body, allow_redirects=False
-            ) as response:
-                status = response.status
-                if 300 <= status < 400 and status != 304:
-                    raise UpstreamError(
-                        "the partner answered with a redirect; redirects are never followed", reason="upstream-redirect"
-                    )
-                length = response.content_length
-                if length is not None and length > cap:
-                    response.close()
-                    raise UpstreamError("the partner's response is larger than allowed", reason="upstream-too-large")
-                if length is not None:
-                    data = await response.read()
-                else:
-                    data = await _read_capped(response, cap)
-                return UpstreamResponse(status, response.headers, data, time.perf_counter() - started)
+            async with asyncio.timeout(channel.upstream.total_timeout):
+                connection = await channel.acquire()
+                answer = await connection.exchange(request, method == "HEAD", self._max_response_bytes)
         except TimeoutError:
+            if connection is not None:
+                channel.release(connection, reusable=False)
             raise UpstreamTimeout("the partner did not answer in time", reason="upstream-timeout") from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError("could not connect to the partner", reason="upstream-connect") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            raise UpstreamError("the partner closed or reset the connection", reason="upstream-reset") from None
-        except aiohttp.ClientResponseError:
-            raise UpstreamError("the partner sent a malformed response", reason="upstream-malformed") from None
-        except aiohttp.ClientPayloadError:
-            raise UpstreamError("the partner sent a malformed response body", reason="upstream-malformed") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the partner call failed ({type(exc).__name__})", reason="upstream-error") from None
-
-
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The body of a response without Content-Length (chunked or read-to-close), refusing more than `cap`."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await response.content.readany()
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > cap:
-            response.close()
-            raise UpstreamError("the partner's response is larger than allowed", reason="upstream-too-large")
-        chunks.append(chunk)
+        except _Failure as failure:
+            assert connection is not None
+            channel.release(connection, reusable=False)
+            raise UpstreamError(failure.detail, reason=failure.reason) from None
+        except BaseException:
+            # Cancelled (caller gone, shutdown) or a refusal from acquire: a half-done exchange is never reused.
+            if connection is not None:
+                channel.release(connection, reusable=False)
+            raise
+        channel.release(connection, answer.reusable)
+        if 300 <= answer.status < 400 and answer.status != 304:
+            raise UpstreamError(
+                "the partner answered with a redirect; redirects are never followed", reason="upstream-redirect"
+            )
+        return UpstreamResponse(answer.status, answer.headers, answer.body, time.perf_counter() - started)

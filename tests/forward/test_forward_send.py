@@ -205,6 +205,11 @@ async def test_refused_connection_is_an_upstream_error(pool: UpstreamPool) -> No
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
     ],
 )
 async def test_malformed_responses_are_upstream_errors(
@@ -368,3 +373,66 @@ async def test_send_on_a_closed_pool_refuses(raw_partner_factory: MakePartner) -
     with pytest.raises(UpstreamError):
         await closed.send(profile_for(partner.url), ROUTE, "POST", {"shipment_id": "S1"}, [], {}, BODY)
     assert partner.connections == 0
+
+
+def test_exchanges_work_on_uvloop_as_the_server_runs_them() -> None:
+    # uvloop's transports are not asyncio.Transport subclasses; the client must not depend on that.
+    import uvloop
+
+    async def scenario() -> tuple[int, bytes, int]:
+        from forward_fakes import RawPartner
+
+        partner = RawPartner(lambda _: OK_RESPONSE)
+        await partner.start()
+        upstream_pool = UpstreamPool()
+        await upstream_pool.start()
+        try:
+            profile = profile_for(partner.url)
+            for _ in range(3):
+                answer = await upstream_pool.send(profile, ROUTE, "POST", {"shipment_id": "S1"}, [], {}, BODY)
+            return answer.status, answer.body, partner.connections
+        finally:
+            await upstream_pool.close()
+            await partner.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == (200, b'{"ok":true}', 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reused"),
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    ],
+)
+async def test_interim_answers_are_skipped_and_close_is_honoured(
+    pool: UpstreamPool, raw_partner_factory: MakePartner, answer: bytes, reused: bool
+) -> None:
+    partner = await raw_partner_factory(lambda _: answer)
+    profile = profile_for(partner.url)
+    for _ in range(2):
+        response = await pool.send(profile, ROUTE, "POST", {"shipment_id": "S1"}, [], {}, BODY)
+        assert (response.status, response.body) == (200, b"ok")
+    assert partner.connections == (1 if reused else 2)
+
+
+async def test_body_read_until_close_without_length(pool: UpstreamPool) -> None:
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(len(BODY))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_and_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        response = await pool.send(
+            profile_for(f"http://127.0.0.1:{port}"), ROUTE, "POST", {"shipment_id": "S1"}, [], {}, BODY
+        )
+        assert response.body == b"until close"
+    finally:
+        server.close()
+        await server.wait_closed()
