@@ -46,7 +46,7 @@ async def serve_baseline(host: str, port: int, upstream: str) -> None:
 class _Auth:
     kind: str = "bearer"
     header: str = "Authorization"
-    value: str = "bench-partner-token"
+    value: str = "Bearer bench-partner-token"
 
 
 @dataclass(frozen=True)

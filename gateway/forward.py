@@ -25,7 +25,6 @@ parameter may be a pseudonym or worse.
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import re
 import ssl
@@ -109,7 +108,7 @@ class UpstreamAuthLike(Protocol):
     @property
     def header(self) -> str: ...
     @property
-    def value(self) -> str: ...
+    def value(self) -> str: ...  # the full header value, e.g. "Bearer <token>"
 
 
 class UpstreamLike(Protocol):
@@ -311,19 +310,18 @@ class PartnerLimiter:
 
 
 def _credential_header(auth: UpstreamAuthLike | None) -> tuple[str, str] | None:
-    """The header carrying the partner's credential, computed once per partner channel."""
+    """The header carrying the partner's credential, checked once per partner channel.
+
+    The profile loader has already built the full header value ("Bearer ...", "Basic <base64>", or the
+    raw key for kind "header"), so every kind is injected the same way.
+    """
     if auth is None:
         return None
-    if auth.kind == "bearer":
-        return "Authorization", f"Bearer {auth.value}"
-    if auth.kind == "basic":
-        # The profile holds "username:password"; RFC 7617 sends it base64-encoded (UTF-8).
-        return "Authorization", "Basic " + base64.b64encode(auth.value.encode()).decode("ascii")
-    if auth.kind == "header":
-        if not _HEADER_NAME.fullmatch(auth.header):
-            raise ConfigError("upstream auth header name is not a valid header name")
-        return auth.header, auth.value
-    raise ConfigError("upstream auth kind must be bearer, header or basic")
+    if auth.kind not in ("bearer", "header", "basic"):
+        raise ConfigError("upstream auth kind must be bearer, header or basic")
+    if not _HEADER_NAME.fullmatch(auth.header):
+        raise ConfigError("upstream auth header name is not a valid header name")
+    return auth.header, auth.value
 
 
 _MAX_HEAD_BYTES = 65536

@@ -10,29 +10,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.profiles.model import Limits, Upstream, UpstreamAuth
 
-@dataclass(frozen=True)
-class Auth:
-    kind: str
-    header: str
-    value: str
-
-
-@dataclass(frozen=True)
-class Upstream:
-    base_url: str
-    auth: Auth | None = None
-    connect_timeout: float = 1.0
-    total_timeout: float = 2.0
-    retries: int = 0
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 65536
-    rate_per_second: float | None = None
-    burst: int | None = None
-    max_concurrency: int | None = 8
+# The real value objects of gateway.profiles; only the profile and route are stand-ins (they carry many
+# fields the upstream client never reads).
+Auth = UpstreamAuth
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ async def test_pool_limiter_is_per_partner_and_caps_real_in_flight_calls(
     release = asyncio.Event()
     partner = await raw_partner_factory(lambda _: OK_RESPONSE)
     route = Route("/x/{id}")
-    slow = Profile("slow-partner", Upstream(partner.url), Limits(max_concurrency=1))
-    other = Profile("other-partner", Upstream(partner.url), Limits(max_concurrency=1))
+    slow = Profile("slow-partner", Upstream(partner.url, None), Limits(max_concurrency=1))
+    other = Profile("other-partner", Upstream(partner.url, None), Limits(max_concurrency=1))
 
     async def held_call() -> int:
         async with pool.limiter(slow):
@@ -105,13 +105,13 @@ async def test_pool_limiter_is_per_partner_and_caps_real_in_flight_calls(
 
 
 async def test_reload_with_same_limits_keeps_the_limiter_and_new_limits_replace_it(pool: UpstreamPool) -> None:
-    first = Profile("p", Upstream("http://127.0.0.1:9"), Limits(rate_per_second=1.0, burst=1))
+    first = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=1.0, burst=1))
     async with pool.limiter(first):
         pass
-    same = Profile("p", Upstream("http://127.0.0.1:9"), Limits(rate_per_second=1.0, burst=1))
+    same = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=1.0, burst=1))
     with pytest.raises(RateLimited):  # the bucket state survived the reload
         async with pool.limiter(same):
             pass
-    raised = Profile("p", Upstream("http://127.0.0.1:9"), Limits(rate_per_second=100.0, burst=5))
+    raised = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=100.0, burst=5))
     async with pool.limiter(raised):
         pass

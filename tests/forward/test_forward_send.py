@@ -59,7 +59,7 @@ async def test_exact_bytes_carry_the_partner_credential_and_nothing_of_the_calle
     pool: UpstreamPool, raw_partner_factory: MakePartner
 ) -> None:
     partner = await raw_partner_factory(ok)
-    profile = profile_for(partner.url, Auth("bearer", "Authorization", "partner-token-123"))
+    profile = profile_for(partner.url, Auth("bearer", "Authorization", "Bearer partner-token-123"))
     response = await pool.send(
         profile,
         ROUTE,
@@ -105,11 +105,13 @@ async def test_header_credential_replaces_a_same_named_header_from_the_request(
     assert body == b""
 
 
-async def test_basic_credential_is_base64_of_user_and_password(
+async def test_basic_credential_goes_out_as_the_loader_built_it(
     pool: UpstreamPool, raw_partner_factory: MakePartner
 ) -> None:
     partner = await raw_partner_factory(ok)
-    profile = profile_for(partner.url, Auth("basic", "Authorization", "acme:s3cr\u00e9t"))
+    profile = profile_for(
+        partner.url, Auth("basic", "Authorization", "Basic " + base64.b64encode("acme:s3cr\u00e9t".encode()).decode())
+    )
     await pool.send(profile, ROUTE, "GET", {"shipment_id": "S1"}, [], {}, None)
     _, headers, _ = split_request(partner.received[0])
     assert headers["authorization"] == "Basic " + base64.b64encode("acme:s3cr\u00e9t".encode()).decode()
@@ -327,7 +329,7 @@ async def test_aiohttp_partner_receives_body_and_answers_json(
     app = web.Application()
     app.router.add_post("/shipments/{shipment_id}", handler)
     url = await aiohttp_partners(app)
-    profile = profile_for(url, Auth("bearer", "Authorization", "tok"))
+    profile = profile_for(url, Auth("bearer", "Authorization", "Bearer tok"))
     response = await pool.send(
         profile, ROUTE, "POST", {"shipment_id": "S-9"}, [], {}, BODY, content_type="application/json"
     )
