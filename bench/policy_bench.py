@@ -145,6 +145,16 @@ def stages(policy: CompiledRoutePolicy, raw: bytes, n: int = 5000) -> dict[str, 
     return out
 
 
+def cpu_reference_ms(rounds: int = 5) -> float:
+    """A fixed CPU yardstick, `sum(range(10**6))` (median ms), to compare runs taken under contention."""
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        sum(range(10**6))
+        timings.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(timings)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="profile the hmac path with pyinstrument")
@@ -161,7 +171,8 @@ def main() -> int:
                 one_request(policy, raw, headers)
         print(profiler.output_text(unicode=True, color=False))
         return 0
-    print(f"payload: {len(raw)} bytes; python {sys.version.split()[0]}")
+    print(f"payload: {len(raw)} bytes; python {sys.version.split()[0]}; "
+          f"cpu reference sum(range(10**6)): {cpu_reference_ms():.1f} ms")
     for mode in ("hmac", "fpe"):
         policy = build_policy(mode)
         print(f"{mode}: {measure(policy, raw):.1f} µs per request (median of 7 rounds x 2000)")

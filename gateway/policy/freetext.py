@@ -43,6 +43,12 @@ def _confirm(id_type: str, candidate: str) -> bool:
         return True
 
 
+def may_hold_mac(text: str) -> bool:
+    """False only when `_MAC` cannot match: a MAC holds five ':' or '-' separators, or two dots. Most
+    sentences have neither, and the MAC pattern (with its look-arounds) costs ~5 µs on a sentence."""
+    return text.count(":") + text.count("-") >= 5 or text.count(".") >= 2
+
+
 def scan(text: str) -> list[Hit]:
     """Every confirmed identifier in `text`, left to right, without overlaps."""
     found: list[Hit] = []
@@ -58,7 +64,7 @@ def scan(text: str) -> list[Hit]:
                 if _confirm(id_type, digits):
                     found.append(Hit(match.start(), match.end(), id_type))
                     break
-    if ":" in text or "-" in text or "." in text:
+    if may_hold_mac(text):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
     if len(found) < 2:
         return found
