@@ -46,5 +46,6 @@ def configure_logging(level: str = "info") -> None:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound to a component name."""
-    return structlog.get_logger(name).bind(component=name)
+    """A structlog logger for a component. It stays lazy (no `.bind()` here), so module-level loggers
+    follow `configure_logging()` even when they were created before it ran."""
+    return structlog.get_logger(component=name)

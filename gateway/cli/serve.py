@@ -79,23 +79,28 @@ async def _serve(settings: Settings, index: int, reuse_port: bool) -> None:
     from gateway.proxy import start_gateway
 
     log = get_logger("gateway.server")
-    gateway = await start_gateway(settings, reuse_port=reuse_port, worker_index=index)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def reload() -> None:
-        task = loop.create_task(gateway.state.reload_logged())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
+    reload_wanted = asyncio.Event()
+    # Handlers go in before the (possibly slow) start: a SIGHUP during start-up must not kill the process
+    # (its default action), and a SIGTERM must still stop it.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
+    gateway = await start_gateway(settings, reuse_port=reuse_port, worker_index=index)
     log.info("listening", url=gateway.url, worker=index, pid=os.getpid())
+
+    async def reloader() -> None:
+        while True:
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            await gateway.state.reload_logged()
+
+    reloads = loop.create_task(reloader())
     try:
         await stop.wait()
     finally:
+        reloads.cancel()
         log.info("draining", worker=index, grace_seconds=settings.shutdown_grace_seconds)
         await gateway.stop()
 

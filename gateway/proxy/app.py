@@ -349,6 +349,7 @@ class RunningGateway:
     runner: web.AppRunner
     host: str
     port: int
+    stopped: bool = False
 
     @property
     def state(self) -> GatewayState:
@@ -361,6 +362,9 @@ class RunningGateway:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the shutdown grace), then close the
         services (the ledger writes its checkpoint and flushes)."""
+        if self.stopped:
+            return
+        self.stopped = True
         started = time.perf_counter()
         await self.runner.cleanup()
         _log.info("shutdown_complete", seconds=round(time.perf_counter() - started, 3))

@@ -166,7 +166,7 @@ class FakePartner:
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
-    mode: str = "ok"  # ok | 5xx | redirect | hang | malformed | plain
+    mode: str = "ok"  # ok | 5xx | redirect | hang | slow | malformed
     runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -178,6 +178,8 @@ class FakePartner:
             raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
         if self.mode == "hang":
             await asyncio.sleep(30)
+        if self.mode == "slow":
+            await asyncio.sleep(0.5)
         if self.mode == "malformed":
             return web.Response(body=b'{"tracking_number": "T-1",', content_type="application/json")
         if "/tracking/" in request.path:

@@ -1,0 +1,132 @@
+"""`gateway serve` and `gateway demo` as real processes: workers sharing one port, SIGHUP reload in
+every worker, metrics aggregated across workers, SIGTERM drain and exit; the demo runs to completion on
+a fresh folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import PARTNER_ID, FakePartner, partner_environ, shipment_body
+
+from gateway.cli.token import mint_token
+from gateway.keys import GatewayKeys
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the gateway exited"
+        try:
+            async with session.get(url + "/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("the gateway did not become ready")
+
+
+@pytest.mark.slow
+async def test_serve_with_two_workers_reload_and_drain(
+    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        **partner_environ(fake_partner),
+        "GATEWAY_PROFILES_DIR": str(profiles_dir),
+        "GATEWAY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "GATEWAY_KEYS_DIR": str(keys_dir),
+        "GATEWAY_LOG_LEVEL": "info",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "gateway.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [*GATEWAY, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=tmp_path,
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    assert gateway_keys.jwt_dev_private is not None
+    token = mint_token(gateway_keys.jwt_dev_private, subject="order-service",
+                       scopes=[f"disclose:{PARTNER_ID}:delivery"], issuer="partner-data-gateway-dev",
+                       audience="partner-data-gateway", ttl_seconds=300)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, url, process)
+            deadline = time.monotonic() + 30
+            while log_path.read_text().count('"event":"listening"') < 2:
+                assert time.monotonic() < deadline, "both workers did not start"
+                await asyncio.sleep(0.2)
+            data = json.dumps(shipment_body()).encode()
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            for _ in range(12):
+                # A fresh connection each time, so the kernel can hand it to either worker.
+                async with aiohttp.ClientSession() as fresh, fresh.post(
+                    url + f"/v1/partners/{PARTNER_ID}/shipments/S-1", data=data, headers=headers
+                ) as response:
+                    assert response.status == 200, log_path.read_text()[-3000:]
+            async with session.get(url + "/metrics") as response:
+                text = await response.text()
+            # Metrics of both workers are summed in one scrape.
+            assert re.search(
+                r'gateway_requests_total\{outcome="forwarded",partner="carrier-test",route="create-shipment"\} 12\.0',
+                text), text[:2000]
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                async with session.get(url + "/metrics") as response:
+                    text = await response.text()
+                if 'gateway_profile_reloads_total{result="ok"} 2.0' in text:
+                    break
+                await asyncio.sleep(0.2)
+            assert 'gateway_profile_reloads_total{result="ok"} 2.0' in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log_file.close()
+    assert len(fake_partner.received) == 12
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_fresh_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PARTNER_URL_"))}
+    # Run outside the checkout, as after `pip install`: the demo finds the shipped profiles itself.
+    result = subprocess.run(
+        [*GATEWAY, "demo"], env=env, cwd=tmp_path, capture_output=True, timeout=120, check=False,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "ledger OK" in out
+    assert "transformed" in out
+    assert "dropped" in out
+    assert re.search(r"401 .*\(partner calls: 0\)", out)
+    assert re.search(r"403 .*\(partner calls: 0\)", out)
+    assert (tmp_path / "data" / "demo-ledger.sqlite3").exists()
