@@ -336,6 +336,10 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/admin/reload", admin_reload)
+    # The admin and audit API (gateway.proxy.admin) imports this module, hence the late import.
+    from gateway.proxy.admin import add_admin_routes
+
+    add_admin_routes(app)
     app.router.add_route("*", "/v1/partners/{partner_id}", egress)
     app.router.add_route("*", "/v1/partners/{partner_id}/{tail:.*}", egress)
     return app

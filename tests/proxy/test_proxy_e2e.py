@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from conftest import (
+from proxy_harness import (
     PARTNER_ID,
     PARTNER_TOKEN,
     RAW_CUSTOMER,

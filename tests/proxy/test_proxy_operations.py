@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import PARTNER_ID, RAW_CUSTOMER, RAW_IMEI, RAW_PHONE, GatewayHarness, shipment_body
+from proxy_harness import PARTNER_ID, RAW_CUSTOMER, RAW_IMEI, RAW_PHONE, GatewayHarness, shipment_body
 
 from gateway.ledger import LedgerQuery, open_ledger
 from gateway.logs import configure_logging

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import PARTNER_ID, FakePartner, partner_environ, shipment_body
+from proxy_harness import PARTNER_ID, FakePartner, partner_environ, shipment_body
 
 from gateway.cli.token import mint_token
 from gateway.keys import GatewayKeys
