@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -220,6 +221,24 @@ def _plainly_canonical(value: Any) -> bool:
         elif kind is float and not math.isfinite(item):
             return False
     return True
+
+
+def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes:
+    """`canonical_dumps(obj)`, for a value whose objects all have ASCII keys that no two of one object
+    share up to case, except those within the containers of `unchecked`: the policy engine's output,
+    whose own objects carry only allowlisted names (checked when the policy was compiled). Only the
+    `unchecked` containers are walked; numbers are checked on the bytes (orjson refuses integers beyond
+    53 bits, NaN and infinity come out as null); anything doubtful takes `canonical_dumps` itself."""
+    try:
+        out = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return canonical_dumps(obj)
+    if b"null" in out:
+        return canonical_dumps(obj)
+    for container in unchecked:
+        if not _plainly_canonical(container):
+            return canonical_dumps(obj)
+    return out
 
 
 def canonical_dumps(obj: Any) -> bytes:

@@ -13,6 +13,7 @@ elements carried it. Query parameters, path parameters and headers are reported 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -41,6 +42,7 @@ from gateway.policy.actions import (
 )
 from gateway.policy.freetext import redact, scan
 from gateway.policy.schema import ROOT, CompiledSchema
+from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
 
 UnknownFields = Literal["drop", "reject"]
 FreeTextMode = Literal["redact", "reject"]
@@ -87,6 +89,16 @@ class MinimisedRequest:
     path_params: Mapping[str, str]
     headers: Mapping[str, str]
     report: MinimisationReport
+    # The body's containers whose keys came from the caller, when every other object of the body holds
+    # only allowlisted names known to be canonical; None when nothing is known (check everything).
+    unchecked_containers: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+
+    def canonical_body(self) -> bytes:
+        """`canonical_dumps(self.body)`, checking the keys of caller-supplied containers only. Valid for
+        the body as `minimise_request` returned it (do not mutate it first)."""
+        if self.unchecked_containers is None:
+            return canonical_dumps(self.body)
+        return canonical_dumps_with_known_keys(self.body, self.unchecked_containers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +136,8 @@ class PolicyCompileError(ValueError):
 class _Run:
     """The mutable record of one application of a policy: what happened to which path, and refusals."""
 
-    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "transformed")
+    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "transformed",
+                 "verbatim")
 
     def __init__(self, reject_unknown: bool, free_text_reject: bool) -> None:
         self.kept: list[str] = []
@@ -134,6 +147,9 @@ class _Run:
         self.errors: list[tuple[type[GatewayError], Violation]] = []
         self.reject_unknown = reject_unknown
         self.free_text_reject = free_text_reject
+        # Containers placed in the output whose keys came from the caller, not from the allowlist: the
+        # only parts of the output whose keys the canonical form still has to check.
+        self.verbatim: list[Any] = []
 
     def unknown(self, path: str) -> Any:
         if self.reject_unknown:
@@ -195,11 +211,16 @@ def _leaf(action: FieldAction, path: str, partner_id: str, binder: PseudonymBind
         if action.free_text:
             def keep_free_text(value: Any, run: _Run) -> Any:
                 run.kept.append(path)
-                return run.scan_free_text(value, path)
+                result = run.scan_free_text(value, path)
+                if type(result) is dict or type(result) is list:
+                    run.verbatim.append(result)
+                return result
             return keep_free_text
 
         def keep(value: Any, run: _Run) -> Any:
             run.kept.append(path)
+            if type(value) is dict or type(value) is list:
+                run.verbatim.append(value)
             return value
         return keep
     if isinstance(action, Drop):
@@ -265,6 +286,8 @@ def _leaf(action: FieldAction, path: str, partner_id: str, binder: PseudonymBind
         except NotGeneralisable as exc:
             return run.refuse(SchemaViolation, path, str(exc))
         run.transformed.append(path)
+        if type(result) is dict or type(result) is list:
+            run.verbatim.append(result)
         return result
     return coarsen
 
@@ -322,15 +345,39 @@ class _Builder:
         self.action = action
         self.declared = declared
 
+    def check_names(self, section: tuple[str, ...]) -> bool:
+        """Refuse sibling names that one canonical form cannot tell apart (`Phone` and `phone`, or two
+        Unicode spellings); True when every declared name is ASCII, so the output's own keys need no
+        check when it is made canonical."""
+        folded: dict[str, str] = {}
+        plain = True
+        for name, node in self.fields.items():
+            plain = plain and name.isascii()
+            fold = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+            if fold in folded:
+                raise PolicyCompileError(section, node.declared or node.path,
+                                         f"{node.path!r} and {folded[fold]!r} differ only by case or Unicode form")
+            folded[fold] = node.path
+            plain = node.check_names(section) and plain
+        if self.items is not None:
+            plain = self.items.check_names(section) and plain
+        return plain
+
     def compile(self, partner_id: str, binder: PseudonymBinder) -> Apply:
         if self.action is not None:
             return _leaf(self.action, self.path, partner_id, binder)
         if self.items is not None:
             return _array(self.path, self.items.compile(partner_id, binder))
-        return _object(self.path, {name: node.compile(partner_id, binder) for name, node in self.fields.items()})
+        fields: dict[str, Apply | str] = {}
+        for name, node in self.fields.items():
+            plain_keep = isinstance(node.action, Keep) and not node.action.free_text
+            fields[name] = node.path if plain_keep else node.compile(partner_id, binder)
+        return _object(self.path, fields)
 
 
-def _object(path: str, fields: dict[str, Apply]) -> Apply:
+def _object(path: str, fields: dict[str, Apply | str]) -> Apply:
+    """An object node. `fields` maps a declared name to its function, or, for a plain `keep` leaf, to the
+    leaf's path: most declared fields are plain keeps, and handling them inline saves a call per field."""
     lookup = fields.get
     prefix = f"{path}." if path else ""
     # Paths of undeclared keys, built once per key; bounded, since the keys come from callers.
@@ -343,9 +390,10 @@ def _object(path: str, fields: dict[str, Apply]) -> Apply:
                 return MISSING
             return run.unknown(path or ROOT)
         out: dict[str, Any] = {}
+        kept = run.kept
         for key, item in value.items():
-            apply = lookup(key)
-            if apply is None:
+            entry = lookup(key)
+            if entry is None:
                 unknown = unknown_paths.get(key)
                 if unknown is None:
                     unknown = prefix + key
@@ -355,10 +403,16 @@ def _object(path: str, fields: dict[str, Apply]) -> Apply:
                     run.unknown(unknown)
                 else:
                     run.dropped.append(unknown)
-                continue
-            result = apply(item, run)
-            if result is not MISSING:
-                out[key] = result
+            elif isinstance(entry, str):
+                kept.append(entry)
+                kind = type(item)
+                if kind is dict or kind is list:
+                    run.verbatim.append(item)
+                out[key] = item
+            else:
+                result = entry(item, run)
+                if result is not MISSING:
+                    out[key] = result
         # An object left empty says nothing the partner needs; omit it rather than send a shell.
         return out if out else MISSING
     return apply_object
@@ -381,8 +435,9 @@ def _array(path: str, element: Apply) -> Apply:
 
 
 def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: PseudonymBinder,
-                 section: tuple[str, ...]) -> Apply:
-    """The body policy as one function; raises `PolicyCompileError` naming the declared path."""
+                 section: tuple[str, ...]) -> tuple[Apply, bool]:
+    """The body policy as one function, and whether all its declared names are ASCII (so the keys it
+    writes are canonical); raises `PolicyCompileError` naming the declared path."""
     root = _Builder("")
     for declared, action in policy.items():
         try:
@@ -392,7 +447,8 @@ def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: Pse
             node.set_action(action, declared)
         except ValueError as exc:
             raise PolicyCompileError(section, declared, str(exc)) from None
-    return root.compile(partner_id, binder)
+    plain_names = root.check_names(section)
+    return root.compile(partner_id, binder), plain_names
 
 
 def _compile_names(policy: Mapping[str, FieldAction], prefix: str, partner_id: str, binder: PseudonymBinder,
@@ -419,8 +475,8 @@ def _check_body_actions(policy: Mapping[str, FieldAction], section: tuple[str, .
 class CompiledRoutePolicy:
     """One route's policy, compiled: schema validation, request minimisation and response filtering."""
 
-    __slots__ = ("_path", "_query", "_request_body", "_request_headers", "_response_body", "_response_headers",
-                 "_schema", "free_text", "partner_id", "spec", "unknown_fields")
+    __slots__ = ("_path", "_plain_request_names", "_query", "_request_body", "_request_headers", "_response_body",
+                 "_response_headers", "_schema", "free_text", "partner_id", "spec", "unknown_fields")
 
     def __init__(self, spec: RoutePolicySpec, *, partner_id: str, pseudonymiser: PseudonymBinder) -> None:
         self.spec = spec
@@ -429,8 +485,9 @@ class CompiledRoutePolicy:
         self.free_text = spec.free_text
         _check_body_actions(spec.request_body, ("request", "body"))
         self._schema = CompiledSchema(spec.schema) if spec.schema is not None else None
-        self._request_body = compile_body(spec.request_body, partner_id, pseudonymiser, ("request", "body"))
-        self._response_body = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
+        self._request_body, self._plain_request_names = compile_body(spec.request_body, partner_id, pseudonymiser,
+                                                                      ("request", "body"))
+        self._response_body, _ = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
         self._query = _compile_names(spec.request_query, "query:", partner_id, pseudonymiser,
                                      ("request", "query"), fold_case=False)
         self._path = _compile_names(spec.request_path, "path:", partner_id, pseudonymiser,
@@ -479,7 +536,8 @@ class CompiledRoutePolicy:
                 out_path[name] = result
         out_headers = _apply_headers(self._request_headers, headers, run)
         run.raise_errors(response=False)
-        return MinimisedRequest(out_body, tuple(out_query), out_path, out_headers, run.report())
+        unchecked = tuple(run.verbatim) if self._plain_request_names else None
+        return MinimisedRequest(out_body, tuple(out_query), out_path, out_headers, run.report(), unchecked)
 
     def filter_response(self, body: Any | None, headers: Mapping[str, str]) -> FilteredResponse:
         """The partner's answer as the caller may see it. Undeclared fields are dropped (never refused: the

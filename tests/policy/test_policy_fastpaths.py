@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.policy import freetext
+from gateway.errors import GatewayError, MalformedRequest, Violation
+from gateway.policy import CompiledRoutePolicy, PolicyCompileError, RoutePolicySpec, freetext, parse_action
+from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
+from gateway.strictjson import canonical_dumps
+
+PSEUDONYMISER = Pseudonymiser(PartnerKeyring(bytes(range(32))))
 
 hex_pairs = st.lists(st.text("0123456789abcdefABCDEF", min_size=2, max_size=2), min_size=6, max_size=6)
 colon_macs = st.tuples(hex_pairs, st.lists(st.sampled_from(":-"), min_size=5, max_size=5)).map(
@@ -37,3 +45,76 @@ def test_mac_prefilter_passes_both_spellings() -> None:
     assert freetext.may_hold_mac("device 00:1a:2b:3c:4d:5e")
     assert freetext.may_hold_mac("device 001a.2b3c.4d5e")
     assert not freetext.may_hold_mac("Please leave the parcel at the door.")
+
+
+# --- MinimisedRequest.canonical_body (keys of allowlisted objects not re-checked) vs canonical_dumps ---
+
+CANONICAL_POLICY = CompiledRoutePolicy(
+    RoutePolicySpec(request_body={
+        "order.id": parse_action("keep"),
+        "order.meta": parse_action("keep"),
+        "recipient.address": parse_action("keep"),
+        "recipient.imei": parse_action({"pseudonymise": {"type": "imei", "mode": "hmac"}}),
+        "items[].sku": parse_action("keep"),
+        "items[].note": parse_action({"keep": {"free_text": True}}),
+        "tags[]": parse_action("keep"),
+        "where": parse_action({"generalise": {"location": 1}}),
+    }, free_text="redact"),
+    partner_id="carrier-canonical", pseudonymiser=PSEUDONYMISER,
+)
+awkward_keys = st.sampled_from(["a", "A", "b", "\u00e9", "e\u0301", "\u00c9", "Stra\u00dfe", "STRASSE", "lat", "lon"])
+edge_numbers = st.sampled_from([float("nan"), float("inf"), -float("inf"), 2**53, 2**63 - 1, 2**63, -(2**63) - 1,
+                                2**64, 0.1, -0.0])
+awkward_scalars = (st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats() | edge_numbers
+                   | st.text(max_size=6) | st.sampled_from(["490154203237518", "+886912345678"]))
+awkward_values = st.recursive(awkward_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    awkward_keys | st.integers(0, 2), inner, max_size=4), max_leaves=12)
+awkward_bodies = st.fixed_dictionaries({}, optional={
+    "order": st.fixed_dictionaries({}, optional={"id": awkward_values, "meta": awkward_values, "x": awkward_values}),
+    "recipient": st.fixed_dictionaries({}, optional={"address": awkward_values,
+                                                     "imei": st.just("490154203237518")}),
+    "items": st.lists(st.fixed_dictionaries({}, optional={"sku": awkward_values, "note": awkward_values}),
+                      max_size=3),
+    "tags": awkward_values,
+    "where": st.fixed_dictionaries({"lat": st.floats(-90, 90), "lon": st.floats(-180, 180)}),
+})
+
+
+def _outcome(produce: Callable[[], bytes]) -> bytes | tuple[str, list[Violation]]:
+    try:
+        return produce()
+    except GatewayError as exc:
+        return (type(exc).__name__, list(exc.violations))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(awkward_bodies)
+def test_canonical_body_equals_canonical_dumps(body: dict[str, Any]) -> None:
+    minimised = CANONICAL_POLICY.minimise_request(body, (), {}, {})
+    assert minimised.unchecked_containers is not None
+    assert _outcome(minimised.canonical_body) == _outcome(lambda: canonical_dumps(minimised.body))
+
+
+def test_canonical_body_still_refuses_colliding_caller_keys() -> None:
+    minimised = CANONICAL_POLICY.minimise_request({"recipient": {"address": {"City": 1, "city": 2}}}, (), {}, {})
+    with pytest.raises(MalformedRequest):
+        minimised.canonical_body()
+    nan = CANONICAL_POLICY.minimise_request({"order": {"id": float("nan")}}, (), {}, {})
+    with pytest.raises(MalformedRequest):
+        nan.canonical_body()
+
+
+def test_declared_names_that_collide_are_refused_when_compiling() -> None:
+    for first, second in (("recipient.Phone", "recipient.phone"), ("caf\u00e9", "cafe\u0301")):
+        with pytest.raises(PolicyCompileError, match="differ only by case or Unicode form"):
+            CompiledRoutePolicy(RoutePolicySpec(request_body={first: parse_action("keep"),
+                                                              second: parse_action("keep")}),
+                                partner_id="p", pseudonymiser=PSEUDONYMISER)
+
+
+def test_non_ascii_declared_names_keep_the_full_canonical_check() -> None:
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_body={"stra\u00dfe": parse_action("keep")}),
+                                 partner_id="p", pseudonymiser=PSEUDONYMISER)
+    minimised = policy.minimise_request({"stra\u00dfe": "x"}, (), {}, {})
+    assert minimised.unchecked_containers is None
+    assert minimised.canonical_body() == canonical_dumps(minimised.body)
