@@ -141,10 +141,14 @@ def _example_path(route: Any, params: Mapping[str, str]) -> str:
     return path
 
 
-async def _run(settings: Settings, environ: dict[str, str], partner_ids: list[str]) -> tuple[list[str], str]:
-    """The demo's traffic; returns what went wrong (empty when all is as expected) and the ledger summary."""
+async def _run(
+    settings: Settings, environ: dict[str, str], partner_ids: list[str]
+) -> tuple[list[str], str, str | None]:
+    """The demo's traffic; returns what went wrong (empty when all is as expected), the ledger summary and
+    one data subject it disclosed about (for the commands to try next)."""
     from gateway.ledger import LedgerQuery
     from gateway.proxy import start_gateway
+    from gateway.subjects.rights import SubjectRights
 
     partners = FakePartners()
     fake_app = web.Application()
@@ -171,6 +175,9 @@ async def _run(settings: Settings, environ: dict[str, str], partner_ids: list[st
         token = mint_token(services.keys.jwt_dev_private, subject=DEMO_CALLER, scopes=scopes,
                            issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl_seconds=600)
         auth = {"Authorization": f"Bearer {token}"}
+        # Through SubjectRights, so each consent the demo records is itself a `registry` ledger record.
+        rights = SubjectRights(services.subjects, services.ledger, services.keys.ledger)
+        tour_subject: str | None = None
         async with aiohttp.ClientSession() as session:
             for profile, route, example in plan:
                 request = example.request
@@ -179,8 +186,8 @@ async def _run(settings: Settings, environ: dict[str, str], partner_ids: list[st
                     # The demo's data subject consented in the app; the registry records it first.
                     subject = route.read(route.subject, body, list(request.query), request.path, {})
                     if subject:
-                        await services.subjects.grant_consent(
-                            services.keys.ledger.subject_ref(str(subject)), route.consent_purpose, source="demo")
+                        await rights.grant_consent(str(subject), route.consent_purpose, source="demo")
+                        tour_subject = tour_subject or str(subject)
                 path = _example_path(route, request.path)
                 query = ("?" + urlencode(list(request.query))) if request.query else ""
                 headers = {**auth, **dict(request.headers), "X-Request-Id": f"demo-{profile.id}"}
@@ -231,7 +238,7 @@ async def _run(settings: Settings, environ: dict[str, str], partner_ids: list[st
     finally:
         await gateway.stop()
         await fake_runner.cleanup()
-    return problems, summary
+    return problems, summary, tour_subject
 
 
 def _refusal_calls(
@@ -266,10 +273,10 @@ def run_demo(*, config_file: str | None = None, data_dir: Path = Path("data")) -
     overrides: dict[str, Any] = {}
     if "GATEWAY_LISTEN" not in environ:
         overrides["listen"] = "127.0.0.1:0"
-    if "GATEWAY_LEDGER_URL" not in environ:
-        overrides["ledger_url"] = f"sqlite:///{data_dir / 'demo-ledger.sqlite3'}"
-    if "GATEWAY_KEYS_DIR" not in environ:
-        overrides["keys_dir"] = data_dir / "keys"
+    # The embedded defaults (./keys, ./data/ledger.sqlite3) unless told otherwise, so that `gateway ledger
+    # verify`, `gateway ledger query` and `gateway subject show` look at what the demo just did.
+    if "GATEWAY_LEDGER_URL" not in environ and data_dir != Path("data"):
+        overrides["ledger_url"] = f"sqlite:///{data_dir / 'ledger.sqlite3'}"
     if not Path(settings.profiles_dir).is_dir():
         # Run from elsewhere than the checkout: fall back to the profiles shipped next to the package.
         overrides["profiles_dir"] = Path(__file__).resolve().parents[1] / "partner_profiles"
@@ -279,13 +286,18 @@ def run_demo(*, config_file: str | None = None, data_dir: Path = Path("data")) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # development keys are expected here
         partner_ids = sorted(p.stem for p in Path(settings.profiles_dir).glob("*.yaml"))
-        problems, summary = asyncio.run(_run(settings, environ, partner_ids))
+        problems, summary, tour_subject = asyncio.run(_run(settings, environ, partner_ids))
     key = load_ed25519_public(settings.keys_dir / LEDGER_VERIFY_FILE)
     report = asyncio.run(verify_url(settings.ledger_url, key))
     print(f"\nledger: {summary}")
     print(report.summary())
     if not report.ok:
         problems.append("the ledger did not verify")
+    elif tour_subject:
+        print("\nlook closer (the same ledger and keys):")
+        print("  gateway ledger query --kind disclosure --format table")
+        print(f"  gateway subject show {tour_subject}      # who received what about this person")
+        print("  gateway profiles render --format md        # the sharing table of the privacy policy")
     for problem in problems:
         print(f"gateway: error: demo: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -52,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"gateway: error: {exc.title}: {exc.detail}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # A missing key file or an unreadable path: name the file, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"gateway: error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return code

@@ -187,7 +187,7 @@ def render_table(report: AccessReport) -> str:
             (d.time, d.partner, d.route or "", d.purpose or "",
              (d.jurisdiction or "") + (" (cross-border)" if d.cross_border else ""),
              "" if d.outcome_status is None else str(d.outcome_status),
-             ", ".join((*d.fields_sent, *d.fields_transformed)))
+             ", ".join(dict.fromkeys((*d.fields_sent, *d.fields_transformed))))
             for d in report.disclosures])
     else:
         lines.append("  (none recorded)")

@@ -129,4 +129,6 @@ def test_demo_runs_on_a_fresh_folder(tmp_path: Path) -> None:
     assert "dropped" in out
     assert re.search(r"401 .*\(partner calls: 0\)", out)
     assert re.search(r"403 .*\(partner calls: 0\)", out)
-    assert (tmp_path / "data" / "demo-ledger.sqlite3").exists()
+    # The embedded defaults, so `gateway ledger verify` and `gateway subject show` see the demo's records.
+    assert (tmp_path / "data" / "ledger.sqlite3").exists()
+    assert (tmp_path / "keys" / "ledger-signing.pub.pem").exists()
