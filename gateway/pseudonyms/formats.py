@@ -158,22 +158,20 @@ class ImeiFormat(IdentifierFormat):
         return pseudonymise
 
     def bind_fpe(self, key: bytes) -> Transform:
-        normalise, encrypt = self.normalise, FF1(key, 10).encrypt
-
-        def pseudonymise(value: str) -> str:
-            body = encrypt(normalise(value)[:14])
-            return body + luhn_check_digit(body)
-
-        return pseudonymise
+        return self._bind_ff1(FF1(key, 10).encrypt)
 
     def bind_reverse(self, key: bytes) -> Transform:
-        normalise, decrypt = self.normalise, FF1(key, 10).decrypt
+        return self._bind_ff1(FF1(key, 10).decrypt)
 
-        def reidentify(token: str) -> str:
-            body = decrypt(normalise(token)[:14])
+    def _bind_ff1(self, cipher: Transform) -> Transform:
+        # The 14 digits before the check digit go through FF1 (either way); the Luhn digit is recomputed.
+        normalise = self.normalise
+
+        def transform(value: str) -> str:
+            body = cipher(normalise(value)[:14])
             return body + luhn_check_digit(body)
 
-        return reidentify
+        return transform
 
 
 class ImsiFormat(IdentifierFormat):
