@@ -62,6 +62,8 @@ _NAMES: Mapping[str, str] = {
                     "Order and payment"),
     **dict.fromkeys(("shipment_ref", "tracking_number", "delivery_note"), "Shipment"),
     **dict.fromkeys(("template", "message_ref", "buyer_message"), "Message content"),
+    **dict.fromkeys(("purchase_history", "listing_history"), "Transaction history"),
+    "fraud_complaints": "Complaints",
 }
 _HOLDERS: Mapping[str, str] = {
     **dict.fromkeys(("sender", "recipient", "receiver", "shipper", "buyer", "declarant", "importer"),

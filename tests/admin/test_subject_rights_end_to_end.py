@@ -148,7 +148,7 @@ async def test_legal_request_needs_a_reference_and_records_it(rig: Rig) -> None:
                                         headers=rig.headers(scope, **{"X-Legal-Reference": reference}))
     assert status == 200
     sent = orjson.loads(rig.partner.bodies[-1])
-    # Exactly the seven fields of the Qstore policy, unchanged; the internal subject id stays home.
+    # Only fields the Qstore policy lists, unchanged; the internal subject id stays home.
     assert set(sent) == {"name", "city", "postal_code", "phone", "email", "user_id_history", "ip_addresses"}
     [record] = await rig.records(kind="disclosure", partner="law-enforcement-kr")
     assert record["id"] == headers["X-Disclosure-Id"]
@@ -159,10 +159,10 @@ async def test_legal_request_needs_a_reference_and_records_it(rig: Rig) -> None:
     assert {r["reason"] for r in refusals} == {"legal_reference_missing"}
 
     # Anything the policy does not list is refused, not silently dropped.
-    status, problem, _ = await rig.call("POST", LEGAL_PATH, legal_body(purchase_history=["x"]),
+    status, problem, _ = await rig.call("POST", LEGAL_PATH, legal_body(account_balance=1200),
                                         headers=rig.headers(scope, **{"X-Legal-Reference": reference}))
     assert status == 422
-    assert [v["path"] for v in problem["violations"]] == ["purchase_history"]
+    assert [v["path"] for v in problem["violations"]] == ["account_balance"]
     assert len(rig.partner.bodies) == 1
 
 

@@ -161,7 +161,8 @@ def test_law_enforcement_sends_exactly_the_qstore_fields_with_a_legal_reference(
         assert route.legal_reference_required
         assert route.policy.unknown_fields == "reject"
         assert sent_body_fields(route) == {"name", "city", "postal_code", "phone", "email", "user_id_history",
-                                           "ip_addresses"}
+                                           "ip_addresses", "fraud_complaints", "purchase_history",
+                                           "listing_history"}
         # Sent unchanged: an authority acts on the real values.
         assert all(isinstance(action, Keep | Drop) for action in route.policy.request_actions("body").values())
 
