@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -65,7 +66,7 @@ class GatewayMetrics:
             ("partner", "reason"), registry=reg,
         )
         self.ledger_commit = Histogram(
-            "gateway_ledger_commit_seconds", "Time a ledger append waited until durable.",
+            "gateway_ledger_commit_seconds", "Duration of one ledger commit (one group of records).",
             buckets=_LATENCY_BUCKETS, registry=reg,
         )
         self.ledger_batch_size = Histogram(
@@ -73,13 +74,18 @@ class GatewayMetrics:
             buckets=_BATCH_BUCKETS, registry=reg,
         )
         self.ledger_errors = Counter(
-            "gateway_ledger_errors_total", "Ledger appends that failed.", registry=reg,
+            "gateway_ledger_errors_total", "Ledger appends that failed (refused, or their commit failed).",
+            registry=reg,
         )
         self.profile_reloads = Counter(
             "gateway_profile_reloads_total", "Profile reloads by result.", ("result",), registry=reg,
         )
         for result in RELOAD_RESULTS:
             self.profile_reloads.labels(result=result)
+
+    def ledger_observer(self) -> LedgerCommitMetrics:
+        """The observer to pass to gateway.ledger.open_ledger, feeding the three ledger metrics."""
+        return LedgerCommitMetrics(self.ledger_batch_size, self.ledger_commit, self.ledger_errors)
 
     def prime(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create the zero-valued series of every known (partner, route), so dashboards see them at once."""
@@ -95,6 +101,23 @@ class GatewayMetrics:
             MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
             return generate_latest(aggregate)
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCommitMetrics:
+    """A gateway.ledger.CommitObserver (the ledger does not import this module): each commit's size and
+    duration, and every failed append."""
+
+    batch_size: Histogram
+    commit_seconds: Histogram
+    errors: Counter
+
+    def committed(self, records: int, seconds: float) -> None:
+        self.batch_size.observe(records)
+        self.commit_seconds.observe(seconds)
+
+    def failed(self, records: int) -> None:
+        self.errors.inc(records)
 
 
 def partner_label(partner_id: str | None, known: Iterable[str] | frozenset[str]) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from gateway.config import sqlite_path
 from gateway.errors import ConfigError
 from gateway.keys import LedgerKeys
-from gateway.ledger.ledger import Ledger, PruneResult, default_chain_id
+from gateway.ledger.ledger import CommitObserver, Ledger, PruneResult, default_chain_id
 from gateway.ledger.records import KINDS, AppendedRecord, RecordDraft
 from gateway.ledger.store import LedgerQuery, LedgerStore
 
 __all__ = [
     "KINDS",
     "AppendedRecord",
+    "CommitObserver",
     "Ledger",
     "LedgerQuery",
     "PruneResult",
@@ -48,9 +49,11 @@ def open_ledger(
     checkpoint_every_seconds: float = 60.0,
     max_batch_records: int = 4096,
     commit_timeout_seconds: float = 15.0,
+    observer: CommitObserver | None = None,
 ) -> Ledger:
     """A ledger on `url` writing chain `chain_id` (default: host name + GATEWAY_LEDGER_CHAIN_SUFFIX).
-    Call `await start()` before appending and `await close()` at shutdown."""
+    Call `await start()` before appending and `await close()` at shutdown. `observer` hears of every
+    commit (size, duration) and every failed append."""
     return Ledger(
         open_store(url),
         keys,
@@ -59,4 +62,5 @@ def open_ledger(
         checkpoint_every_seconds=checkpoint_every_seconds,
         max_batch_records=max_batch_records,
         commit_timeout_seconds=commit_timeout_seconds,
+        observer=observer,
     )

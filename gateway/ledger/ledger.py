@@ -7,6 +7,16 @@ load by themselves. Each waiter is released when its own batch is durable, and a
 commit fails exactly that batch with LedgerUnavailable; the next batch first re-reads the chain head from
 the store, so the chain continues correctly whether the failed commit landed or not.
 
+`append_nowait()` is for records whose loss in a crash the design accepts (an outcome or a refusal: a
+crash may leave a disclosure without its outcome, never a forward without a disclosure). They queue
+behind everything appended before them, in order, and nobody waits for them; a batch holding only such
+records commits without its own fsync (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off).
+Both stores write their log in order, so the next durable commit, or the final checkpoint at `close()`,
+makes them durable too. Their failures are logged and reported like any other.
+
+A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
+gateway's metrics are fed without this module importing them.
+
 Every `checkpoint_every_records` records, after `checkpoint_every_seconds` with unsigned records, and at
 close, the writer adds an Ed25519-signed checkpoint record to the batch it is committing.
 """
@@ -21,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,7 +69,26 @@ class PruneResult:
     record: AppendedRecord
 
 
-_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord]"]
+class CommitObserver(Protocol):
+    """Told about every commit and every record that could not be made durable (metrics, tests)."""
+
+    def committed(self, records: int, seconds: float) -> None:
+        """One transaction of `records` rows (checkpoint included) became durable in `seconds`."""
+
+    def failed(self, records: int) -> None:
+        """`records` appends failed (their batch's commit failed, or the ledger refused them)."""
+
+
+# A queued record, the future its appender holds, and whether its batch must be fsynced before the
+# future resolves (False for append_nowait records).
+_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord]", bool]
+
+
+def _retrieve(future: asyncio.Future[AppendedRecord]) -> None:
+    # Nobody awaits an append_nowait future; reading its exception keeps asyncio from reporting it as
+    # never retrieved (the failure itself is logged and observed by the writer).
+    if not future.cancelled():
+        future.exception()
 
 
 class Ledger:
@@ -75,6 +104,7 @@ class Ledger:
         checkpoint_every_seconds: float = 60.0,
         max_batch_records: int = 4096,
         commit_timeout_seconds: float = 15.0,
+        observer: CommitObserver | None = None,
     ) -> None:
         if checkpoint_every_records < 1 or checkpoint_every_seconds <= 0 or max_batch_records < 1:
             raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
@@ -101,6 +131,11 @@ class Ledger:
         self._checkpoint_due = False
         self._accepting = False
         self._writable = False
+        self._observer = observer
+        # The future of the newest queued record: batches resolve in order, so once it is done every
+        # record queued before it is committed (flush()).
+        self._newest: asyncio.Future[AppendedRecord] | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,7 +148,14 @@ class Ledger:
         self._timer_task = asyncio.create_task(self._run_checkpoint_timer(), name="ledger-checkpoint-timer")
 
     async def close(self) -> None:
-        """Stop taking records, commit what is queued, sign a final checkpoint, close the store."""
+        """Stop taking records, commit what is queued, sign a final checkpoint, close the store.
+        Idempotent: a second (or concurrent) call waits for the first one's work and does nothing more."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        # shield: a caller cancelled while waiting must not abort the final commit for everyone else.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if not self._accepting and self._writer_task is None:
             await self.store.close()
             return
@@ -140,13 +182,37 @@ class Ledger:
     # -- appending -------------------------------------------------------------------------------------
     async def append(self, draft: RecordDraft) -> AppendedRecord:
         """Record `draft`; returns once it is durable. Raises LedgerUnavailable if it may not be."""
-        prepared = prepare(draft)
-        if not self._accepting:
-            raise LedgerUnavailable("the disclosure ledger is not accepting records", reason="ledger-closed")
+        return await self._enqueue(draft, durable=True)
+
+    def append_nowait(self, draft: RecordDraft) -> asyncio.Future[AppendedRecord]:
+        """Queue `draft` behind every record appended before it and return at once. It is committed with
+        the next batch but not fsynced on its own account (see the module docstring): only for records
+        a crash may lose. The future (which nobody needs to await) resolves once it is committed.
+        Raises LedgerUnavailable at once when the ledger is not taking records."""
+        future = self._enqueue(draft, durable=False)
+        future.add_done_callback(_retrieve)
+        return future
+
+    def _enqueue(self, draft: RecordDraft, *, durable: bool) -> asyncio.Future[AppendedRecord]:
+        try:
+            prepared = prepare(draft)
+            if not self._accepting:
+                raise LedgerUnavailable("the disclosure ledger is not accepting records", reason="ledger-closed")
+        except Exception:
+            if self._observer is not None:
+                self._observer.failed(1)
+            raise
         future: asyncio.Future[AppendedRecord] = asyncio.get_running_loop().create_future()
-        self._queue.append((prepared, future))
+        self._queue.append((prepared, future, durable))
+        self._newest = future
         self._wake()
-        return await future
+        return future
+
+    async def flush(self) -> None:
+        """Wait until every record queued so far is committed (or has failed); raises nothing."""
+        newest = self._newest
+        if newest is not None and not newest.done():
+            await asyncio.wait([newest])
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -192,7 +258,9 @@ class Ledger:
         self._head_uncertain = False
 
     def _fail(self, batch: Sequence[_Waiter], why: str) -> None:
-        for _prepared, future in batch:
+        if batch and self._observer is not None:
+            self._observer.failed(len(batch))
+        for _prepared, future, _durable in batch:
             if not future.done():
                 future.set_exception(LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
 
@@ -214,7 +282,9 @@ class Ledger:
         rows: list[Row] = []
         results: list[AppendedRecord] = []
         chain = self.chain_id
-        for prepared, _future in batch:
+        durable = False
+        for prepared, _future, must_sync in batch:
+            durable = durable or must_sync
             sequence += 1
             record_id = _new_id()
             sealed = seal_prepared(prepared, record_id=record_id, chain=chain, sequence=sequence, time=stamp,
@@ -238,8 +308,11 @@ class Ledger:
             prev_hash = sealed.hash
         if not rows:
             return
+        # A signed checkpoint is always fsynced: it is what a truncated tail is checked against.
+        durable = durable or checkpoint_now
+        commit_started = time.perf_counter()
         try:
-            await asyncio.wait_for(self.store.write(rows, checkpoints), self._commit_timeout)
+            await asyncio.wait_for(self.store.write(rows, checkpoints, sync=durable), self._commit_timeout)
         except Exception as exc:
             # Failed or uncertain (a timeout or a lost connection may hide a commit that landed): this
             # batch is refused, and the next one starts from the head as stored.
@@ -256,7 +329,9 @@ class Ledger:
         else:
             self._since_checkpoint = since
         self._writable = True
-        for (_prepared, future), result in zip(batch, results, strict=True):
+        if self._observer is not None:
+            self._observer.committed(len(rows), time.perf_counter() - commit_started)
+        for (_prepared, future, _durable), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
@@ -271,6 +346,9 @@ class Ledger:
 
     # -- reading and pruning ---------------------------------------------------------------------------
     async def query(self, query: LedgerQuery) -> list[dict[str, Any]]:
+        """Stored records matching `query`, including every record appended (even with append_nowait)
+        before the call: it waits for the queue so a reader sees its own writes."""
+        await self.flush()
         return await self.store.query(query)
 
     async def prune(self, before: datetime) -> PruneResult:

@@ -1,7 +1,8 @@
 """PostgreSQL ledger store (asyncpg): several gateway replicas share the tables, each writing its own chain.
 
 A batch is one transaction (one pipelined INSERT for all its rows) on a dedicated writer connection with
-`synchronous_commit=on`, so COMMIT returning means the WAL is flushed. Replicas never wait for each
+`synchronous_commit=on`, so COMMIT returning means the WAL is flushed (a `sync=False` batch turns it off
+for its own transaction only). Replicas never wait for each
 other: rows of different chains touch different primary keys and no table lock is taken. A failed
 write drops the connection (its state is unknown after an error or a cancel) and the next write opens
 a new one.
@@ -150,10 +151,14 @@ class PostgresStore:
             raise
         return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint or 0)
 
-    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
+    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
         try:
             conn = await self._writer_conn()
             async with conn.transaction():
+                if not sync:
+                    # Committed without waiting for the WAL flush; the server flushes its WAL in order, so
+                    # the next synchronous commit makes this one durable too.
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
                 await conn.executemany(_INSERT_RECORD, rows)
                 if checkpoints:
                     await conn.executemany(_INSERT_CHECKPOINT, checkpoints)

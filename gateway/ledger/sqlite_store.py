@@ -2,6 +2,11 @@
 in one dedicated thread (a transaction is durable when COMMIT returns), read through a second connection
 in a second thread so queries never wait behind a commit.
 
+A `write(..., sync=False)` commits with `synchronous=NORMAL`: its WAL frames are written but not fsynced.
+WAL frames are appended in order and each carries a checksum chained to the previous ones, so the fsync
+of the next FULL commit makes every earlier frame durable as well; a crash before it may lose the
+unsynced commits, never a later durable one.
+
 UPDATE is refused by triggers; DELETE is refused unless the row in `ledger_prune_guard` exists, which
 only the prune transaction inserts and removes again before it commits, so no other connection ever
 sees it.
@@ -89,6 +94,8 @@ class SqliteStore:
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-reader")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._writer_sync = True  # the writer connection's current synchronous mode (FULL)
+        self._closed = False
 
     async def _on(self, thread: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
@@ -120,6 +127,10 @@ class SqliteStore:
         return self._reader
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def close_writer() -> None:
             if self._writer is not None:
                 self._writer.close()
@@ -157,11 +168,14 @@ class SqliteStore:
         ).fetchone()
         return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint[0] or 0)
 
-    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
-        await self._on(self._writer_thread, self._write, rows, checkpoints)
+    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+        await self._on(self._writer_thread, self._write, rows, checkpoints, sync)
 
-    def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
+    def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool = True) -> None:
         conn = self._writer_conn()
+        if sync != self._writer_sync:
+            conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
+            self._writer_sync = sync
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT_RECORD, rows)

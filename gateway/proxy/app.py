@@ -108,6 +108,7 @@ class GatewayState:
             settings.ledger_url, keys.ledger, chain_id=chain_id,
             checkpoint_every_records=settings.checkpoint_every_records,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
+            observer=metrics.ledger_observer(),
         )
         upstream = UpstreamPool()
         registry = open_registry(settings.ledger_url, keys.ledger, cache_seconds=settings.subject_cache_seconds)

@@ -112,7 +112,7 @@ class Pipeline:
                 else InternalError("the gateway could not process the request")
             )
         if error is not None:
-            await self._record_error(ctx, error)
+            self._record_error(ctx, error)
             response: web.StreamResponse = problem_response(error, ctx.request_id)
         else:
             assert ctx.response is not None
@@ -120,31 +120,31 @@ class Pipeline:
         self._observe(ctx, response.status, error)
         return response
 
-    async def _record_error(self, ctx: RequestContext, error: GatewayError) -> None:
+    def _record_error(self, ctx: RequestContext, error: GatewayError) -> None:
+        """Queues the outcome (after a disclosure) or the refusal; the problem answer does not wait."""
         if ctx.profile is None or isinstance(error, LedgerUnavailable):
             return
         reason = _reason_label(error)
-        try:
-            if ctx.forwarded:
-                await record_outcome(self._writer, ctx, error.status, None, reason)
-            elif ctx.caller is not None:
-                await self._writer.append(
-                    RecordDraft(
-                        kind="refusal",
-                        caller=ctx.caller.service,
-                        partner=ctx.profile.id,
-                        route=ctx.route.id if ctx.route is not None else None,
-                        purpose=ctx.purpose,
-                        legal_basis=ctx.route.legal_basis if ctx.route is not None else None,
-                        jurisdiction=ctx.profile.jurisdiction,
-                        subject_ref=ctx.subject_ref,
-                        request_id=ctx.request_id,
-                        status=error.status,
-                        reason=reason,
-                    )
-                )
-        except LedgerUnavailable:
-            _log.warning("refusal_not_recorded", request_id=ctx.request_id, partner=ctx.profile.id)
+        if ctx.forwarded:
+            record_outcome(self._writer, ctx, error.status, None, reason)
+        elif ctx.caller is not None:
+            self._writer.append_nowait(
+                RecordDraft(
+                    kind="refusal",
+                    caller=ctx.caller.service,
+                    partner=ctx.profile.id,
+                    route=ctx.route.id if ctx.route is not None else None,
+                    purpose=ctx.purpose,
+                    legal_basis=ctx.route.legal_basis if ctx.route is not None else None,
+                    jurisdiction=ctx.profile.jurisdiction,
+                    subject_ref=ctx.subject_ref,
+                    request_id=ctx.request_id,
+                    status=error.status,
+                    reason=reason,
+                ),
+                request_id=ctx.request_id,
+                event="refusal_not_recorded",
+            )
 
     def _observe(self, ctx: RequestContext, status: int, error: GatewayError | None) -> None:
         metrics = self._metrics

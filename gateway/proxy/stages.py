@@ -8,7 +8,7 @@ raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.ST
 
 from __future__ import annotations
 
-import time
+import asyncio
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
@@ -29,7 +29,7 @@ from gateway.errors import (
     UpstreamError,
     Violation,
 )
-from gateway.ledger import RecordDraft
+from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
 from gateway.proxy.context import RequestContext
@@ -351,25 +351,36 @@ def disclosure_draft(ctx: RequestContext, chain_id: str) -> RecordDraft:
 
 
 class LedgerWriter:
-    """Appends to the ledger with the commit-wait metric; any failure is `LedgerUnavailable`."""
+    """Appends to the ledger; any failure is `LedgerUnavailable`. The ledger itself feeds the commit
+    metrics (size, duration, errors) through its observer."""
 
     def __init__(self, services: GatewayServices) -> None:
         self._ledger = services.ledger
-        self._metrics = services.metrics
         self.chain_id = services.chain_id
 
-    async def append(self, draft: RecordDraft) -> Any:
-        started = time.perf_counter()
+    async def append(self, draft: RecordDraft) -> AppendedRecord:
+        """Durable before it returns: for the disclosure record that must precede any byte sent."""
         try:
-            appended = await self._ledger.append(draft)
+            return await self._ledger.append(draft)
         except LedgerUnavailable:
-            self._metrics.ledger_errors.inc()
             raise
         except Exception as exc:
-            self._metrics.ledger_errors.inc()
             raise LedgerUnavailable(f"the ledger failed ({type(exc).__name__})") from exc
-        self._metrics.ledger_commit.observe(time.perf_counter() - started)
-        return appended
+
+    def append_nowait(self, draft: RecordDraft, *, request_id: str | None, event: str) -> None:
+        """Queued behind the disclosure (in order) without waiting for its fsync: for outcome and refusal
+        records, which a crash may lose. A failure is logged as `event` (and counted by the ledger)."""
+        try:
+            future = self._ledger.append_nowait(draft)
+        except Exception as exc:
+            _log.warning(event, request_id=request_id, partner=draft.partner, error=type(exc).__name__)
+            return
+
+        def report(done: asyncio.Future[AppendedRecord]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                _log.warning(event, request_id=request_id, partner=draft.partner)
+
+        future.add_done_callback(report)
 
 
 class RecordDisclosure:
@@ -417,7 +428,7 @@ class Forward:
             except GatewayError as exc:
                 if ctx.attempt >= tries or exc.status not in (502, 504):
                     raise
-                await record_outcome(self._writer, ctx, exc.status, None, exc.reason)
+                record_outcome(self._writer, ctx, exc.status, None, exc.reason)
                 ctx.attempt += 1
                 ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
                 self._metrics.disclosures.labels(partner=profile.id, purpose=ctx.purpose or "").inc()
@@ -481,31 +492,36 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-async def record_outcome(
+def record_outcome(
     writer: LedgerWriter, ctx: RequestContext, status: int, latency_s: float | None, reason: str | None
 ) -> None:
-    """Appends the outcome of the current try (partner status or the gateway's error status)."""
+    """Queues the outcome of the current try (partner status or the gateway's error status). The answer
+    does not wait for it: the disclosure record before it is already durable, and the design accepts
+    that a crash leaves a disclosure without its outcome."""
     assert ctx.profile is not None
     assert ctx.disclosure is not None
-    await writer.append(
+    writer.append_nowait(
         RecordDraft(
             kind="outcome",
             caller=ctx.caller.service if ctx.caller is not None else None,
             partner=ctx.profile.id,
             route=ctx.route.id if ctx.route is not None else None,
             purpose=ctx.purpose,
+            subject_ref=ctx.subject_ref,
             request_id=ctx.request_id,
             disclosure_id=str(ctx.disclosure.id),
             status=status,
             latency_ms=None if latency_s is None else round(latency_s * 1000.0, 3),
             reason=reason,
             attempt=ctx.attempt,
-        )
+        ),
+        request_id=ctx.request_id,
+        event="outcome_not_recorded",
     )
 
 
 class RecordOutcome:
-    """Appends the outcome record (partner status and latency)."""
+    """Queues the outcome record (partner status and latency)."""
 
     name: ClassVar[str] = "record_outcome"
 
@@ -514,9 +530,4 @@ class RecordOutcome:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.upstream is not None
-        try:
-            await record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None)
-        except LedgerUnavailable:
-            # The disclosure record is durable and the partner has answered; withholding the answer
-            # now would not undo the disclosure, so the caller gets it and the gap is logged and counted.
-            _log.warning("outcome_not_recorded", request_id=ctx.request_id, partner=ctx.partner_id)
+        record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None)

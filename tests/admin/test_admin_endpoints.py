@@ -217,6 +217,7 @@ async def test_access_report_names_recipients_fields_and_times_never_the_raw_id(
     assert (entry["partner"], entry["route"], entry["purpose"]) == (ANALYTICS_PARTNER, ANALYTICS_ROUTE, "analytics")
     assert "device.imei" in entry["fields_sent"] + entry["fields_transformed"]
     assert entry["disclosure_id"] == headers["X-Disclosure-Id"]
+    assert entry["outcome_status"] == 200  # the outcome record carries the subject reference too
     assert entry["time"]
     [recipient] = report["recipients_to_notify_of_a_correction"]
     assert recipient["partner"] == ANALYTICS_PARTNER

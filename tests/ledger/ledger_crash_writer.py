@@ -1,5 +1,7 @@
 """Child process of the crash test: appends disclosures through the real append path and, only after
-append() returned, tells the fake partner the disclosure id. The test SIGKILLs it at random moments.
+append() returned, tells the fake partner the disclosure id; then queues the outcome with append_nowait
+(not fsynced on its own), as the gateway does, so unsynced commits sit between durable ones. The test
+SIGKILLs it at random moments.
 
 Usage: python ledger_crash_writer.py LEDGER_URL KEYS_DIR PARTNER_URL CHAIN WRITERS
 """
@@ -30,6 +32,8 @@ async def main(url: str, keys_dir: str, partner_url: str, chain: str, writers: i
                                                          request_id=f"{n}-{i}", fields_sent=("a",)))
                 async with session.post(partner_url, data=record.id.encode()) as response:
                     await response.read()
+                ledger.append_nowait(RecordDraft(kind="outcome", partner="fake", route="r", request_id=f"{n}-{i}",
+                                                 disclosure_id=record.id, status=response.status))
 
         print("ready", flush=True)
         await asyncio.gather(*(writer(n) for n in range(writers)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from gateway.keys import GatewayKeys
 from gateway.ledger import RecordDraft
 
@@ -25,3 +27,21 @@ def disclosure_draft(i: int, keys: GatewayKeys, partner: str = "acme-insurance")
         latency_ms=1.5,
         detail={"n": i},
     )
+
+
+@dataclass
+class RecordingObserver:
+    """A gateway.ledger.CommitObserver that keeps what it is told."""
+
+    commits: list[tuple[int, float]] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+
+    def committed(self, records: int, seconds: float) -> None:
+        self.commits.append((records, seconds))
+
+    def failed(self, records: int) -> None:
+        self.failures.append(records)
+
+    @property
+    def batches(self) -> list[int]:
+        return [records for records, _seconds in self.commits]

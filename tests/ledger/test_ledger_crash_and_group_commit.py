@@ -9,18 +9,16 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from ledger_helpers import disclosure_draft
+from ledger_helpers import RecordingObserver, disclosure_draft
 
 from gateway.cli.ledger import verify_url
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
 from gateway.ledger import LedgerQuery, open_ledger
-from gateway.ledger.store import Row
 
 CRASH_ITERATIONS = 20
 WRITER_SCRIPT = Path(__file__).with_name("ledger_crash_writer.py")
@@ -84,29 +82,25 @@ async def test_sigkill_never_loses_a_disclosure_the_partner_saw(
 async def test_a_lone_append_commits_at_once_and_load_forms_batches(
     sqlite_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    observer = RecordingObserver()
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         observer=observer)
     await ledger.start()
-    batches: list[int] = []
-    real_write = ledger.store.write
-
-    async def counting_write(rows: Sequence[Row], checkpoints: Sequence[Row]) -> None:
-        batches.append(len(rows))
-        await real_write(rows, checkpoints)
-
-    ledger.store.write = counting_write  # type: ignore[method-assign]
     for i in range(5):
         await ledger.append(disclosure_draft(i, gateway_keys))
-    assert batches == [1, 1, 1, 1, 1]  # alone: one record, one commit, no waiting for company
+    assert observer.batches == [1, 1, 1, 1, 1]  # alone: one record, one commit, no waiting for company
+    assert all(0 < seconds < 5 for _records, seconds in observer.commits)
 
-    batches.clear()
+    observer.commits.clear()
 
     async def writer(n: int) -> None:
         for i in range(20):
             await ledger.append(disclosure_draft(n * 100 + i, gateway_keys))
 
     await asyncio.gather(*(writer(n) for n in range(64)))
-    assert sum(batches) == 64 * 20
-    assert len(batches) < 64 * 20 / 8  # records that arrive during a commit share the next one
+    assert sum(observer.batches) == 64 * 20
+    assert len(observer.batches) < 64 * 20 / 8  # records that arrive during a commit share the next one
+    assert observer.failures == []
     await ledger.close()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,8 @@ from proxy_harness import (
     GatewayHarness,
     shipment_body,
 )
+
+from gateway.config import sqlite_path
 
 SHIPMENT = f"/v1/partners/{PARTNER_ID}/shipments/S-1"
 RAW_VALUES = (RAW_PHONE, RAW_IMEI, RAW_CUSTOMER, "kim@example.com", "450051234567890", "call me")
@@ -52,6 +55,12 @@ def assert_problem(status: int, headers: dict[str, str], body: bytes, expected: 
     for value in RAW_VALUES:
         assert value not in body.decode("utf-8")
     return problem
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text exposition."""
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
 
 
 async def post_shipment(harness: GatewayHarness, body: Any = None, **kwargs: Any) -> aiohttp.ClientResponse:
@@ -105,6 +114,8 @@ async def test_forwarded_request_carries_only_minimised_values(harness: GatewayH
     assert "recipient.customer_id" in by_kind["disclosure"]["fields_dropped"]
     assert by_kind["outcome"]["disclosure_id"] == disclosure_id
     assert by_kind["outcome"]["status"] == 200
+    # The outcome names the same subject, so the subject's access report can show how the call ended.
+    assert by_kind["outcome"]["subject_ref"] == harness.keys.ledger.subject_ref(RAW_CUSTOMER)
 
 
 async def test_request_id_is_replaced_when_unsafe(harness: GatewayHarness) -> None:
@@ -341,6 +352,32 @@ async def test_ledger_not_writable_is_503_and_nothing_is_forwarded(harness: Gate
     assert harness.partner.received == []
     ready = await harness.session.get(harness.url + "/readyz")
     assert ready.status == 503
+    text = await (await harness.session.get(harness.url + "/metrics")).text()
+    assert metric_value(text, "gateway_ledger_errors_total") == 1.0
+
+
+async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcome(harness: GatewayHarness) -> None:
+    ledger = harness.gateway.state.services.ledger
+    real_write = ledger.store.write
+    release = asyncio.Event()
+    commits: list[bool] = []
+
+    async def held_write(rows: Any, checkpoints: Any, *, sync: bool = True) -> None:
+        commits.append(sync)
+        if not sync:  # the outcome's own commit (no fsync) is held until the answer has arrived
+            await release.wait()
+        await real_write(rows, checkpoints, sync=sync)
+
+    ledger.store.write = held_write  # type: ignore[method-assign]
+    response = await asyncio.wait_for(post_shipment(harness), 10)
+    assert response.status == 200
+    assert commits == [True, False]  # the disclosure was fsynced before the partner call
+    with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
+        stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
+    assert stored == ["disclosure"]  # answered while the outcome was still queued
+    release.set()
+    outcomes = await harness.ledger_records(kind="outcome")
+    assert [o["disclosure_id"] for o in outcomes] == [response.headers["X-Disclosure-Id"]]
 
 
 async def test_token_attacks_end_to_end(harness: GatewayHarness) -> None:
@@ -382,6 +419,15 @@ async def test_ops_endpoints_and_metric_names(harness: GatewayHarness) -> None:
     assert f'gateway_disclosures_total{{partner="{PARTNER_ID}",purpose="delivery"}} 1.0' in text
     assert f'gateway_pseudonymised_total{{partner="{PARTNER_ID}",type="imei"}} 1.0' in text
     assert f'gateway_refusals_total{{partner="{PARTNER_ID}",reason="scope-missing"}} 1.0' in text
+    # The ledger reports each commit: one disclosure, its outcome and the scope refusal are 3 records.
+    await harness.gateway.state.services.ledger.flush()
+    text = await (await harness.session.get(harness.url + "/metrics")).text()
+    assert metric_value(text, "gateway_ledger_batch_size_sum") == 3.0
+    commits = metric_value(text, "gateway_ledger_batch_size_count")
+    assert 1.0 <= commits <= 3.0
+    assert metric_value(text, "gateway_ledger_commit_seconds_count") == commits
+    assert metric_value(text, "gateway_ledger_commit_seconds_sum") > 0
+    assert metric_value(text, "gateway_ledger_errors_total") == 0.0
     assert 'gateway_refusals_total{partner="-",reason="unknown-partner"} 1.0' in text
     assert "evil-9f8e7d" not in text
     for value in RAW_VALUES:
