@@ -40,6 +40,7 @@ from gateway.policy.actions import (
     generalise_location,
     mask_value,
 )
+from gateway.policy.codegen import GeneratedRoute, WalkResult, generate_route, value_function
 from gateway.policy.freetext import redact, scan
 from gateway.policy.schema import ROOT, CompiledSchema
 from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
@@ -99,6 +100,16 @@ class MinimisedRequest:
         if self.unchecked_containers is None:
             return canonical_dumps(self.body)
         return canonical_dumps_with_known_keys(self.body, self.unchecked_containers)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBody:
+    """A request body that passed the route's schema, with the generated walk's outcome (None when the
+    reference engine has to decide): what `CompiledRoutePolicy.minimise_validated` takes."""
+
+    policy: CompiledRoutePolicy = field(repr=False)
+    body: Any
+    walked: WalkResult | None = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +449,11 @@ def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: Pse
                  section: tuple[str, ...]) -> tuple[Apply, bool]:
     """The body policy as one function, and whether all its declared names are ASCII (so the keys it
     writes are canonical); raises `PolicyCompileError` naming the declared path."""
+    root, plain_names = _body_tree(policy, section)
+    return root.compile(partner_id, binder), plain_names
+
+
+def _body_tree(policy: Mapping[str, FieldAction], section: tuple[str, ...]) -> tuple[_Builder, bool]:
     root = _Builder("")
     for declared, action in policy.items():
         try:
@@ -448,7 +464,7 @@ def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: Pse
         except ValueError as exc:
             raise PolicyCompileError(section, declared, str(exc)) from None
     plain_names = root.check_names(section)
-    return root.compile(partner_id, binder), plain_names
+    return root, plain_names
 
 
 def _compile_names(policy: Mapping[str, FieldAction], prefix: str, partner_id: str, binder: PseudonymBinder,
@@ -475,8 +491,8 @@ def _check_body_actions(policy: Mapping[str, FieldAction], section: tuple[str, .
 class CompiledRoutePolicy:
     """One route's policy, compiled: schema validation, request minimisation and response filtering."""
 
-    __slots__ = ("_path", "_plain_request_names", "_query", "_request_body", "_request_headers", "_response_body",
-                 "_response_headers", "_schema", "free_text", "partner_id", "spec", "unknown_fields")
+    __slots__ = ("_generated", "_path", "_plain_request_names", "_query", "_request_body", "_request_headers",
+                 "_response_body", "_response_headers", "_schema", "free_text", "partner_id", "spec", "unknown_fields")
 
     def __init__(self, spec: RoutePolicySpec, *, partner_id: str, pseudonymiser: PseudonymBinder) -> None:
         self.spec = spec
@@ -485,8 +501,13 @@ class CompiledRoutePolicy:
         self.free_text = spec.free_text
         _check_body_actions(spec.request_body, ("request", "body"))
         self._schema = CompiledSchema(spec.schema) if spec.schema is not None else None
-        self._request_body, self._plain_request_names = compile_body(spec.request_body, partner_id, pseudonymiser,
-                                                                      ("request", "body"))
+        request_tree, self._plain_request_names = _body_tree(spec.request_body, ("request", "body"))
+        self._request_body = request_tree.compile(partner_id, pseudonymiser)
+        self._generated = generate_route(
+            request_tree, spec.schema, reject_unknown=spec.unknown_fields == "reject",
+            free_text_reject=spec.free_text == "reject",
+            bind=lambda action: value_function(action, partner_id, pseudonymiser.bind, pseudonymiser.bind_reverse),
+            schema_compiles=self._schema is not None and self._schema.compiled_fast)
         self._response_body, _ = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
         self._query = _compile_names(spec.request_query, "query:", partner_id, pseudonymiser,
                                      ("request", "query"), fold_case=False)
@@ -506,16 +527,53 @@ class CompiledRoutePolicy:
         """The declared response actions of `location` ("body" or "headers"), by path."""
         return {"body": self.spec.response_body, "headers": self.spec.response_headers}[location]
 
+    @property
+    def generated(self) -> GeneratedRoute:
+        """The route's generated request-body functions (for tests and diagnostics)."""
+        return self._generated
+
     def validate(self, body: Any) -> None:
         """Check `body` against the route's request JSON Schema; raises `SchemaViolation` with paths."""
+        check = self._generated.check
+        if check is not None and check(body):
+            return
         if self._schema is not None:
             self._schema.validate(body)
+
+    def validate_request(self, body: Any) -> ValidatedBody:
+        """`validate(body)` (same refusal), in one pass with the body's minimisation, whose outcome the
+        returned value carries to `minimise_validated`. Refusals of the policy itself (unknown fields
+        under `reject`, identifiers in free text, ...) still come from `minimise_validated` only."""
+        fused = self._generated.fused
+        if fused is not None and body is not None:
+            walked = fused(body)
+            if walked is not None:
+                return ValidatedBody(self, body, walked)
+        self.validate(body)
+        return ValidatedBody(self, body, None)
+
+    def minimise_validated(self, validated: ValidatedBody, query: Sequence[tuple[str, str]],
+                           path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
+        """`minimise_request(validated.body, ...)`, reusing the walk `validate_request` already did."""
+        walked = validated.walked if validated.policy is self else None
+        return self._minimise(validated.body, walked, query, path_params, headers)
 
     def minimise_request(self, body: Any | None, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],
                          headers: Mapping[str, str]) -> MinimisedRequest:
         """The request as the partner may see it, and what was done; raises a 422 refusal naming paths."""
+        return self._minimise(body, None, query, path_params, headers)
+
+    def _minimise(self, body: Any | None, walked: WalkResult | None, query: Sequence[tuple[str, str]],
+                  path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
         run = _Run(self.unknown_fields == "reject", self.free_text == "reject")
-        out_body = _apply_root(self._request_body, body, run)
+        if walked is None and body is not None and (walk := self._generated.walk) is not None:
+            walked = walk(body)
+        if walked is not None:
+            # The generated walk is sure (nothing refused, nothing doubtful): its lists are exactly what
+            # the reference walk below would have recorded.
+            out_body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
+        else:
+            out_body = _apply_root(self._request_body, body, run)
         out_query: list[tuple[str, str]] = []
         for name, value in query:
             entry = self._query.get(name)

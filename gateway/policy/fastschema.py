@@ -236,6 +236,18 @@ def _single_type(json_type: str, string: Check | None, number: Check | None, obj
     return None
 
 
+ANNOTATIONS = _ANNOTATIONS
+
+
+def compile_check(schema: Any) -> Check:
+    """The yes/no check of one schema node; raises `Unsupported` outside the compiled subset (for
+    gateway/policy/codegen.py, which calls it for nodes it does not write out itself)."""
+    try:
+        return _compile(schema)
+    except (re.error, TypeError):
+        raise Unsupported from None
+
+
 def compile_fast(schema: Mapping[str, Any]) -> Check | None:
     """A yes/no validity check equivalent to jsonschema's for `schema`, or None if it uses a keyword
     outside the compiled subset."""

@@ -1,0 +1,440 @@
+"""One generated Python function per route for the request-body hot path: schema check and allowlist
+walk as plain code, no call per key.
+
+The closures of engine.py and fastschema.py cost a Python call per value; for a 1.5 KB order that is
+most of the policy's time. Here the compiled policy tree and the route's JSON Schema are turned into
+the source text of one function (as fastjsonschema and attrs do), compiled once when the profile is
+loaded. Only profile-defined names ever enter the source, as `repr()` literals; everything else
+(pseudonym functions, transforms, regexes, schema closures) is passed in the namespace. No user data is
+ever part of the source.
+
+The generated code covers the ordinary case only. Whenever anything is doubtful (a schema "no", a
+value of an unexpected type, a refusal, an identifier that does not convert, free text to scan inside
+a container, unknown fields under `reject`) it returns None and the caller runs the reference engine,
+which stays the authority: its violations and refusals are what the caller sees. Agreement with the
+reference engine is property-tested (tests/policy/test_policy_codegen.py).
+
+Three variants come from one generator: the schema check alone (`validate`), the walk alone
+(`minimise_request`) and both fused in one pass (`validate_request`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.errors import InvalidIdentifier
+from gateway.policy.actions import (
+    Drop,
+    FieldAction,
+    Generalise,
+    Keep,
+    NotGeneralisable,
+    Pseudonymise,
+    Reidentify,
+    generalise_age,
+    generalise_date,
+    generalise_location,
+    mask_value,
+)
+from gateway.policy.fastschema import ANNOTATIONS, Unsupported, compile_check
+from gateway.policy.freetext import redact, scan
+
+# What a generated walk returns when it is sure: the body and the report lists in the reference order.
+WalkResult = tuple[Any, list[str], list[str], list[str], dict[str, int], list[Any]]
+GeneratedWalk = Callable[[Any], WalkResult | None]
+GeneratedCheck = Callable[[Any], bool | None]
+
+# Keywords written out as plain code; any other keyword makes that schema node a fastschema closure call.
+_NATIVE_KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "minItems",
+                              "maxItems", "minLength", "maxLength", "pattern", "minimum", "maximum",
+                              "exclusiveMinimum", "exclusiveMaximum"}) | ANNOTATIONS
+_NATIVE_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+_BOUNDS = (("minimum", "<"), ("maximum", ">"), ("exclusiveMinimum", "<="), ("exclusiveMaximum", ">="))
+# Python refuses more than 20 statically nested blocks (two indentation levels per object here, at most
+# one of them a `for`); deeper routes keep the reference engine.
+_MAX_INDENT = 34
+_MAX_SOURCE_LINES = 20_000
+
+
+class PolicyNode(Protocol):
+    """What the generator reads of engine._Builder: a leaf action, object fields or array items."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def action(self) -> FieldAction | None: ...
+
+    @property
+    def fields(self) -> Mapping[str, PolicyNode]: ...
+
+    @property
+    def items(self) -> PolicyNode | None: ...
+
+
+class _TooComplex(Exception):
+    """The route is beyond what the generator writes out; the reference engine serves it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedRoute:
+    """The generated functions of one route's request body (None where not generated) and their source,
+    kept for debugging and tests."""
+
+    check: GeneratedCheck | None
+    walk: GeneratedWalk | None
+    fused: GeneratedWalk | None
+    sources: tuple[str, ...]
+
+
+class _Writer:
+    """Source text being built, with the names its constants are bound to."""
+
+    def __init__(self, reject_unknown: bool, free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any],
+                 Any]]) -> None:
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"MISS": _MISS, "InvalidIdentifier": InvalidIdentifier,
+                                          "NotGeneralisable": NotGeneralisable, "scan": scan, "redact": redact}
+        self.counter = 0
+        self.reject_unknown = reject_unknown
+        self.free_text_reject = free_text_reject
+        self.bind = bind
+
+    def emit(self, depth: int, text: str) -> None:
+        if depth > _MAX_INDENT or len(self.lines) > _MAX_SOURCE_LINES:
+            raise _TooComplex
+        self.lines.append("    " * depth + text)
+
+    def name(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    def constant(self, value: Any, stem: str = "c") -> str:
+        name = self.name(stem)
+        self.namespace[name] = value
+        return name
+
+
+class _Missing:
+    __slots__ = ()
+
+
+_MISS = _Missing()
+
+
+def _native_type(schema: Any) -> str | None:
+    """The single JSON type of a schema node written out as plain code, or None (closure or trivial)."""
+    if not isinstance(schema, dict) or not _NATIVE_KEYWORDS.issuperset(schema):
+        return None
+    declared = schema.get("type")
+    return declared if isinstance(declared, str) and declared in _NATIVE_TYPES else None
+
+
+def _trivial(schema: Any) -> bool:
+    return schema is None or schema is True or (isinstance(schema, dict) and ANNOTATIONS.issuperset(schema))
+
+
+def _emit_closure(w: _Writer, depth: int, var: str, schema: Any) -> None:
+    try:
+        check = compile_check(schema)
+    except Unsupported:
+        raise _TooComplex from None
+    w.emit(depth, f"if not {w.constant(check, 'schema')}({var}): return None")
+
+
+def _emit_type(w: _Writer, depth: int, var: str, json_type: str, schema: Mapping[str, Any]) -> None:
+    """The type test of a native node and the keywords of that type other than properties and items."""
+    if json_type == "string":
+        w.emit(depth, f"if type({var}) is not str: return None")
+        if "minLength" in schema or "maxLength" in schema:
+            size = w.name("n")
+            w.emit(depth, f"{size} = len({var})")
+            if "minLength" in schema:
+                w.emit(depth, f"if {size} < {w.constant(schema['minLength'])}: return None")
+            if "maxLength" in schema:
+                w.emit(depth, f"if {size} > {w.constant(schema['maxLength'])}: return None")
+        if "pattern" in schema:
+            try:
+                search = re.compile(schema["pattern"]).search
+            except (re.error, TypeError):
+                raise _TooComplex from None
+            w.emit(depth, f"if {w.constant(search, 'pattern')}({var}) is None: return None")
+    elif json_type in ("number", "integer"):
+        if json_type == "number":
+            w.emit(depth, f"if type({var}) is not int and type({var}) is not float: return None")
+        else:
+            # JSON Schema's integer is any number with a zero fraction, so 2.0 is an integer.
+            w.emit(depth, f"if type({var}) is not int and not (type({var}) is float and {var}.is_integer()): "
+                          "return None")
+        for keyword, failing in _BOUNDS:
+            if keyword in schema:
+                w.emit(depth, f"if {var} {failing} {w.constant(schema[keyword])}: return None")
+    elif json_type == "object":
+        w.emit(depth, f"if type({var}) is not dict: return None")
+        for name in schema.get("required") or ():
+            w.emit(depth, f"if {name!r} not in {var}: return None")
+    elif json_type == "array":
+        w.emit(depth, f"if type({var}) is not list: return None")
+        if "minItems" in schema:
+            w.emit(depth, f"if len({var}) < {w.constant(schema['minItems'])}: return None")
+        if "maxItems" in schema:
+            w.emit(depth, f"if len({var}) > {w.constant(schema['maxItems'])}: return None")
+    elif json_type == "boolean":
+        w.emit(depth, f"if type({var}) is not bool: return None")
+    else:
+        w.emit(depth, f"if {var} is not None: return None")
+
+
+def _emit_check(w: _Writer, depth: int, var: str, schema: Any) -> None:
+    """Code returning None unless `var` is valid against `schema`."""
+    if _trivial(schema):
+        return
+    if schema is False:
+        w.emit(depth, "return None")
+        return
+    json_type = _native_type(schema)
+    if json_type is None:
+        _emit_closure(w, depth, var, schema)
+        return
+    _emit_type(w, depth, var, json_type, schema)
+    if json_type == "object":
+        properties: Mapping[str, Any] = schema.get("properties") or {}
+        extra = schema.get("additionalProperties", True)
+        if extra is True:
+            for name, sub in properties.items():
+                if _trivial(sub):
+                    continue
+                item = w.name("p")
+                w.emit(depth, f"{item} = {var}.get({name!r}, MISS)")
+                w.emit(depth, f"if {item} is not MISS:")
+                _emit_check(w, depth + 1, item, sub)
+                w.emit(depth + 1, "pass")
+        else:
+            key, item = w.name("k"), w.name("p")
+            w.emit(depth, f"for {key}, {item} in {var}.items():")
+            keyword = "if"
+            for name, sub in properties.items():
+                w.emit(depth + 1, f"{keyword} {key} == {name!r}:")
+                _emit_check(w, depth + 2, item, sub)
+                w.emit(depth + 2, "pass")
+                keyword = "elif"
+            w.emit(depth + 1, "else:" if properties else "if True:")
+            _emit_check(w, depth + 2, item, extra)
+            w.emit(depth + 2, "pass")
+    elif json_type == "array" and not _trivial(schema.get("items")):
+        item = w.name("e")
+        w.emit(depth, f"for {item} in {var}:")
+        _emit_check(w, depth + 1, item, schema["items"])
+
+
+def _emit_container_schema(w: _Writer, depth: int, var: str, schema: Any, wanted: str) -> Any:
+    """The schema test of a node the policy walks into (an object or an array); returns the schema whose
+    properties or items the walk still has to check, or None when the whole node was checked here."""
+    if _trivial(schema):
+        return None
+    if _native_type(schema) == wanted:
+        _emit_type(w, depth, var, wanted, schema)
+        return schema
+    _emit_check(w, depth, var, schema)
+    return None
+
+
+def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callable[[str], str]) -> None:
+    action = node.action
+    path = repr(node.path)
+    if isinstance(action, Keep):
+        kind = w.name("t")
+        if action.free_text:
+            # A container holding free text is rare: the reference engine scans it.
+            w.emit(depth, f"{kind} = type({var})")
+            w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
+            w.emit(depth, f"kept_append({path})")
+            w.emit(depth, f"if {kind} is str:")
+            hits = w.name("h")
+            w.emit(depth + 1, f"{hits} = scan({var})")
+            w.emit(depth + 1, f"if {hits}:")
+            if w.free_text_reject:
+                w.emit(depth + 2, "return None")
+            else:
+                w.emit(depth + 2, f"transformed_append({path})")
+                w.emit(depth + 2, f"{var} = redact({var}, {hits})")
+            w.emit(depth, store(var))
+            return
+        w.emit(depth, f"kept_append({path})")
+        w.emit(depth, f"{kind} = type({var})")
+        w.emit(depth, f"if {kind} is dict or {kind} is list: verbatim_append({var})")
+        w.emit(depth, store(var))
+        return
+    if isinstance(action, Drop):
+        w.emit(depth, f"dropped_append({path})")
+        return
+    if action is None:  # pragma: no cover - a leaf always has an action
+        raise _TooComplex
+    convert = w.constant(w.bind(action), "f")
+    result = w.name("r")
+    w.emit(depth, f"if {var} is None:")
+    w.emit(depth + 1, f"kept_append({path})")
+    w.emit(depth + 1, store("None"))
+    w.emit(depth, "else:")
+    if isinstance(action, Pseudonymise | Reidentify):
+        w.emit(depth + 1, f"if type({var}) is int: {var} = str({var})")
+        w.emit(depth + 1, f"elif type({var}) is not str: return None")
+        w.emit(depth + 1, f"try: {result} = {convert}({var})")
+        w.emit(depth + 1, "except InvalidIdentifier: return None")
+        w.emit(depth + 1, f"transformed_append({path})")
+        id_type = repr(action.id_type)
+        w.emit(depth + 1, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
+    else:
+        w.emit(depth + 1, f"try: {result} = {convert}({var})")
+        w.emit(depth + 1, "except NotGeneralisable: return None")
+        w.emit(depth + 1, f"transformed_append({path})")
+        kind = w.name("t")
+        w.emit(depth + 1, f"{kind} = type({result})")
+        w.emit(depth + 1, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
+    w.emit(depth + 1, store(result))
+
+
+def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
+               store: Callable[[str], str]) -> None:
+    """Code checking `var` against `schema` (None: no schema) and applying `node` to it; `store` turns the
+    result's expression into the statement placing it in the output."""
+    if node.action is not None:
+        _emit_check(w, depth, var, schema)
+        _emit_leaf(w, depth, var, node, store)
+        return
+    if node.items is not None:
+        rest = _emit_container_schema(w, depth, var, schema, "array")
+        if rest is None:
+            w.emit(depth, f"if type({var}) is not list: return None")
+        out, item = w.name("a"), w.name("e")
+        w.emit(depth, f"{out} = []")
+        w.emit(depth, f"for {item} in {var}:")
+        element = node.items
+        _emit_walk(w, depth + 1, item, None if rest is None else rest.get("items"), element,
+                   lambda expr: f"{out}.append({expr})")
+        w.emit(depth + 1, "pass")
+        w.emit(depth, store(out))
+        return
+    rest = _emit_container_schema(w, depth, var, schema, "object")
+    if rest is None:
+        w.emit(depth, f"if type({var}) is not dict: return None")
+    properties: Mapping[str, Any] = {} if rest is None else rest.get("properties") or {}
+    extra = True if rest is None else rest.get("additionalProperties", True)
+    out, key, item = w.name("o"), w.name("k"), w.name("v")
+    prefix = f"{node.path}." if node.path else ""
+    w.emit(depth, f"{out} = {{}}")
+    w.emit(depth, f"for {key}, {item} in {var}.items():")
+    keyword = "if"
+    for name in dict.fromkeys([*node.fields, *properties]):
+        w.emit(depth + 1, f"{keyword} {key} == {name!r}:")
+        keyword = "elif"
+        child = node.fields.get(name)
+        # A declared name the schema does not list is one of its additional properties.
+        sub = properties.get(name, extra)
+        if child is None:
+            _emit_check(w, depth + 2, item, sub)
+            _emit_unknown(w, depth + 2, repr(prefix + name))
+        else:
+            _emit_walk(w, depth + 2, item, sub, child, lambda expr: f"{out}[{key}] = {expr}")
+        w.emit(depth + 2, "pass")
+    w.emit(depth + 1, "else:" if keyword == "elif" else "if True:")
+    if extra is not True:
+        _emit_check(w, depth + 2, item, extra)
+    _emit_unknown(w, depth + 2, f"{prefix!r} + {key}")
+    # An object left empty says nothing the partner needs; the reference engine omits it too.
+    w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
+
+
+def _emit_unknown(w: _Writer, depth: int, path_expr: str) -> None:
+    if w.reject_unknown:
+        w.emit(depth, "return None")
+    else:
+        w.emit(depth, f"dropped_append({path_expr})")
+
+
+def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
+    source = "\n".join(w.lines)
+    code = compile(source, f"<route policy {name}>", "exec")
+    namespace = dict(w.namespace)
+    exec(code, namespace)  # noqa: S102 - the source holds only profile-defined names, as repr() literals
+    function: Callable[[Any], Any] = namespace[name]
+    return function
+
+
+def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
+                   bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str]:
+    w = _Writer(reject_unknown, free_text_reject, bind)
+    w.emit(0, f"def {name}(body):")
+    w.emit(1, "kept = []; transformed = []; dropped = []; counts = {}; verbatim = []")
+    w.emit(1, "kept_append = kept.append; transformed_append = transformed.append")
+    w.emit(1, "dropped_append = dropped.append; verbatim_append = verbatim.append")
+    w.emit(1, "result = MISS")
+    _emit_walk(w, 1, "body", schema, root, lambda expr: f"result = {expr}")
+    w.emit(1, "return (result, kept, transformed, dropped, counts, verbatim)")
+    return _compile_source(w, name), "\n".join(w.lines)
+
+
+def _check_function(schema: Any, bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedCheck, str]:
+    w = _Writer(False, False, bind)
+    w.emit(0, "def check(body):")
+    _emit_check(w, 1, "body", schema)
+    w.emit(1, "return True")
+    return _compile_source(w, "check"), "\n".join(w.lines)
+
+
+# A route the generator cannot write out (too deep, too big, an odd schema) keeps the reference engine.
+_GIVE_UP = (_TooComplex, SyntaxError, RecursionError, MemoryError)
+
+
+def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject_unknown: bool,
+                   free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any], Any]],
+                   schema_compiles: bool) -> GeneratedRoute:
+    """The generated functions for one route's request body. `bind` gives the value function of a
+    pseudonymise, reidentify, generalise or mask action; `schema_compiles` says whether fastschema
+    serves the schema (otherwise jsonschema does every check and nothing schema-related is generated)."""
+    check: GeneratedCheck | None = None
+    walk: GeneratedWalk | None = None
+    fused: GeneratedWalk | None = None
+    sources: list[str] = []
+    try:
+        walk, source = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind)
+        sources.append(source)
+    except _GIVE_UP:
+        walk = None
+    if schema is None:
+        return GeneratedRoute(None, walk, walk, tuple(sources))
+    if schema_compiles:
+        try:
+            check, source = _check_function(schema, bind)
+            sources.append(source)
+            if walk is not None:
+                fused, source = _walk_function(root, schema, "fused", reject_unknown, free_text_reject, bind)
+                sources.append(source)
+        except _GIVE_UP:
+            fused = None
+    return GeneratedRoute(check, walk, fused, tuple(sources))
+
+
+def value_function(action: FieldAction, partner_id: str, bind_forward: Callable[[str, str, str], Callable[[str], str]],
+                   bind_reverse: Callable[[str, str], Callable[[str], str]]) -> Callable[[Any], Any]:
+    """The plain value function behind an action that transforms (what the generated code calls)."""
+    if isinstance(action, Pseudonymise):
+        return bind_forward(partner_id, action.id_type, action.mode)
+    if isinstance(action, Reidentify):
+        return bind_reverse(partner_id, action.id_type)
+    if isinstance(action, Generalise):
+        if action.location_decimals is not None:
+            decimals = action.location_decimals
+            return lambda value: generalise_location(value, decimals)
+        if action.date_precision is not None:
+            precision = action.date_precision
+            return lambda value: generalise_date(value, precision)
+        band = action.age_band or 1
+        return lambda value: generalise_age(value, band)
+    if isinstance(action, Keep | Drop):  # pragma: no cover - keep and drop are written out inline
+        raise _TooComplex
+    keep_last, char = action.keep_last, action.char
+    return lambda value: mask_value(value, keep_last, char)

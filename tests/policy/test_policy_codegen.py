@@ -1,0 +1,277 @@
+"""The generated per-route functions (gateway/policy/codegen.py) against the reference engine.
+
+For the bench route and every request route of the shipped profiles, over bodies shaped like the route
+(its declared paths and schema properties) with adversarial substitutions (wrong types, missing and
+extra fields, mixed arrays, Unicode keys, invalid identifiers): `validate`, `minimise_request` and the
+fused `validate_request` + `minimise_validated` give the same canonical bytes, report, body and
+refusal (type and violation paths) as the same policy with the generated functions switched off.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import GatewayError
+from gateway.policy import CompiledRoutePolicy, RoutePolicySpec, parse_field_path
+from gateway.policy.codegen import GeneratedRoute
+from gateway.profiles import example_pseudonymiser, load_profiles
+from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT_DIR / "bench"))
+import policy_bench  # noqa: E402
+
+SHIPPED = load_profiles(ROOT_DIR / "partner_profiles", pseudonymiser=example_pseudonymiser(), environ={})
+ROUTES = [(f"{pid}/{route.id}", route) for pid, profile in sorted(SHIPPED.profiles.items()) for route in profile.routes]
+
+
+def reference_of(policy: CompiledRoutePolicy, binder: Any) -> CompiledRoutePolicy:
+    """The same route with the generated functions switched off: the reference engine alone."""
+    reference = CompiledRoutePolicy(policy.spec, partner_id=policy.partner_id, pseudonymiser=binder)
+    reference._generated = GeneratedRoute(None, None, None, ())  # type: ignore[misc]
+    return reference
+
+
+def outcome(call: Callable[[], Any]) -> Any:
+    try:
+        minimised = call()
+    except GatewayError as exc:
+        return ("refused", type(exc).__name__, sorted((v.path, v.reason) for v in exc.violations))
+    if minimised is None:
+        return ("ok",)
+    try:
+        canonical: Any = minimised.canonical_body()
+    except GatewayError as exc:
+        canonical = ("canonical refused", type(exc).__name__, [v.path for v in exc.violations])
+    unchecked = None if minimised.unchecked_containers is None else list(minimised.unchecked_containers)
+    return ("minimised", canonical, minimised.body, minimised.report, minimised.query, minimised.headers,
+            unchecked)
+
+
+def assert_same(policy: CompiledRoutePolicy, reference: CompiledRoutePolicy, body: Any,
+                query: tuple[tuple[str, str], ...] = (), path: Mapping[str, str] | None = None,
+                headers: Mapping[str, str] | None = None) -> None:
+    path = path or {}
+    headers = headers or {}
+    assert outcome(lambda: policy.validate(body)) == outcome(lambda: reference.validate(body))
+    expected = outcome(lambda: reference.minimise_request(body, query, path, headers))
+    assert outcome(lambda: policy.minimise_request(body, query, path, headers)) == expected
+    # The fused pair: the schema refusal from validate_request, the policy's from minimise_validated.
+    try:
+        reference.validate(body)
+    except GatewayError:
+        with pytest.raises(GatewayError) as fused_refusal:
+            policy.validate_request(body)
+        assert outcome(lambda: policy.validate(body)) == outcome(lambda: _raise(fused_refusal.value))
+        return
+    validated = policy.validate_request(body)
+    assert outcome(lambda: policy.minimise_validated(validated, query, path, headers)) == expected
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+# --- bodies shaped like a route, with adversarial substitutions ---
+
+unicode_keys = st.sampled_from(["x", "Name", "na\u00efve", "e\u0301", "\u00e9", "\u65e5\u672c", "", "a.b", "[]",
+                                "STRASSE", "stra\u00dfe"])
+identifier_like = st.sampled_from(["+886912345678", "490154203237518", "490154203237519", "001a.2b3c.4d5e",
+                                   "mei.hua.lin@example.com", "1988-11-02", "2024-05", "not a date", "", "0",
+                                   "Call +886912345678 or 490154203237518 please", "89886920042507665810",
+                                   "310150123456789"])
+scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=False)
+           | st.text(max_size=8) | identifier_like)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(unicode_keys, inner, max_size=3), max_leaves=8)
+
+
+def _shape(paths: list[tuple[str | None, ...]], schema: Any) -> Any:
+    """A tree of names from the declared paths merged with the schema's properties."""
+    tree: dict[Any, Any] = {}
+    for segments in paths:
+        node = tree
+        for segment in segments:
+            node = node.setdefault(segment, {})
+    _merge_schema(tree, schema)
+    return tree
+
+
+def _merge_schema(tree: dict[Any, Any], schema: Any) -> None:
+    if not isinstance(schema, dict):
+        return
+    for name, sub in (schema.get("properties") or {}).items():
+        _merge_schema(tree.setdefault(name, {}), sub)
+    if isinstance(schema.get("items"), dict):
+        _merge_schema(tree.setdefault(None, {}), schema["items"])
+
+
+def _values_for(tree: dict[Any, Any], depth: int = 0) -> st.SearchStrategy[Any]:
+    if not tree or depth > 6:
+        return scalars | json_values
+    if None in tree:
+        element = _values_for(tree[None], depth + 1)
+        return st.lists(element | scalars, max_size=4) | scalars
+    fields = {name: _values_for(sub, depth + 1) for name, sub in tree.items()}
+    shaped = st.fixed_dictionaries({}, optional=fields)
+    with_extra = st.tuples(shaped, st.dictionaries(unicode_keys, json_values, max_size=2)).map(
+        lambda pair: {**pair[1], **pair[0]})
+    return st.one_of(shaped, shaped, with_extra, json_values)
+
+
+def bodies_for(policy: CompiledRoutePolicy) -> st.SearchStrategy[Any]:
+    paths = [parse_field_path(declared) for declared in policy.spec.request_body]
+    shaped = _values_for(_shape(paths, policy.spec.schema))
+    if policy.spec.schema is None:
+        return shaped
+    # Valid instances of the route's schema too, so the fused check says yes often enough to matter.
+    return shaped | _valid_instances(policy.spec.schema)
+
+
+def _valid_instances(schema: Any, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Values the schema accepts, most of the time (a small generator for the keywords routes use)."""
+    if not isinstance(schema, dict) or depth > 6:
+        return json_values
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    kind = schema.get("type")
+    if kind == "string":
+        low, high = schema.get("minLength", 0), schema.get("maxLength", 24)
+        if "pattern" in schema:
+            text = st.from_regex(schema["pattern"])
+        elif schema.get("format") == "date":
+            text = st.dates().map(lambda d: d.isoformat())
+        elif schema.get("format") == "date-time":
+            text = st.datetimes().map(lambda d: d.isoformat(timespec="seconds") + "Z")
+        else:
+            text = identifier_like | st.text(min_size=low, max_size=min(high, low + 12))
+        return text.filter(lambda t: low <= len(t) <= high)
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -(2**40)))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", 2**40))
+        whole = st.integers(int(low) - 1, int(high) + 1)
+        return whole if kind == "integer" else whole | st.floats(low, high)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    if kind == "array":
+        low = schema.get("minItems", 0)
+        return st.lists(_valid_instances(schema.get("items"), depth + 1), min_size=low,
+                        max_size=max(low, min(schema.get("maxItems", 4), 4)))
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        required = [name for name in schema.get("required") or () if name in properties]
+        strategies = {name: _valid_instances(sub, depth + 1) for name, sub in properties.items()}
+        shaped = st.fixed_dictionaries({name: strategies[name] for name in required},
+                                       optional={n: s for n, s in strategies.items() if n not in required})
+        if schema.get("additionalProperties", True) is not True:
+            return shaped
+        return shaped | st.tuples(shaped, st.dictionaries(unicode_keys, json_values, max_size=2)).map(
+            lambda pair: {**pair[1], **pair[0]})
+    return json_values
+
+
+def shipped_request_policies() -> Iterator[tuple[str, CompiledRoutePolicy]]:
+    for name, route in ROUTES:
+        yield name, route.policy
+
+
+EXAMPLE_BINDER = example_pseudonymiser()
+BENCH_BINDER = Pseudonymiser(PartnerKeyring(bytes(32)))
+BENCH = {mode: policy_bench.build_policy(mode) for mode in ("hmac", "fpe")}
+
+
+def test_generated_functions_serve_the_bench_route_and_the_shipped_routes() -> None:
+    # Guards the property tests below against passing vacuously (nothing generated, everything reference).
+    for policy in BENCH.values():
+        generated = policy.generated
+        assert generated.check is not None
+        assert generated.walk is not None
+        assert generated.fused is not None
+        body = policy_bench.ORDER
+        assert generated.walk(body) is not None
+        assert generated.fused(body) is not None
+        assert generated.check(body)
+    served = [name for name, policy in shipped_request_policies() if policy.generated.walk is not None]
+    assert len(served) == len(ROUTES)
+
+
+def test_shipped_examples_take_the_generated_path_and_agree() -> None:
+    used = 0
+    for _, route in ROUTES:
+        reference = reference_of(route.policy, EXAMPLE_BINDER)
+        for example in route.examples:
+            request = example.request
+            walk = route.policy.generated.walk
+            if request.body is not None and walk is not None and walk(request.body) is not None:
+                used += 1
+            assert_same(route.policy, reference, request.body, request.query, request.path, request.headers)
+    assert used > 0
+
+
+@pytest.mark.parametrize("mode", ["hmac", "fpe"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_bench_route_generated_equals_reference(mode: str, data: st.DataObject) -> None:
+    policy = BENCH[mode]
+    reference = reference_of(policy, BENCH_BINDER)
+    body = data.draw(bodies_for(policy) | st.just(policy_bench.ORDER))
+    assert_same(policy, reference, body, headers={"Idempotency-Key": "k", "Authorization": "x"})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_shipped_routes_generated_equal_reference(data: st.DataObject) -> None:
+    _name, route = data.draw(st.sampled_from(ROUTES), label="route")
+    reference = reference_of(route.policy, EXAMPLE_BINDER)
+    body = data.draw(bodies_for(route.policy), label="body")
+    assert_same(route.policy, reference, body)
+
+
+@pytest.mark.parametrize("unknown_fields", ["drop", "reject"])
+@pytest.mark.parametrize("free_text", ["redact", "reject"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_action_and_mode_generated_equals_reference(unknown_fields: str, free_text: str,
+                                                          data: st.DataObject) -> None:
+    spec = RoutePolicySpec(
+        request_body={**BENCH["hmac"].spec.request_body,
+                      **{path: action for path, action in _extra_actions().items()}},
+        unknown_fields=unknown_fields, free_text=free_text,  # type: ignore[arg-type]
+        schema={"type": "object", "additionalProperties": {"not": {"type": "boolean"}},
+                "properties": {"tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                               "age": {"type": "integer", "minimum": 0, "exclusiveMaximum": 200},
+                               "score": {"type": "number", "maximum": 10.5},
+                               "kind": {"enum": ["a", "b", None]},
+                               "flag": {"type": "boolean"}, "nothing": {"type": "null"}}})
+    policy = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=BENCH_BINDER)
+    assert policy.generated.fused is not None
+    reference = reference_of(policy, BENCH_BINDER)
+    assert_same(policy, reference, data.draw(bodies_for(policy)))
+
+
+def _extra_actions() -> dict[str, Any]:
+    from gateway.policy import parse_action
+
+    return {
+        "tags[]": parse_action("keep"),
+        "age": parse_action({"generalise": {"age_band": 10}}),
+        "where": parse_action({"generalise": {"location": 2}}),
+        "card": parse_action({"mask": {"keep_last": 4}}),
+        "kind": parse_action("drop"),
+        "grid[][]": parse_action({"pseudonymise": {"type": "email", "mode": "hmac"}}),
+        "notes[].text": parse_action({"keep": {"free_text": True}}),
+        "\u65e5\u672c.x": parse_action("keep"),
+    }
