@@ -14,6 +14,7 @@ the `fields_*` lists name field paths, never values.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,9 @@ _FIELD_RULES: Final = tuple(
 )
 
 
+_read_draft_columns: Final = operator.attrgetter(*DRAFT_COLUMNS)
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRecord:
     """A checked draft: its non-null fields as they are hashed, and its columns as they are stored.
@@ -175,8 +179,8 @@ def prepare(draft: RecordDraft, *, ledger_kind: bool = False) -> PreparedRecord:
         raise ValueError(f"record kind {kind!r} cannot be appended")
     fields: dict[str, Any] = {"kind": kind}
     values: list[Any] = []
-    for name, rule in _FIELD_RULES:
-        value = getattr(draft, name)
+    # One C-level read of every draft column (instead of a getattr per field): most are None.
+    for (name, rule), value in zip(_FIELD_RULES, _read_draft_columns(draft), strict=True):
         if value is None:
             values.append(None)
             continue

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.auth import Caller
-    from gateway.forward import UpstreamResponse
+    from gateway.forward import PartnerLimiter, UpstreamResponse
     from gateway.ledger import AppendedRecord
     from gateway.policy import MinimisedRequest
     from gateway.profiles import PartnerProfile, Route
@@ -65,8 +64,9 @@ class RequestContext:
     upstream: UpstreamResponse | None = None
     response: web.StreamResponse | None = None
     fields_response_dropped: int = 0
-    # Resources a stage holds until the request ends (a partner's concurrency slot).
-    resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+    # The partner's concurrency slot, held from admission until the request ends (released by the
+    # pipeline runner; a plain field instead of an AsyncExitStack, which cost ~10 µs per request).
+    admitted: PartnerLimiter | None = None
 
     @property
     def forwarded(self) -> bool:

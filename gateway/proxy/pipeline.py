@@ -98,7 +98,8 @@ class Pipeline:
                 for stage in self.stages:
                     await stage(ctx)
             finally:
-                await ctx.resources.aclose()
+                if ctx.admitted is not None:
+                    await ctx.admitted.__aexit__(None, None, None)
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -147,27 +148,27 @@ class Pipeline:
             )
 
     def _observe(self, ctx: RequestContext, status: int, error: GatewayError | None) -> None:
-        metrics = self._metrics
+        series = self._metrics.series
         partner = ctx.profile.id if ctx.profile is not None else "-"
         route = ctx.route.id if ctx.route is not None else "-"
         outcome = _outcome_of(status, ctx.upstream is not None and error is None)
         elapsed = time.perf_counter() - ctx.started
-        metrics.requests.labels(partner=partner, route=route, outcome=outcome).inc()
-        metrics.request_duration.labels(partner=partner, route=route).observe(elapsed)
+        series.requests(partner, route, outcome).inc()
+        series.request_duration(partner, route).observe(elapsed)
         kept = transformed = dropped = 0
         if ctx.minimised is not None:
             report = ctx.minimised.report
             kept, transformed, dropped = len(report.kept), len(report.transformed), len(report.dropped)
             if ctx.forwarded:
                 if dropped:
-                    metrics.fields_dropped.labels(partner=partner, route=route).inc(dropped)
+                    series.fields_dropped(partner, route).inc(dropped)
                 for id_type, count in report.pseudonymised.items():
-                    metrics.pseudonymised.labels(partner=partner, type=id_type).inc(count)
+                    series.pseudonymised(partner, id_type).inc(count)
         reason = None
         if error is not None:
             reason = _reason_label(error)
             if not ctx.forwarded:
-                metrics.refusals.labels(partner=partner, reason=reason).inc()
+                series.refusals(partner, reason).inc()
         _log.info(
             "request",
             request_id=ctx.request_id,

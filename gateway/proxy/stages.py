@@ -266,7 +266,8 @@ class CheckSubject:
 
     def _read(self, ctx: RequestContext, source: Any) -> str | None:
         assert ctx.route is not None
-        value = ctx.route.read(source, ctx.body, ctx.query, ctx.path_params, dict(ctx.request.headers))
+        # The request's own (case-insensitive, read-only) header mapping: no copy per read.
+        value = ctx.route.read(source, ctx.body, ctx.query, ctx.path_params, ctx.request.headers)
         return None if value is None else str(value)
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -319,7 +320,9 @@ class Admit:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.profile is not None
-        await ctx.resources.enter_async_context(self._upstream.limiter(ctx.profile))
+        limiter = self._upstream.limiter(ctx.profile)
+        await limiter.__aenter__()
+        ctx.admitted = limiter
 
 
 def disclosure_draft(ctx: RequestContext, chain_id: str) -> RecordDraft:
@@ -390,12 +393,12 @@ class RecordDisclosure:
 
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._writer = LedgerWriter(services)
-        self._metrics = services.metrics
+        self._series = services.metrics.series
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.profile is not None
         ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
-        self._metrics.disclosures.labels(partner=ctx.profile.id, purpose=ctx.purpose or "").inc()
+        self._series.disclosures(ctx.profile.id, ctx.purpose or "").inc()
 
 
 class Forward:
@@ -407,7 +410,7 @@ class Forward:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._upstream = services.upstream
         self._writer = LedgerWriter(services)
-        self._metrics = services.metrics
+        self._series = services.metrics.series
 
     async def __call__(self, ctx: RequestContext) -> None:
         profile, route, minimised = ctx.profile, ctx.route, ctx.minimised
@@ -431,10 +434,10 @@ class Forward:
                 record_outcome(self._writer, ctx, exc.status, None, exc.reason)
                 ctx.attempt += 1
                 ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
-                self._metrics.disclosures.labels(partner=profile.id, purpose=ctx.purpose or "").inc()
+                self._series.disclosures(profile.id, ctx.purpose or "").inc()
                 continue
             ctx.upstream = answer
-            self._metrics.upstream_duration.labels(partner=profile.id).observe(answer.latency_s)
+            self._series.upstream_duration(profile.id).observe(answer.latency_s)
             return
 
 
