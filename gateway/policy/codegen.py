@@ -99,6 +99,9 @@ class _Writer:
         self.namespace: dict[str, Any] = {"MISS": _MISS, "InvalidIdentifier": InvalidIdentifier,
                                           "NotGeneralisable": NotGeneralisable, "scan": scan, "redact": redact}
         self.counter = 0
+        # Flags of report paths appended once per call: a leaf under an array would otherwise add its path
+        # once per element (the report keeps first occurrences only, so the outcome is the same).
+        self.once_flags: list[str] = []
         self.reject_unknown = reject_unknown
         self.free_text_reject = free_text_reject
         self.bind = bind
@@ -111,6 +114,15 @@ class _Writer:
     def name(self, stem: str) -> str:
         self.counter += 1
         return f"{stem}{self.counter}"
+
+    def record(self, depth: int, into: str, path_expr: str, in_array: bool) -> None:
+        """Append `path_expr` to a report list; under an array only the first time per call."""
+        if not in_array:
+            self.emit(depth, f"{into}({path_expr})")
+            return
+        flag = self.name("first")
+        self.once_flags.append(flag)
+        self.emit(depth, f"if {flag}: {flag} = False; {into}({path_expr})")
 
     def constant(self, value: Any, stem: str = "c") -> str:
         name = self.name(stem)
@@ -188,17 +200,18 @@ def _emit_type(w: _Writer, depth: int, var: str, json_type: str, schema: Mapping
         w.emit(depth, f"if {var} is not None: return None")
 
 
-def _emit_check(w: _Writer, depth: int, var: str, schema: Any) -> None:
-    """Code returning None unless `var` is valid against `schema`."""
+def _emit_check(w: _Writer, depth: int, var: str, schema: Any) -> str | None:
+    """Code returning None unless `var` is valid against `schema`; the JSON type the code guarantees
+    `var` has after it, if there is one."""
     if _trivial(schema):
-        return
+        return None
     if schema is False:
         w.emit(depth, "return None")
-        return
+        return None
     json_type = _native_type(schema)
     if json_type is None:
         _emit_closure(w, depth, var, schema)
-        return
+        return None
     _emit_type(w, depth, var, json_type, schema)
     if json_type == "object":
         properties: Mapping[str, Any] = schema.get("properties") or {}
@@ -228,6 +241,7 @@ def _emit_check(w: _Writer, depth: int, var: str, schema: Any) -> None:
         item = w.name("e")
         w.emit(depth, f"for {item} in {var}:")
         _emit_check(w, depth + 1, item, schema["items"])
+    return json_type
 
 
 def _emit_container_schema(w: _Writer, depth: int, var: str, schema: Any, wanted: str) -> Any:
@@ -242,7 +256,9 @@ def _emit_container_schema(w: _Writer, depth: int, var: str, schema: Any, wanted
     return None
 
 
-def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callable[[str], str]) -> None:
+def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callable[[str], str],
+               in_array: bool, known: str | None) -> None:
+    """The action of a leaf; `known` is the JSON type the schema check already guaranteed, if any."""
     action = node.action
     path = repr(node.path)
     if isinstance(action, Keep):
@@ -251,7 +267,7 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
             # A container holding free text is rare: the reference engine scans it.
             w.emit(depth, f"{kind} = type({var})")
             w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
-            w.emit(depth, f"kept_append({path})")
+            w.record(depth, "kept_append", path, in_array)
             w.emit(depth, f"if {kind} is str:")
             hits = w.name("h")
             w.emit(depth + 1, f"{hits} = scan({var})")
@@ -259,24 +275,27 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
             if w.free_text_reject:
                 w.emit(depth + 2, "return None")
             else:
-                w.emit(depth + 2, f"transformed_append({path})")
+                w.record(depth + 2, "transformed_append", path, in_array)
                 w.emit(depth + 2, f"{var} = redact({var}, {hits})")
             w.emit(depth, store(var))
             return
-        w.emit(depth, f"kept_append({path})")
-        w.emit(depth, f"{kind} = type({var})")
-        w.emit(depth, f"if {kind} is dict or {kind} is list: verbatim_append({var})")
+        w.record(depth, "kept_append", path, in_array)
+        if known in ("object", "array"):
+            w.emit(depth, f"verbatim_append({var})")
+        elif known is None:
+            w.emit(depth, f"{kind} = type({var})")
+            w.emit(depth, f"if {kind} is dict or {kind} is list: verbatim_append({var})")
         w.emit(depth, store(var))
         return
     if isinstance(action, Drop):
-        w.emit(depth, f"dropped_append({path})")
+        w.record(depth, "dropped_append", path, in_array)
         return
     if action is None:  # pragma: no cover - a leaf always has an action
         raise _TooComplex
     convert = w.constant(w.bind(action), "f")
     result = w.name("r")
     w.emit(depth, f"if {var} is None:")
-    w.emit(depth + 1, f"kept_append({path})")
+    w.record(depth + 1, "kept_append", path, in_array)
     w.emit(depth + 1, store("None"))
     w.emit(depth, "else:")
     if isinstance(action, Pseudonymise | Reidentify):
@@ -284,13 +303,13 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         w.emit(depth + 1, f"elif type({var}) is not str: return None")
         w.emit(depth + 1, f"try: {result} = {convert}({var})")
         w.emit(depth + 1, "except InvalidIdentifier: return None")
-        w.emit(depth + 1, f"transformed_append({path})")
+        w.record(depth + 1, "transformed_append", path, in_array)
         id_type = repr(action.id_type)
         w.emit(depth + 1, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
     else:
         w.emit(depth + 1, f"try: {result} = {convert}({var})")
         w.emit(depth + 1, "except NotGeneralisable: return None")
-        w.emit(depth + 1, f"transformed_append({path})")
+        w.record(depth + 1, "transformed_append", path, in_array)
         kind = w.name("t")
         w.emit(depth + 1, f"{kind} = type({result})")
         w.emit(depth + 1, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
@@ -298,12 +317,12 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
 
 
 def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
-               store: Callable[[str], str]) -> None:
+               store: Callable[[str], str], in_array: bool) -> None:
     """Code checking `var` against `schema` (None: no schema) and applying `node` to it; `store` turns the
     result's expression into the statement placing it in the output."""
     if node.action is not None:
-        _emit_check(w, depth, var, schema)
-        _emit_leaf(w, depth, var, node, store)
+        known = _emit_check(w, depth, var, schema)
+        _emit_leaf(w, depth, var, node, store, in_array, known)
         return
     if node.items is not None:
         rest = _emit_container_schema(w, depth, var, schema, "array")
@@ -314,7 +333,7 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
         w.emit(depth, f"for {item} in {var}:")
         element = node.items
         _emit_walk(w, depth + 1, item, None if rest is None else rest.get("items"), element,
-                   lambda expr: f"{out}.append({expr})")
+                   lambda expr: f"{out}.append({expr})", True)
         w.emit(depth + 1, "pass")
         w.emit(depth, store(out))
         return
@@ -336,23 +355,23 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
         sub = properties.get(name, extra)
         if child is None:
             _emit_check(w, depth + 2, item, sub)
-            _emit_unknown(w, depth + 2, repr(prefix + name))
+            _emit_unknown(w, depth + 2, repr(prefix + name), in_array)
         else:
-            _emit_walk(w, depth + 2, item, sub, child, lambda expr: f"{out}[{key}] = {expr}")
+            _emit_walk(w, depth + 2, item, sub, child, lambda expr: f"{out}[{key}] = {expr}", in_array)
         w.emit(depth + 2, "pass")
     w.emit(depth + 1, "else:" if keyword == "elif" else "if True:")
     if extra is not True:
         _emit_check(w, depth + 2, item, extra)
-    _emit_unknown(w, depth + 2, f"{prefix!r} + {key}")
+    _emit_unknown(w, depth + 2, f"{prefix!r} + {key}", False)
     # An object left empty says nothing the partner needs; the reference engine omits it too.
     w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
 
 
-def _emit_unknown(w: _Writer, depth: int, path_expr: str) -> None:
+def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:
     if w.reject_unknown:
         w.emit(depth, "return None")
     else:
-        w.emit(depth, f"dropped_append({path_expr})")
+        w.record(depth, "dropped_append", path_expr, once)
 
 
 def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
@@ -372,8 +391,11 @@ def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: boo
     w.emit(1, "kept_append = kept.append; transformed_append = transformed.append")
     w.emit(1, "dropped_append = dropped.append; verbatim_append = verbatim.append")
     w.emit(1, "result = MISS")
-    _emit_walk(w, 1, "body", schema, root, lambda expr: f"result = {expr}")
+    flags_at = len(w.lines)
+    _emit_walk(w, 1, "body", schema, root, lambda expr: f"result = {expr}", False)
     w.emit(1, "return (result, kept, transformed, dropped, counts, verbatim)")
+    if w.once_flags:
+        w.lines.insert(flags_at, "    " + " = ".join(w.once_flags) + " = True")
     return _compile_source(w, name), "\n".join(w.lines)
 
 

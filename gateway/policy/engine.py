@@ -193,13 +193,11 @@ class _Run:
 
     def report(self) -> MinimisationReport:
         transformed = tuple(dict.fromkeys(self.transformed))
-        changed = set(transformed)
-        return MinimisationReport(
-            kept=tuple(path for path in dict.fromkeys(self.kept) if path not in changed),
-            transformed=transformed,
-            dropped=tuple(dict.fromkeys(self.dropped)),
-            pseudonymised=dict(self.counts),
-        )
+        kept = dict.fromkeys(self.kept)
+        # A path both kept (a null) and transformed (a value, in another array element) counts as transformed.
+        for path in transformed:
+            kept.pop(path, None)
+        return MinimisationReport(tuple(kept), transformed, tuple(dict.fromkeys(self.dropped)), dict(self.counts))
 
     def raise_errors(self, response: bool) -> None:
         if not self.errors:

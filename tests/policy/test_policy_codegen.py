@@ -275,3 +275,46 @@ def _extra_actions() -> dict[str, Any]:
         "notes[].text": parse_action({"keep": {"free_text": True}}),
         "\u65e5\u672c.x": parse_action("keep"),
     }
+
+
+# --- strictjson.parse_json: the compact-echo proof against the exact stdlib check ---
+
+json_keys = st.sampled_from(["a", "b", "a:b", "\u00e9", "k"])
+big_ints = st.sampled_from([2**53, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**25, -(10**21)])
+leaf_texts = st.one_of(st.integers(-(2**70), 2**70), big_ints, st.floats(allow_nan=False, allow_infinity=False),
+                       st.text(max_size=5), st.booleans(), st.none()).map(
+    lambda value: orjson_dumps_lenient(value))
+compact_texts = st.recursive(
+    leaf_texts,
+    lambda inner: st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]")
+    | st.lists(st.tuples(json_keys, inner), max_size=3).map(
+        lambda pairs: "{" + ",".join(f"{orjson_dumps_lenient(k)}:{v}" for k, v in pairs) + "}"),
+    max_leaves=10)
+
+
+def orjson_dumps_lenient(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(compact_texts)
+def test_parse_json_compact_proof_agrees_with_the_exact_check(text: str) -> None:
+    """Texts with duplicate keys and integers past 53/64 bits, in the compact form whose echo may equal
+    the input: parse_json refuses exactly when the stdlib check with strict hooks refuses."""
+    from gateway.errors import MalformedRequest
+    from gateway.strictjson import _slow_check, parse_json
+
+    data = text.encode()
+    try:
+        _slow_check(data)
+        exact_ok = True
+    except MalformedRequest:
+        exact_ok = False
+    try:
+        parse_json(data, max_depth=1000)
+        fast_ok = True
+    except MalformedRequest:
+        fast_ok = False
+    assert fast_ok == exact_ok
