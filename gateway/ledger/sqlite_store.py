@@ -15,9 +15,11 @@ sees it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,21 +86,82 @@ _INSERT_RECORD = (
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES (?, ?, ?)"  # noqa: S608
 
 
+def _settle_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+_Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+class _SerialThread:
+    """One thread running calls in order; the SQLite connection it owns is only ever used there.
+
+    Lighter than ThreadPoolExecutor + run_in_executor on the commit path (one per batch): no
+    concurrent.futures.Future to create, chain and copy, just a queue put and one call_soon_threadsafe
+    back to the loop. A cancelled caller does not stop a call that has started (as with an executor)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def call(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        if self._stopped:
+            raise RuntimeError("the ledger store is closed")
+        if self._thread is None:
+            # daemon: an interpreter exiting without close() must not hang on it (a commit cut short is a
+            # rolled-back transaction, as after a crash).
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._calls.put((fn, args, future, loop))
+        return future
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, args, future, loop = call
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # every caller gets an answer, whatever the call raised
+                settle: Callable[[asyncio.Future[Any], Any], None] = _settle_exception
+                outcome: Any = exc
+            else:
+                settle, outcome = _settle_result, result
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+                loop.call_soon_threadsafe(settle, future, outcome)
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread and wait for it."""
+        self._stopped = True
+        if self._thread is not None:
+            self._calls.put(None)
+            self._thread.join()
+            self._thread = None
+
+
 class SqliteStore:
     """A ledger in one SQLite file. `create=False` refuses a missing file (verify, query, export)."""
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self._create = create
-        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
-        self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-reader")
+        self._writer_thread = _SerialThread("ledger-sqlite-writer")
+        self._reader_thread = _SerialThread("ledger-sqlite-reader")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._writer_sync = True  # the writer connection's current synchronous mode (FULL)
         self._closed = False
 
-    async def _on(self, thread: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+    async def _on(self, thread: _SerialThread, fn: Callable[..., _T], *args: Any) -> _T:
+        return await thread.call(fn, *args)
 
     def _connect(self) -> sqlite3.Connection:
         if not self._create and not self.path.exists():
@@ -143,8 +206,8 @@ class SqliteStore:
 
         await self._on(self._writer_thread, close_writer)
         await self._on(self._reader_thread, close_reader)
-        self._writer_thread.shutdown(wait=True)
-        self._reader_thread.shutdown(wait=True)
+        self._writer_thread.shutdown()
+        self._reader_thread.shutdown()
 
     def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None:
