@@ -554,6 +554,10 @@ class CompiledRoutePolicy:
                            path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
         """`minimise_request(validated.body, ...)`, reusing the walk `validate_request` already did."""
         walked = validated.walked if validated.policy is self else None
+        if walked is not None:
+            # The report lists grow with query, path and header entries: fresh ones for every call.
+            body, kept, transformed, dropped, counts, verbatim = walked
+            walked = (body, kept[:], transformed[:], dropped[:], dict(counts), verbatim[:])
         return self._minimise(validated.body, walked, query, path_params, headers)
 
     def minimise_request(self, body: Any | None, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],

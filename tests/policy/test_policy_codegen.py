@@ -73,6 +73,15 @@ def assert_same(policy: CompiledRoutePolicy, reference: CompiledRoutePolicy, bod
         return
     validated = policy.validate_request(body)
     assert outcome(lambda: policy.minimise_validated(validated, query, path, headers)) == expected
+    # A validated body minimised twice (a retry) gives the same answer again.
+    assert outcome(lambda: policy.minimise_validated(validated, query, path, headers)) == expected
+    # Another route's policy does not take this one's walk.
+    assert outcome(lambda: OTHER_POLICY.minimise_validated(validated, query, path, headers)) == outcome(
+        lambda: OTHER_POLICY.minimise_request(body, query, path, headers))
+
+
+OTHER_POLICY = CompiledRoutePolicy(RoutePolicySpec(unknown_fields="drop"), partner_id="other",
+                                   pseudonymiser=Pseudonymiser(PartnerKeyring(bytes(32))))
 
 
 def _raise(exc: BaseException) -> None:
