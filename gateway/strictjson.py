@@ -206,16 +206,21 @@ def _plainly_canonical(value: Any) -> bool:
     and every number is representable; False sends `value` through the careful path."""
     if type(value) is dict:
         size = len(value)
-        for key in value:
-            if type(key) is not str or not key.isascii():
+        try:
+            # One C call for all keys: a non-string key raises, a non-ASCII one shows in the joined text.
+            if not "".join(value).isascii():
                 return False
-        if size > 1 and len({key.lower() for key in value}) != size:
+        except TypeError:
+            return False
+        if size > 1 and len(set(map(str.lower, value))) != size:
             return False
         items: Any = value.values()
     else:
         items = value
     for item in items:
         kind = type(item)
+        if kind is str:
+            continue
         if kind is dict or kind is list:
             if not _plainly_canonical(item):
                 return False

@@ -544,7 +544,10 @@ class CompiledRoutePolicy:
         under `reject`, identifiers in free text, ...) still come from `minimise_validated` only."""
         fused = self._generated.fused
         if fused is not None and body is not None:
-            walked = fused(body)
+            try:
+                walked = fused(body)
+            except Exception:  # whatever the policy raises must come from minimise_validated,
+                walked = None  # after the caller's scope check, as minimise_request would raise it
             if walked is not None:
                 return ValidatedBody(self, body, walked)
         self.validate(body)
