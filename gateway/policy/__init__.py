@@ -21,6 +21,7 @@ from gateway.policy.engine import (
     PolicyCompileError,
     PseudonymBinder,
     RoutePolicySpec,
+    ValidatedBody,
     parse_field_path,
 )
 from gateway.policy.schema import CompiledSchema, check_schema
@@ -42,6 +43,7 @@ __all__ = [
     "Pseudonymise",
     "Reidentify",
     "RoutePolicySpec",
+    "ValidatedBody",
     "check_schema",
     "parse_action",
     "parse_field_path",

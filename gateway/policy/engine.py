@@ -6,6 +6,11 @@ policy is then one walk over the input that builds a new value holding only what
 anything undeclared is dropped (or refused with `unknown_fields: reject`). The same engine filters
 responses. No I/O happens here; errors name field paths, never values.
 
+This closure engine is the reference. For the request body, gateway/policy/codegen.py also writes each
+route out as one generated function (schema check, walk, or both fused) that serves the ordinary case
+and hands anything doubtful back to this engine; `validate_request` + `minimise_validated` use the fused
+one, `validate` and `minimise_request` the separate ones.
+
 Reports use the declared path form (`items[].sku`) so one field is one entry however many array
 elements carried it. Query parameters, path parameters and headers are reported as `query:NAME`,
 `path:NAME` and `header:NAME`, so they can never be confused with a body field of the same name.
