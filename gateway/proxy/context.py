@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from gateway.auth import Caller
     from gateway.forward import PartnerLimiter, UpstreamResponse
     from gateway.ledger import AppendedRecord
-    from gateway.policy import MinimisedRequest
+    from gateway.policy import MinimisedRequest, ValidatedBody
     from gateway.profiles import PartnerProfile, Route
 
 # A caller-supplied X-Request-Id is kept only when it is short and made of safe characters, so it can
@@ -56,6 +56,7 @@ class RequestContext:
     cross_border: bool | None = None
     transfer_basis: str | None = None
     legal_reference: str | None = None
+    validated: ValidatedBody | None = None  # the schema check's result, reused by the minimise stage
     minimised: MinimisedRequest | None = None
     sent_body: bytes | None = None
     body_digest: str | None = None

@@ -215,7 +215,9 @@ class Validate:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
-        ctx.route.policy.validate(ctx.body)
+        # The schema check and the allowlist walk run as one generated pass; policy refusals (a bad
+        # identifier, a field outside the allowlist) still surface only from Minimise, after the scope check.
+        ctx.validated = ctx.route.policy.validate_request(ctx.body)
 
 
 class Authorize:
@@ -303,9 +305,15 @@ class Minimise:
 
     async def __call__(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
-        minimised = ctx.route.policy.minimise_request(ctx.body, ctx.query, ctx.path_params, ctx.headers)
+        policy = ctx.route.policy
+        if ctx.validated is not None:
+            minimised = policy.minimise_validated(ctx.validated, ctx.query, ctx.path_params, ctx.headers)
+        else:
+            minimised = policy.minimise_request(ctx.body, ctx.query, ctx.path_params, ctx.headers)
         ctx.minimised = minimised
-        ctx.sent_body = b"" if minimised.body is None else orjson.dumps(minimised.body)
+        # Canonical bytes (sorted keys, NFC, no case/Unicode key collisions): what the partner receives and
+        # what the ledger's body digest covers.
+        ctx.sent_body = b"" if minimised.body is None else minimised.canonical_body()
         ctx.body_digest = self._digest(ctx.sent_body)
 
 

@@ -148,6 +148,8 @@ async def test_legal_request_needs_a_reference_and_records_it(rig: Rig) -> None:
                                         headers=rig.headers(scope, **{"X-Legal-Reference": reference}))
     assert status == 200
     sent = orjson.loads(rig.partner.bodies[-1])
+    # The partner receives the canonical re-serialisation: sorted keys, no white space.
+    assert rig.partner.bodies[-1] == orjson.dumps(sent, option=orjson.OPT_SORT_KEYS)
     # Only fields the Qstore policy lists, unchanged; the internal subject id stays home.
     assert set(sent) == {"name", "city", "postal_code", "phone", "email", "user_id_history", "ip_addresses"}
     [record] = await rig.records(kind="disclosure", partner="law-enforcement-kr")
