@@ -86,6 +86,13 @@ def luhn_check_digit(body: str) -> str:
     return str(-total % 10)
 
 
+def _luhn_valid(number: str) -> bool:
+    """Whether the last of `number`'s ASCII digits is the Luhn check digit of the others: the same test as
+    `luhn_check_digit(number[:-1]) == number[-1]`, without the slice and the string of the digit."""
+    data = number.encode("ascii")
+    return (sum(data[-2::-2].translate(_LUHN_DOUBLED)) + sum(data[::-2].translate(_LUHN_PLAIN))) % 10 == 0
+
+
 def _digits(digest: bytes, count: int) -> str:
     # A 256-bit digest reduced modulo 10**count (count <= 21 here): the bias is below 2**-180, far below
     # anything observable, so no rejection sampling is needed.
@@ -140,10 +147,14 @@ class ImeiFormat(IdentifierFormat):
     id_type = "imei"
 
     def normalise(self, value: str) -> str:
-        digits = _without_separators(_text("imei", value))
+        # Already 15 ASCII digits (the usual spelling): nothing to strip; the slow path would return it as is.
+        if type(value) is str and len(value) == 15 and value.isdigit() and value.isascii():
+            digits = value
+        else:
+            digits = _without_separators(_text("imei", value))
         if len(digits) != 15 or not _ascii_digits(digits):
             raise _invalid("imei", "expected 15 digits")
-        if luhn_check_digit(digits[:14]) != digits[14]:
+        if not _luhn_valid(digits):
             raise _invalid("imei", "check digit does not match")
         return digits
 
@@ -466,28 +477,38 @@ class PhoneFormat(IdentifierFormat):
     id_type = "phone"
 
     def normalise(self, value: str) -> str:
-        text = _text("phone", value)
-        # "+44 (0)20 ..." writes the national trunk prefix in brackets; it is not dialled internationally.
-        digits = _PHONE_NOISE.sub("", text.replace("(0)", ""))
-        if digits.startswith("+"):
-            digits = digits[1:]
-        elif digits.startswith("00"):
-            digits = digits[2:]
+        return self._parse(value)[0]
+
+    @staticmethod
+    def _parse(value: str) -> tuple[str, str]:
+        """(normalised number, its country calling code), so the code is looked up once per value."""
+        if type(value) is str and value[:1] == "+" and (digits := value[1:]).isdigit() and digits.isascii():
+            # Already E.164 (the usual spelling): nothing to strip, and `number` is `value` itself.
+            number = value
         else:
-            raise _invalid("phone", "expected international form (+ or 00 and the country code)")
-        if not _ascii_digits(digits):
-            raise _invalid("phone", "expected digits")
+            text = _text("phone", value)
+            # "+44 (0)20 ..." writes the national trunk prefix in brackets; it is not dialled internationally.
+            digits = _PHONE_NOISE.sub("", text.replace("(0)", ""))
+            if digits.startswith("+"):
+                digits = digits[1:]
+            elif digits.startswith("00"):
+                digits = digits[2:]
+            else:
+                raise _invalid("phone", "expected international form (+ or 00 and the country code)")
+            if not _ascii_digits(digits):
+                raise _invalid("phone", "expected digits")
+            number = "+" + digits
         code = country_calling_code(digits)
         if code is None:
             raise _invalid("phone", "unknown country calling code")
         if len(digits) > 15 or len(digits) - len(code) < _PHONE_MIN_NATIONAL:
             raise _invalid("phone", "expected 4 or more national digits and at most 15 digits in all (E.164)")
-        return "+" + digits
+        return number, code
 
     def _split(self, value: str) -> tuple[str, str, str]:
         """(normalised number, kept prefix "+CC" and first national digit, replaced national digits)."""
-        number = self.normalise(value)
-        cut = 2 + len(country_calling_code(number[1:]) or "")
+        number, code = self._parse(value)
+        cut = 2 + len(code)
         return number, number[:cut], number[cut:]
 
     def bind_hmac(self, key: bytes) -> Transform:
