@@ -151,6 +151,9 @@ class PostgresStore:
             raise
         return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint or 0)
 
+    def write_unsynced_now(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
+        return False  # every statement is a network round trip: nothing can commit without awaiting
+
     async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
         try:
             conn = await self._writer_conn()

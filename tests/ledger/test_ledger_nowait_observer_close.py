@@ -25,8 +25,8 @@ def outcome_draft(i: int) -> RecordDraft:
 
 
 def record_sync_flags(ledger: Ledger, gate: asyncio.Event | None = None) -> list[tuple[int, bool]]:
-    """Wrap the store's write to note (rows, sync) of every commit; the real write still runs, after
-    `gate` is set when one is given (to hold a commit in flight while records queue)."""
+    """Wrap the store's writes (awaited and inline) to note (rows, sync) of every commit; the real write
+    still runs, after `gate` is set when one is given (to hold a commit in flight while records queue)."""
     seen: list[tuple[int, bool]] = []
     real_write = ledger.store.write
 
@@ -36,7 +36,19 @@ def record_sync_flags(ledger: Ledger, gate: asyncio.Event | None = None) -> list
             await gate.wait()
         await real_write(rows, checkpoints, sync=sync)
 
+    real_write_now = ledger.store.write_unsynced_now
+
+    def noting_write_now(rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
+        # The inline (no thread hop) unsynced commit: held commits must go through write() instead.
+        if gate is not None and not gate.is_set():
+            return False
+        if real_write_now(rows, checkpoints):
+            seen.append((len(rows), False))
+            return True
+        return False
+
     ledger.store.write = noting_write  # type: ignore[method-assign]
+    ledger.store.write_unsynced_now = noting_write_now  # type: ignore[method-assign]
     return seen
 
 

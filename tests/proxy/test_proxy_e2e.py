@@ -369,6 +369,8 @@ async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcom
         await real_write(rows, checkpoints, sync=sync)
 
     ledger.store.write = held_write  # type: ignore[method-assign]
+    # Decline the inline (no thread hop) unsynced commit, so that the outcome's commit can be held.
+    ledger.store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
     response = await asyncio.wait_for(post_shipment(harness), 10)
     assert response.status == 200
     assert commits == [True, False]  # the disclosure was fsynced before the partner call
