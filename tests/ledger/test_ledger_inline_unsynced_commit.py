@@ -87,3 +87,23 @@ async def test_the_writer_thread_checkpoints_the_wal_that_inline_commits_grow(
     await ledger.close()
     report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
+
+
+async def test_under_load_unsynced_batches_stay_on_the_writer_thread(
+    sqlite_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    seen = committing_threads(store)
+    # Several records in one batch (concurrent requests): the next unsynced batches hop to the thread,
+    # which overlaps them with the loop's work, until a lone record follows a lone record again.
+    await asyncio.gather(*(ledger.append(disclosure_draft(i, gateway_keys)) for i in range(4)))
+    await ledger.append_nowait(outcome_draft(0))
+    await ledger.append_nowait(outcome_draft(1))
+    loop_thread = threading.current_thread().name
+    assert seen == [("ledger-sqlite-writer", True), ("ledger-sqlite-writer", False), (loop_thread, False)]
+    await ledger.close()
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
