@@ -140,11 +140,29 @@ class IdentifierFormat(ABC):
         return _invalid(self.id_type, "not a reversible (fpe) pseudonym of this partner and key version")
 
 
-class ImeiFormat(IdentifierFormat):
+class FF1Format(IdentifierFormat):
+    """A type whose reversible pseudonym is one FF1 cipher over part of the normalised value: `bind_fpe`
+    and `bind_reverse` differ only in the cipher's direction, so each type writes the framing once."""
+
+    ff1_radix: ClassVar[int]
+
+    def bind_fpe(self, key: bytes) -> Transform:
+        return self._bind_ff1(FF1(key, self.ff1_radix).encrypt)
+
+    def bind_reverse(self, key: bytes) -> Transform:
+        return self._bind_ff1(FF1(key, self.ff1_radix).decrypt)
+
+    @abstractmethod
+    def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
+        """The framing around the cipher (either direction): which part of the value it transforms."""
+
+
+class ImeiFormat(FF1Format):
     """15 digits: 14 identifying digits (TAC and serial) and a Luhn check digit. The pseudonym replaces
     all 14 (a TAC would name the device model) and recomputes the check digit."""
 
     id_type = "imei"
+    ff1_radix = 10
 
     def normalise(self, value: str) -> str:
         # Already 15 ASCII digits (the usual spelling): nothing to strip; the slow path would return it as is.
@@ -168,28 +186,23 @@ class ImeiFormat(IdentifierFormat):
 
         return pseudonymise
 
-    def bind_fpe(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).encrypt)
-
-    def bind_reverse(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).decrypt)
-
-    def _bind_ff1(self, cipher: Transform) -> Transform:
+    def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
         # The 14 digits before the check digit go through FF1 (either way); the Luhn digit is recomputed.
         normalise = self.normalise
 
         def transform(value: str) -> str:
-            body = cipher(normalise(value)[:14])
+            body = cipher(normalise(value)[:14], b"")
             return body + luhn_check_digit(body)
 
         return transform
 
 
-class ImsiFormat(IdentifierFormat):
+class ImsiFormat(FF1Format):
     """14 or 15 digits: MCC (3), MNC (2 or 3, see tables.mnc_length) and the MSIN. Only the MSIN, the
     subscriber part, is replaced; the network stays visible (partners route and rate by it)."""
 
     id_type = "imsi"
+    ff1_radix = 10
 
     def normalise(self, value: str) -> str:
         digits = _without_separators(_text("imsi", value))
@@ -216,12 +229,6 @@ class ImsiFormat(IdentifierFormat):
 
         return pseudonymise
 
-    def bind_fpe(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).encrypt)
-
-    def bind_reverse(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).decrypt)
-
     def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
         normalise, split = self.normalise, self.split
 
@@ -232,11 +239,12 @@ class ImsiFormat(IdentifierFormat):
         return apply
 
 
-class IccidFormat(IdentifierFormat):
+class IccidFormat(FF1Format):
     """ITU-T E.118 SIM serial: `89` (telecom), 15 to 19 further digits, and a Luhn check digit. The
     digits between `89` and the check digit are replaced, the check digit recomputed."""
 
     id_type = "iccid"
+    ff1_radix = 10
 
     def normalise(self, value: str) -> str:
         digits = _without_separators(_text("iccid", value))
@@ -258,12 +266,6 @@ class IccidFormat(IdentifierFormat):
             return body + luhn_check_digit(body)
 
         return pseudonymise
-
-    def bind_fpe(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).encrypt)
-
-    def bind_reverse(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).decrypt)
 
     def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
         normalise = self.normalise
@@ -408,12 +410,13 @@ def _render_uuid(value: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class AdvertisingIdFormat(IdentifierFormat):
+class AdvertisingIdFormat(FF1Format):
     """Advertising ID (Google GAID, Apple IDFA): a UUID. Pseudonyms are random-looking version-4 UUIDs in
     lower-case canonical form. `fpe` encrypts the 122 random bits of a version-4 input and keeps the
     version and variant bits, so it needs a version-4 input (as real advertising IDs are)."""
 
     id_type = "advertising_id"
+    ff1_radix = 2
 
     def normalise(self, value: str) -> str:
         return _render_uuid(self._parse(value))
@@ -440,12 +443,6 @@ class AdvertisingIdFormat(IdentifierFormat):
 
         return pseudonymise
 
-    def bind_fpe(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 2).encrypt)
-
-    def bind_reverse(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 2).decrypt)
-
     def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
         parse = self._parse
 
@@ -467,7 +464,7 @@ _PHONE_MIN_NATIONAL = 4
 _PHONE_FPE_MIN_NATIONAL = 7  # the first national digit is kept; FF1 needs at least 6 more
 
 
-class PhoneFormat(IdentifierFormat):
+class PhoneFormat(FF1Format):
     """International phone number, normalised to E.164 `+CC...`. The pseudonym keeps the country calling
     code and the first national digit (which in most plans only tells the kind of number, and is never a
     trunk 0, so national validators accept the result); the remaining national digits are replaced,
@@ -475,6 +472,7 @@ class PhoneFormat(IdentifierFormat):
     unknown."""
 
     id_type = "phone"
+    ff1_radix = 10
 
     def normalise(self, value: str) -> str:
         return self._parse(value)[0]
@@ -520,12 +518,6 @@ class PhoneFormat(IdentifierFormat):
             return kept + _digits(keyed(number.encode()), len(replaced))
 
         return pseudonymise
-
-    def bind_fpe(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).encrypt)
-
-    def bind_reverse(self, key: bytes) -> Transform:
-        return self._bind_ff1(FF1(key, 10).decrypt)
 
     def _bind_ff1(self, cipher: Callable[[str, bytes], str]) -> Transform:
         split = self._split
