@@ -62,7 +62,7 @@ _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
 
-def _coerce(name: str, raw: Any, current: Any, annotation: str) -> Any:
+def _coerce(name: str, raw: Any, annotation: str) -> Any:
     try:
         if "tuple" in annotation:
             if isinstance(raw, str):
@@ -132,19 +132,19 @@ def load_settings(
             name = str(key).lower().replace("-", "_")
             if name not in annotations:
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
-            values[name] = _coerce(name, raw, None, annotations[name])
+            values[name] = _coerce(name, raw, annotations[name])
     for key, raw in env.items():
         if not key.startswith(_ENV_PREFIX) or key == "GATEWAY_CONFIG":
             continue
         name = key[len(_ENV_PREFIX):].lower()
         if name in annotations and name != "extra":
-            values[name] = _coerce(key, raw, None, annotations[name])
+            values[name] = _coerce(key, raw, annotations[name])
     for name, raw in overrides.items():
         if raw is None:
             continue
         if name not in annotations:
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _coerce(name, raw, None, annotations[name])
+        values[name] = _coerce(name, raw, annotations[name])
     return _validate(replace(Settings(), **values))
 
 

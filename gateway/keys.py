@@ -97,18 +97,18 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _ensure_pair(keys_dir: Path, private_name: str, public_name: str, create: bool) -> None:
+def _public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _ensure_pair(keys_dir: Path, private_name: str, public_name: str) -> bool:
+    """Create the pair when the private half is missing (True); restore a missing public half from it."""
     priv = keys_dir / private_name
     pub = keys_dir / public_name
-    if priv.exists() or not create:
-        if priv.exists() and not pub.exists():
-            key = serialization.load_pem_private_key(priv.read_bytes(), password=None)
-            pub.write_bytes(
-                key.public_key().public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            )
-        return
+    if priv.exists():
+        if not pub.exists():
+            pub.write_bytes(_public_pem(load_ed25519_private(priv)))
+        return False
     key = Ed25519PrivateKey.generate()
     _write_private(
         priv,
@@ -116,9 +116,8 @@ def _ensure_pair(keys_dir: Path, private_name: str, public_name: str, create: bo
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    pub.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    pub.write_bytes(_public_pem(key))
+    return True
 
 
 def ensure_dev_keys(keys_dir: Path) -> list[str]:
@@ -131,8 +130,7 @@ def ensure_dev_keys(keys_dir: Path) -> list[str]:
             _write_private(path, secrets.token_hex(32).encode("ascii") + b"\n")
             created.append(name)
     for priv, pub in ((LEDGER_SIGNING_FILE, LEDGER_VERIFY_FILE), (JWT_DEV_PRIVATE_FILE, JWT_DEV_PUBLIC_FILE)):
-        if not (keys_dir / priv).exists():
-            _ensure_pair(keys_dir, priv, pub, create=True)
+        if _ensure_pair(keys_dir, priv, pub):
             created.append(priv)
     return created
 
