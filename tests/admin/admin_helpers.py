@@ -89,6 +89,13 @@ def admin_settings(tmp_path: Path, keys_dir: Path) -> Settings:
     )
 
 
+def dev_token(keys: GatewayKeys, settings: Settings, scopes: list[str], service: str) -> str:
+    """A five-minute caller token signed with the development key, for the gateway under test."""
+    assert keys.jwt_dev_private is not None
+    return mint_token(keys.jwt_dev_private, subject=service, scopes=scopes,
+                      issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl_seconds=300)
+
+
 @dataclass
 class AdminHarness:
     gateway: RunningGateway
@@ -102,9 +109,7 @@ class AdminHarness:
         return self.gateway.url
 
     def token(self, scopes: list[str], service: str = "privacy-office") -> str:
-        assert self.keys.jwt_dev_private is not None
-        return mint_token(self.keys.jwt_dev_private, subject=service, scopes=scopes,
-                          issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience, ttl_seconds=300)
+        return dev_token(self.keys, self.settings, scopes, service)
 
     def auth(self, *scopes: str, service: str = "privacy-office") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(list(scopes), service)}"}

@@ -17,11 +17,11 @@ import pytest
 from admin_helpers import (
     RecordingPartner,
     admin_settings,
+    dev_token,
     start_admin_gateway,
     start_recording_partner,
 )
 
-from gateway.cli.token import mint_token
 from gateway.config import Settings
 from gateway.keys import GatewayKeys
 from gateway.ledger import LedgerQuery
@@ -75,9 +75,7 @@ class Rig:
     session: aiohttp.ClientSession
 
     def headers(self, *scopes: str, **extra: str) -> dict[str, str]:
-        assert self.keys.jwt_dev_private is not None
-        token = mint_token(self.keys.jwt_dev_private, subject="order-service", scopes=list(scopes),
-                           issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience, ttl_seconds=300)
+        token = dev_token(self.keys, self.settings, list(scopes), "order-service")
         return {"Authorization": f"Bearer {token}", **extra}
 
     async def call(self, method: str, path: str, body: Any = None, *, replica: int = 0,
