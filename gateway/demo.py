@@ -32,6 +32,7 @@ from aiohttp import web
 from gateway.cli.token import mint_token
 from gateway.config import Settings, load_settings
 from gateway.logs import configure_logging
+from gateway.resources import shipped
 
 FAKE_PARTNER_PORT = 9900
 DEMO_CALLER = "demo-order-service"
@@ -279,7 +280,7 @@ def run_demo(*, config_file: str | None = None, data_dir: Path = Path("data")) -
         overrides["ledger_url"] = f"sqlite:///{data_dir / 'ledger.sqlite3'}"
     if not Path(settings.profiles_dir).is_dir():
         # Run from elsewhere than the checkout: fall back to the profiles shipped next to the package.
-        overrides["profiles_dir"] = Path(__file__).resolve().parents[1] / "partner_profiles"
+        overrides["profiles_dir"] = shipped("partner_profiles")
     settings = replace(settings, **overrides)
     data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging("warning")

@@ -45,8 +45,9 @@ from gateway.profiles.model import (
     ValueSource,
 )
 from gateway.profiles.yamlsource import JsonPath, YamlProblem, line_of, load_yaml
+from gateway.resources import shipped
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "partner_profile.schema.json"
+SCHEMA_PATH = shipped("schemas", "partner_profile.schema.json")
 PROFILE_SUFFIXES = (".yaml", ".yml")
 _PARAM = re.compile(r"\{([^}]*)\}")
 DEFAULT_MAX_BODY_BYTES = 1_048_576

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote
 
 import orjson
@@ -34,6 +33,7 @@ from gateway.proxy.pipeline import Pipeline, build_pipeline
 from gateway.proxy.problems import InternalError, problem_response
 from gateway.proxy.services import GatewayServices
 from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
+from gateway.resources import shipped
 from gateway.subjects import TransferRules, open_registry
 
 EGRESS_PREFIX = "/v1/partners/"
@@ -284,9 +284,8 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 
 def _openapi_document() -> bytes:
-    """schemas/openapi.yaml as JSON when the project ships it, else a minimal generated description."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "schemas" / "openapi.yaml"
+    """The shipped schemas/openapi.yaml as JSON, else a minimal generated description."""
+    for candidate in (shipped("schemas", "openapi.yaml"),):
         if candidate.is_file():
             try:
                 return orjson.dumps(yaml.safe_load(candidate.read_text(encoding="utf-8")))
