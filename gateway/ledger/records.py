@@ -171,52 +171,77 @@ class PreparedRecord:
     values: tuple[Any, ...]
 
 
+def _check_source(name: str, rule: int) -> list[str]:
+    """The lines of `_check_columns` that check and encode column `name` (bound to a local of that name;
+    its stored value ends up in `<name>_` when it differs from the hashed one)."""
+    lines = [f"    if {name} is not None:"]
+    if rule == _STR:
+        lines += [f"        if type({name}) is not str:",
+                  f"            raise TypeError('record field {name}: expected a string')"]
+    elif rule == _HEX:
+        lines += [f"        if type({name}) is not str or not _fullmatch_hex64({name}):",
+                  f"            raise ValueError('record field {name}: expected a keyed reference "
+                  "(64 lowercase hex characters)')"]
+    elif rule == _LIST:
+        lines += [f"        if isinstance({name}, str):",
+                  f"            raise TypeError('record field {name}: expected a list of field paths')",
+                  f"        for _path in {name}:",
+                  "            if type(_path) is not str:",
+                  f"                raise TypeError('record field {name}: expected a list of field paths')",
+                  f"        {name} = list({name})",
+                  f"        {name}_ = _dumps({name}).decode()"]
+    elif rule == _BOOL:
+        lines += [f"        if type({name}) is not bool:",
+                  f"            raise TypeError('record field {name}: expected a boolean')"]
+    elif rule == _INT:
+        lines += [f"        if type({name}) is not int:",
+                  f"            raise TypeError('record field {name}: expected an integer')"]
+    elif rule == _FLOAT:
+        # Stored as a float in both backends, so it is hashed as one.
+        lines += [f"        if type({name}) is not int and type({name}) is not float:",
+                  f"            raise TypeError('record field {name}: expected a number')",
+                  f"        {name} = float({name})"]
+    else:
+        # One JSON round trip now, so what is hashed is exactly what the verifier rebuilds from the stored
+        # text (tuples become lists, keys sorted, non-JSON values refused here, not later).
+        lines += [f"        if not isinstance({name}, _Mapping):",
+                  f"            raise TypeError('record field {name}: expected a JSON object')",
+                  f"        _text = _dumps({name}, option=_SORT)",
+                  f"        {name} = _loads(_text)",
+                  f"        {name}_ = _text.decode()"]
+    lines.append(f"        _fields[{name!r}] = {name}")
+    return lines
+
+
+def _build_check_columns() -> Any:
+    # Straight-line code, one block per column: prepare() runs for every record on the event loop, and
+    # a loop over a rule table cost about twice as much (the checks and messages are the same).
+    stored = [f"{name}_" if rule in (_LIST, _OBJECT) else name for name, rule in _FIELD_RULES]
+    body = ["def _check_columns(draft):", f"    ({', '.join(DRAFT_COLUMNS)},) = _read_draft_columns(draft)"]
+    body += [f"    {name}_ = None" for name, rule in _FIELD_RULES if rule in (_LIST, _OBJECT)]
+    body.append("    _fields = {'kind': draft.kind}")
+    for name, rule in _FIELD_RULES:
+        body += _check_source(name, rule)
+    body.append(f"    return _fields, ({', '.join(stored)},)")
+    namespace: dict[str, Any] = {
+        "_read_draft_columns": _read_draft_columns, "_fullmatch_hex64": _HEX64.fullmatch,
+        "_dumps": orjson.dumps, "_loads": orjson.loads, "_SORT": orjson.OPT_SORT_KEYS, "_Mapping": Mapping,
+    }
+    exec(compile("\n".join(body), "<ledger record checks>", "exec"), namespace)  # noqa: S102 - constant source
+    return namespace["_check_columns"]
+
+
+_check_columns: Final = _build_check_columns()
+
+
 def prepare(draft: RecordDraft, *, ledger_kind: bool = False) -> PreparedRecord:
     """Check a draft and encode it. Refuses a value that would not survive storage exactly, or a subject
     reference / digest that is not a keyed hash (so a raw identifier cannot slip in)."""
     kind = draft.kind
     if kind not in KINDS or (kind in LEDGER_KINDS) != ledger_kind:
         raise ValueError(f"record kind {kind!r} cannot be appended")
-    fields: dict[str, Any] = {"kind": kind}
-    values: list[Any] = []
-    # One C-level read of every draft column (instead of a getattr per field): most are None.
-    for (name, rule), value in zip(_FIELD_RULES, _read_draft_columns(draft), strict=True):
-        if value is None:
-            values.append(None)
-            continue
-        if rule == _STR:
-            if type(value) is not str:
-                raise TypeError(f"record field {name}: expected a string")
-        elif rule == _HEX:
-            if type(value) is not str or not _HEX64.fullmatch(value):
-                raise ValueError(f"record field {name}: expected a keyed reference (64 lowercase hex characters)")
-        elif rule == _LIST:
-            if isinstance(value, str) or not all(type(p) is str for p in value):
-                raise TypeError(f"record field {name}: expected a list of field paths")
-            value = list(value)
-        elif rule == _BOOL:
-            if type(value) is not bool:
-                raise TypeError(f"record field {name}: expected a boolean")
-        elif rule == _INT:
-            if type(value) is not int:
-                raise TypeError(f"record field {name}: expected an integer")
-        elif rule == _FLOAT:
-            if type(value) not in (int, float):
-                raise TypeError(f"record field {name}: expected a number")
-            # Stored as a float in both backends, so it is hashed as one.
-            value = float(value)
-        else:
-            if not isinstance(value, Mapping):
-                raise TypeError(f"record field {name}: expected a JSON object")
-            # One JSON round trip now, so what is hashed is exactly what the verifier rebuilds from the
-            # stored text (tuples become lists, keys sorted, non-JSON values refused here, not later).
-            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-            fields[name] = orjson.loads(text)
-            values.append(text.decode())
-            continue
-        fields[name] = value
-        values.append(orjson.dumps(value).decode() if rule == _LIST else value)
-    return PreparedRecord(fields, tuple(values))
+    fields, values = _check_columns(draft)
+    return PreparedRecord(fields, values)
 
 
 def seal_prepared(
