@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
+import time as _time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,9 @@ DRAFT_COLUMNS: Final = (
 COLUMNS: Final = HEADER_COLUMNS + DRAFT_COLUMNS
 JSON_COLUMNS: Final = frozenset({*_LIST_FIELDS, "detail"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_sha256: Final = hashlib.sha256
+_dumps: Final = orjson.dumps
+_SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +112,19 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# now_text() runs once per commit on the loop: the date and time of day are formatted once a second.
+# One tuple, replaced whole, so a reader on another thread never pairs a second with another's text.
+_now_second: tuple[int, str] = (-1, "")
+
+
 def now_text() -> str:
-    return format_time(datetime.now(UTC))
+    """The current UTC time as format_time() spells it (microseconds truncated from the clock's ns)."""
+    global _now_second
+    second, micros = divmod(_time.time_ns() // 1000, 1_000_000)
+    cached = _now_second
+    if cached[0] != second:
+        cached = _now_second = (second, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(second)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -242,6 +257,18 @@ def prepare(draft: RecordDraft, *, ledger_kind: bool = False) -> PreparedRecord:
         raise ValueError(f"record kind {kind!r} cannot be appended")
     fields, values = _check_columns(draft)
     return PreparedRecord(fields, values)
+
+
+def seal_row(
+    prepared: PreparedRecord, record_id: str, chain: str, sequence: int, time: str, prev_hash: str
+) -> tuple[tuple[Any, ...], str]:
+    """Fix an unsigned record's place in its chain: the row to store and its hash. The writer's per-record
+    path (seal_prepared builds the same, plus the record mapping and an optional signature)."""
+    fields = prepared.fields
+    digest = _sha256(_dumps({
+        "id": record_id, "chain": chain, "sequence": sequence, "time": time, "prev_hash": prev_hash, **fields,
+    }, option=_SORT_KEYS)).hexdigest()
+    return (record_id, chain, sequence, time, fields["kind"], prev_hash, digest, None, *prepared.values), digest
 
 
 def seal_prepared(
