@@ -89,9 +89,9 @@ class RecordDraft(NamedTuple):
     detail: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AppendedRecord:
-    """A record that is durable: its id, where it sits in its chain, and its time (ISO 8601 UTC)."""
+class AppendedRecord(NamedTuple):
+    """A record that is durable: its id, where it sits in its chain, and its time (ISO 8601 UTC).
+    Immutable; a NamedTuple (built once per disclosure on the loop) rather than a frozen dataclass."""
 
     id: str
     chain: str
