@@ -12,7 +12,8 @@ crash may leave a disclosure without its outcome, never a forward without a disc
 behind everything appended before them, in order, and nobody waits for them; a batch holding only such
 records commits without its own fsync (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off).
 Both stores write their log in order, so the next durable commit, or the final checkpoint at `close()`,
-makes them durable too. Their failures are logged and reported like any other.
+makes them durable too. Their failures are logged and reported like any other. `append_unawaited()` is
+the same for a caller that never reads the result (the proxy): no future, a failure callback instead.
 
 A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
 gateway's metrics are fed without this module importing them.
