@@ -12,7 +12,8 @@ crash may leave a disclosure without its outcome, never a forward without a disc
 behind everything appended before them, in order, and nobody waits for them; a batch holding only such
 records commits without its own fsync (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off).
 Both stores write their log in order, so the next durable commit, or the final checkpoint at `close()`,
-makes them durable too. Their failures are logged and reported like any other.
+makes them durable too. Their failures are logged and reported like any other. `append_unawaited()` is
+the same for a caller that never reads the result (the proxy): no future, a failure callback instead.
 
 A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
 gateway's metrics are fed without this module importing them.
@@ -28,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,7 +47,7 @@ from gateway.ledger.records import (
     now_text,
     prepare,
     seal,
-    seal_prepared,
+    seal_row,
 )
 from gateway.ledger.store import ChainBounds, ChainHead, LedgerQuery, LedgerStore, Row
 
@@ -79,9 +80,10 @@ class CommitObserver(Protocol):
         """`records` appends failed (their batch's commit failed, or the ledger refused them)."""
 
 
-# A queued record, the future its appender holds, and whether its batch must be fsynced before the
-# future resolves (False for append_nowait records).
-_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord]", bool]
+# A queued record, the future its appender holds (None for append_unawaited records), whether its batch
+# must be fsynced before it counts as committed (False for nowait records), and what to call if it
+# fails (append_unawaited only).
+_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord] | None", bool, "Callable[[], None] | None"]
 
 
 def _retrieve(future: asyncio.Future[AppendedRecord]) -> None:
@@ -132,9 +134,11 @@ class Ledger:
         self._accepting = False
         self._writable = False
         self._observer = observer
-        # The future of the newest queued record: batches resolve in order, so once it is done every
-        # record queued before it is committed (flush()).
-        self._newest: asyncio.Future[AppendedRecord] | None = None
+        # Records queued, and records settled (committed or failed), ever: batches settle in order, so
+        # flush() waits until the settled count reaches the queued count it saw.
+        self._queued_total = 0
+        self._settled_total = 0
+        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._closing: asyncio.Future[None] | None = None
         # Records in the previous commit: 1 means a lone request (nothing else in flight), see _commit.
         self._last_batch_records = 0
@@ -195,7 +199,20 @@ class Ledger:
         future.add_done_callback(_retrieve)
         return future
 
+    def append_unawaited(self, draft: RecordDraft, *, on_failure: Callable[[], None]) -> None:
+        """`append_nowait` for a caller that never reads the result (the proxy's outcome and refusal
+        records): no future, no AppendedRecord, no callbacks through the loop; `on_failure` is called
+        once if the record cannot be committed. Raises LedgerUnavailable at once when the ledger is not
+        taking records, and what `prepare` raises for a bad draft."""
+        self._queue_prepared(self._prepare(draft), None, False, on_failure)
+
     def _enqueue(self, draft: RecordDraft, *, durable: bool) -> asyncio.Future[AppendedRecord]:
+        prepared = self._prepare(draft)
+        future: asyncio.Future[AppendedRecord] = asyncio.get_running_loop().create_future()
+        self._queue_prepared(prepared, future, durable, None)
+        return future
+
+    def _prepare(self, draft: RecordDraft) -> PreparedRecord:
         try:
             prepared = prepare(draft)
             if not self._accepting:
@@ -204,17 +221,35 @@ class Ledger:
             if self._observer is not None:
                 self._observer.failed(1)
             raise
-        future: asyncio.Future[AppendedRecord] = asyncio.get_running_loop().create_future()
-        self._queue.append((prepared, future, durable))
-        self._newest = future
-        self._wake()
-        return future
+        return prepared
+
+    def _queue_prepared(self, prepared: PreparedRecord, future: asyncio.Future[AppendedRecord] | None,
+                        durable: bool, on_failure: Callable[[], None] | None) -> None:
+        self._queue.append((prepared, future, durable, on_failure))
+        self._queued_total += 1
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed (or has failed); raises nothing."""
-        newest = self._newest
-        if newest is not None and not newest.done():
-            await asyncio.wait([newest])
+        if self._settled_total < self._queued_total:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._flushers.append((self._queued_total, done))
+            await done
+
+    def _settled(self, records: int) -> None:
+        """`records` more queued records are committed or failed (called once per dequeued batch)."""
+        self._settled_total += records
+        if self._flushers:
+            waiting = []
+            for target, done in self._flushers:
+                if target <= self._settled_total:
+                    if not done.done():
+                        done.set_result(None)
+                else:
+                    waiting.append((target, done))
+            self._flushers = waiting
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -244,8 +279,10 @@ class Ledger:
                 # Cancelled mid-commit: nobody may be left waiting for an answer that will not come.
                 self._fail(batch, "the ledger writer stopped")
                 self._fail(self._queue, "the ledger writer stopped")
+                self._settled(len(batch) + len(self._queue))
                 self._queue.clear()
                 raise
+            self._settled(len(batch))
 
     async def _run_checkpoint_timer(self) -> None:
         while True:
@@ -262,9 +299,16 @@ class Ledger:
     def _fail(self, batch: Sequence[_Waiter], why: str) -> None:
         if batch and self._observer is not None:
             self._observer.failed(len(batch))
-        for _prepared, future, _durable in batch:
-            if not future.done():
-                future.set_exception(LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
+        for _prepared, future, _durable, on_failure in batch:
+            if future is not None:
+                if not future.done():
+                    future.set_exception(
+                        LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
+            elif on_failure is not None:
+                try:
+                    on_failure()
+                except Exception as exc:  # a caller's report must not stop the others being told
+                    log.error("ledger failure callback raised %s", type(exc).__name__)
 
     async def _commit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
         """Seal `batch` onto the chain (plus a checkpoint when due) and store it in one transaction."""
@@ -282,18 +326,21 @@ class Ledger:
         stamp = max(stamp, head.time)
         sequence, prev_hash = head.sequence, head.hash
         rows: list[Row] = []
-        results: list[AppendedRecord] = []
+        # (future, result) for the records someone holds a future for; append_unawaited ones have none.
+        results: list[tuple[asyncio.Future[AppendedRecord], AppendedRecord]] = []
         chain = self.chain_id
         durable = False
-        for prepared, _future, must_sync in batch:
+        # One read of the random source for the whole batch (see _new_id for the id's layout).
+        randomness = os.urandom(8 * len(batch)).hex()
+        time_ns = time.time_ns
+        for index, (prepared, future, must_sync, _on_failure) in enumerate(batch):
             durable = durable or must_sync
             sequence += 1
-            record_id = _new_id()
-            sealed = seal_prepared(prepared, record_id=record_id, chain=chain, sequence=sequence, time=stamp,
-                                   prev_hash=prev_hash)
-            rows.append(sealed.row)
-            results.append(AppendedRecord(record_id, chain, sequence, stamp, sealed.hash))
-            prev_hash = sealed.hash
+            record_id = f"{time_ns():016x}{randomness[16 * index:16 * index + 16]}"
+            row, prev_hash = seal_row(prepared, record_id, chain, sequence, stamp, prev_hash)
+            rows.append(row)
+            if future is not None:
+                results.append((future, AppendedRecord(record_id, chain, sequence, stamp, prev_hash)))
         since = self._since_checkpoint + len(batch)
         checkpoints: list[Row] = []
         checkpoint_now = since > 0 and (
@@ -342,7 +389,7 @@ class Ledger:
         self._writable = True
         if self._observer is not None:
             self._observer.committed(len(rows), time.perf_counter() - commit_started)
-        for (_prepared, future, _durable), result in zip(batch, results, strict=True):
+        for future, result in results:
             if not future.done():
                 future.set_result(result)
 

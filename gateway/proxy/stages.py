@@ -8,7 +8,6 @@ raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.ST
 
 from __future__ import annotations
 
-import asyncio
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
@@ -381,17 +380,13 @@ class LedgerWriter:
     def append_nowait(self, draft: RecordDraft, *, request_id: str | None, event: str) -> None:
         """Queued behind the disclosure (in order) without waiting for its fsync: for outcome and refusal
         records, which a crash may lose. A failure is logged as `event` (and counted by the ledger)."""
+        def report() -> None:
+            _log.warning(event, request_id=request_id, partner=draft.partner)
+
         try:
-            future = self._ledger.append_nowait(draft)
+            self._ledger.append_unawaited(draft, on_failure=report)
         except Exception as exc:
             _log.warning(event, request_id=request_id, partner=draft.partner, error=type(exc).__name__)
-            return
-
-        def report(done: asyncio.Future[AppendedRecord]) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                _log.warning(event, request_id=request_id, partner=draft.partner)
-
-        future.add_done_callback(report)
 
 
 class RecordDisclosure:

@@ -173,3 +173,38 @@ async def test_close_twice_and_concurrently_is_safe(sqlite_url: str, gateway_key
     never_started = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w1")
     await never_started.close()
     await never_started.close()
+
+
+async def test_unawaited_records_commit_in_order_and_report_failures(
+    sqlite_url: str, gateway_keys: GatewayKeys
+) -> None:
+    observer = RecordingObserver()
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="shared", observer=observer)
+    await ledger.start()
+    failed: list[int] = []
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    for i in range(3):
+        ledger.append_unawaited(outcome_draft(i), on_failure=lambda i=i: failed.append(i))  # type: ignore[misc]
+    assert len(ledger._queue) == 3  # type: ignore[attr-defined]
+    await ledger.flush()  # waits for records that have no future as well
+    assert ledger._queue == []  # type: ignore[attr-defined]
+    outcomes = await ledger.query(LedgerQuery(kind="outcome"))
+    assert [r["request_id"] for r in outcomes] == ["out-0", "out-1", "out-2"]
+    assert [r["sequence"] for r in outcomes] == [2, 3, 4]
+    assert failed == []
+    # Another writer takes this chain's next sequence: the next commit fails, and each record says so once.
+    intruder = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="shared")
+    await intruder.start()
+    await intruder.append(disclosure_draft(1, gateway_keys))
+    await intruder.close()
+    for i in range(3, 5):
+        ledger.append_unawaited(outcome_draft(i), on_failure=lambda i=i: failed.append(i))  # type: ignore[misc]
+    await ledger.flush()
+    assert failed == [3, 4]
+    assert sum(observer.failures) == 2
+    with pytest.raises(ValueError):
+        ledger.append_unawaited(RecordDraft(kind="outcome", subject_ref="raw-subject-id"), on_failure=lambda: None)
+    await ledger.close()
+    with pytest.raises(LedgerUnavailable):
+        ledger.append_unawaited(outcome_draft(99), on_failure=lambda: None)
+    assert await_count(sqlite_url, "outcome") == 3
