@@ -15,7 +15,6 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from aiohttp import web
 
 from gateway.errors import (
     GatewayError,
@@ -32,7 +31,7 @@ from gateway.errors import (
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
-from gateway.proxy.context import RequestContext
+from gateway.proxy.context import Answer, RequestContext
 from gateway.proxy.services import GatewayServices
 from gateway.strictjson import parse_json
 from gateway.subjects import SubjectStatus, check_legal_reference, check_subject
@@ -489,9 +488,8 @@ class FilterResponse:
         headers["X-Request-Id"] = ctx.request_id
         body = b"" if filtered.body is None else orjson.dumps(filtered.body)
         ctx.fields_response_dropped = len(filtered.report.dropped)
-        ctx.response = web.Response(
-            status=answer.status, body=body, headers=headers,
-            content_type="application/json" if filtered.body is not None else None,
+        ctx.response = Answer(
+            answer.status, tuple(headers.items()), body, "application/json" if filtered.body is not None else None
         )
 
 
