@@ -20,6 +20,7 @@ HTTP behaviour, as aiohttp's server had it unless said otherwise:
   stream holds at most about `_BODY_HIGH_WATER` bytes before reading pauses, so the route's limit
   (ReadBody) is enforced while reading; an answer given before the body was read to its end (413, or
   any refusal) closes the connection instead of reading the rest;
+- headers that must appear once (Host, Content-Type, ...: aiohttp's list) appear once (400);
 - limits: request target 8,190 bytes (414), a header line 8,190 bytes, 128 headers, 64 KiB of head
   (431); malformed requests (llhttp's strict checks: CR/LF/NUL in values, Content-Length with
   Transfer-Encoding, duplicate Content-Length, bad chunk framing, ...) get 400; all as problem+json,
@@ -68,6 +69,12 @@ LINGER_SECONDS: Final = 3.0
 _EGRESS_PREFIX_BYTES: Final = EGRESS_PREFIX.encode("ascii")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# Headers that aiohttp's parser refuses to see twice (its SINGLETON_HEADERS): two values would be
+# ambiguous (which Content-Type did the media-type check see?), so both servers refuse them.
+_SINGLETON_HEADERS: Final = (
+    "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Host", "Max-Forwards",
+    "Server", "Transfer-Encoding", "User-Agent",
+)
 _UNSAFE_HEADER = re.compile(r"[\r\n\x00]")
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
@@ -440,6 +447,8 @@ class EgressProtocol(asyncio.Protocol):
         if size > MAX_FIELD_BYTES or len(self._header_list) >= MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
             self._stop = HeadersTooLarge("too many or too large header fields")
             raise _Stop
+        # llhttp strips the whitespace before a value but not after it (aiohttp strips both).
+        value = value.rstrip(b" \t")
         self._header_list.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
@@ -449,6 +458,10 @@ class EgressProtocol(asyncio.Protocol):
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict(self._header_list)
         self._header_list = []
+        for name in _SINGLETON_HEADERS:
+            if name in headers and len(headers.getall(name)) > 1:
+                self._stop = MalformedRequest("a header that must appear once was sent twice")
+                raise _Stop
         version = parser.get_http_version()
         expect = headers.get("Expect")
         expect_continue = False

@@ -291,6 +291,9 @@ async def test_target_too_long_is_414(harness: GatewayHarness) -> None:
         f"GET {SHIPMENT} HTTP/1.1\r\nX-Bad: a\x01b\r\n\r\n".encode(),
         f"GET {SHIPMENT} HTTP/1.1\r\n folded: line\r\n\r\n".encode(),
         f"GET {SHIPMENT} HTTP/9.9\r\n\r\n".encode(),
+        f"POST {SHIPMENT} HTTP/1.1\r\nContent-Type: text/plain\r\ncontent-type: application/json\r\n\r\n".encode(),
+        f"GET {SHIPMENT} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".encode(),
+        f"POST {SHIPMENT} HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n".encode(),
     ],
 )
 async def test_malformed_requests_are_400_problems_and_close(harness: GatewayHarness, request_bytes: bytes) -> None:
@@ -430,3 +433,31 @@ async def test_no_personal_value_in_logs_or_refusals_of_bad_requests(
         assert value not in err
         for body in bodies:
             assert value.encode() not in body
+
+
+async def test_invalid_transfer_coding_on_an_authorised_request_is_refused(harness: GatewayHarness) -> None:
+    conn = await Conn.open(harness)
+    try:
+        await conn.send(
+            f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n{}".encode()
+        )
+        _, status, headers, body = await conn.answer()
+        assert_problem(status, headers, body, 400)
+        assert await conn.closed_by_server()
+    finally:
+        conn.close()
+    assert harness.partner.received == []
+
+
+async def test_whitespace_after_a_header_value_is_not_part_of_it(harness: GatewayHarness) -> None:
+    conn = await Conn.open(harness)
+    try:
+        request = shipment(harness, extra="X-Request-Id: ws-1 \t\r\n")
+        # ... and after the token of Authorization (the line before Content-Type).
+        await conn.send(request.replace(b"\r\nContent-Type", b" \r\nContent-Type"))
+        _, status, headers, body = await conn.answer()
+        assert status == 200, body
+        assert headers["x-request-id"] == "ws-1"
+    finally:
+        conn.close()
