@@ -461,3 +461,23 @@ async def test_whitespace_after_a_header_value_is_not_part_of_it(harness: Gatewa
         assert headers["x-request-id"] == "ws-1"
     finally:
         conn.close()
+
+
+async def test_ops_request_sent_while_an_egress_request_is_in_flight_is_answered_after_it(
+    harness: GatewayHarness,
+) -> None:
+    harness.partner.mode = "slow"  # 0.5 s
+    conn = await Conn.open(harness)
+    try:
+        await conn.send(shipment(harness, extra="X-Request-Id: fl-0\r\n"))
+        for _ in range(200):
+            if harness.partner.received:
+                break
+            await asyncio.sleep(0.01)
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        _, status, headers, _ = await conn.answer()
+        assert (status, headers["x-request-id"]) == (200, "fl-0")
+        _, status, _, body = await conn.answer()
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+    finally:
+        conn.close()
