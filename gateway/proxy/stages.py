@@ -9,6 +9,7 @@ raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.ST
 from __future__ import annotations
 
 import asyncio
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
@@ -61,8 +62,14 @@ class Stage(Protocol):
     async def __call__(self, ctx: RequestContext) -> None: ...
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A path segment that needs no decoding or folding (ASCII unreserved characters only): decode_tail's
+# checks cannot refuse it unless it is a dot segment, so it skips them (about 4 of its 5 µs).
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 class Authenticate:
@@ -85,6 +92,9 @@ def decode_tail(raw_tail: str) -> str:
         return "/"
     decoded: list[str] = []
     for raw_segment in raw_tail.split("/"):
+        if _PLAIN_SEGMENT.fullmatch(raw_segment) and raw_segment not in (".", ".."):
+            decoded.append(raw_segment)
+            continue
         try:
             segment = unquote(raw_segment, errors="strict")
         except UnicodeDecodeError:
