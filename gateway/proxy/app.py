@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 import orjson
 import yaml
@@ -28,7 +27,8 @@ from gateway.ledger import default_chain_id, open_ledger
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.profiles import ProfileLoadError, ProfileSet, load_profiles
-from gateway.proxy.context import RequestContext, request_id_from
+from gateway.proxy.context import EGRESS_PREFIX, request_id_from, start_context
+from gateway.proxy.httpserver import LeanServer
 from gateway.proxy.pipeline import Pipeline, build_pipeline
 from gateway.proxy.problems import InternalError, problem_response
 from gateway.proxy.services import GatewayServices
@@ -36,7 +36,8 @@ from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
 from gateway.resources import shipped
 from gateway.subjects import TransferRules, open_registry
 
-EGRESS_PREFIX = "/v1/partners/"
+__all__ = ["EGRESS_PREFIX", "GatewayState", "RunningGateway", "create_app", "start_gateway"]
+
 ADMIN_SCOPE = "gateway:admin"
 _log = get_logger("gateway.server")
 
@@ -194,19 +195,12 @@ STATE_KEY = web.AppKey("gateway_state", GatewayState)
 async def egress(request: web.Request) -> web.StreamResponse:
     """`{METHOD} /v1/partners/{partner_id}/{path}`: everything happens in the pipeline's stages."""
     state = request.app[STATE_KEY]
-    ctx = RequestContext(request, request_id_from(request.headers.get("X-Request-Id")))
-    # The raw request target, not aiohttp's normalised path: a traversal must be seen (and refused) as sent.
-    raw_path = request.raw_path.partition("?")[0]
-    if raw_path.startswith(EGRESS_PREFIX):
-        partner_raw, _, ctx.tail = raw_path[len(EGRESS_PREFIX):].partition("/")
-        ctx.partner_id = unquote(partner_raw)
-    else:
-        ctx.tail = ".."  # aiohttp resolved a dot segment that left the prefix: refused by match_route
+    ctx = start_context(request)
     try:
         pipeline = state.pipeline
     except GatewayError as exc:
         return problem_response(exc, ctx.request_id)
-    return await pipeline.handle(ctx)
+    return (await pipeline.handle(ctx)).as_response()
 
 
 @web.middleware
@@ -354,6 +348,9 @@ class RunningGateway:
     host: str
     port: int
     stopped: bool = False
+    # The lean egress server (gateway.proxy.httpserver) when it owns the listening socket; None when the
+    # runner's own site listens (aiohttp serves every path then, egress included).
+    lean: LeanServer | None = None
 
     @property
     def state(self) -> GatewayState:
@@ -370,6 +367,10 @@ class RunningGateway:
             return
         self.stopped = True
         started = time.perf_counter()
+        if self.lean is not None:
+            # Egress connections first (the ledger must outlive their requests), then aiohttp's, whose
+            # cleanup closes the services.
+            await self.lean.stop(self.state.settings.shutdown_grace_seconds)
         await self.runner.cleanup()
         _log.info("shutdown_complete", seconds=round(time.perf_counter() - started, 3))
 
@@ -383,7 +384,10 @@ async def start_gateway(
     worker_index: int = 0,
     environ: Mapping[str, str] | None = None,
 ) -> RunningGateway:
-    """Start one gateway process's server; port 0 picks a free port (see `RunningGateway.port`)."""
+    """Start one gateway process's server; port 0 picks a free port (see `RunningGateway.port`).
+
+    The lean server (gateway.proxy.httpserver) listens and serves the egress path itself; a connection
+    for any other path is handed to the aiohttp runner's own server, which no site of its own exposes."""
     listen_host, listen_port = settings.listen_host_port
     host = listen_host if host is None else host
     port = listen_port if port is None else port
@@ -392,11 +396,12 @@ async def start_gateway(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds,
     )
     await runner.setup()
+    assert runner.server is not None
+    state = app[STATE_KEY]
+    lean = LeanServer(lambda: state.pipeline, runner.server)
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-        await site.start()
+        bound_port = await lean.listen(host, port, reuse_port=reuse_port, backlog=1024)
     except BaseException:
         await runner.cleanup()
         raise
-    bound_port = int(runner.addresses[0][1]) if runner.addresses else port
-    return RunningGateway(app=app, runner=runner, host=host, port=bound_port)
+    return RunningGateway(app=app, runner=runner, host=host, port=bound_port, lean=lean)

@@ -1,8 +1,12 @@
 """The per-request state that the pipeline's stages read and fill in, in order.
 
-A `RequestContext` starts with the aiohttp request and a request id; each stage adds what it found
+A `RequestContext` starts with the incoming request and a request id; each stage adds what it found
 (caller, matched route, parsed body, minimised request, disclosure record, partner answer). Nothing in
 here is logged as is: the pipeline's log line picks bounded fields from it.
+
+Two servers feed the pipeline: the lean egress server (gateway.proxy.httpserver) and aiohttp's (the
+egress route of the Application, used when aiohttp owns a connection). Both provide an
+`IncomingRequest`, and both write the `Answer` the pipeline returns, so no stage depends on either.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import MultiMapping
 
 if TYPE_CHECKING:
     from gateway.auth import Caller
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
     from gateway.ledger import AppendedRecord
     from gateway.policy import MinimisedRequest, ValidatedBody
     from gateway.profiles import PartnerProfile, Route
+
+EGRESS_PREFIX = "/v1/partners/"
 
 # A caller-supplied X-Request-Id is kept only when it is short and made of safe characters, so it can
 # go to logs, the ledger and the partner without escaping; anything else is replaced.
@@ -34,11 +42,65 @@ def request_id_from(value: str | None) -> str:
     return secrets.token_hex(16)
 
 
+class BodyStream(Protocol):
+    """The request body as it arrives; `read(n)` returns at most n bytes, b"" at the end."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class IncomingRequest(Protocol):
+    """What the stages read of a request (aiohttp's `web.Request` is one; so is the lean server's)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str:
+        """The request target as sent (path and query, still percent-encoded)."""
+        ...
+
+    @property
+    def headers(self) -> MultiMapping[str]:
+        """Case-insensitive, every value of a repeated header kept (`getall`)."""
+        ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def charset(self) -> str | None: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def body_exists(self) -> bool: ...
+
+    @property
+    def content(self) -> BodyStream: ...
+
+
+class Answer(NamedTuple):
+    """The pipeline's answer to one request, written by whichever server holds the connection.
+    (A NamedTuple rather than a frozen dataclass: immutable at a fraction of the construction cost.)"""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    content_type: str | None = None
+
+    def as_response(self) -> web.Response:
+        """The same answer for aiohttp's server."""
+        return web.Response(
+            status=self.status, body=self.body, headers=self.headers or None, content_type=self.content_type
+        )
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything one egress request accumulates on its way through the pipeline."""
 
-    request: web.Request
+    request: IncomingRequest
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     partner_id: str = ""  # as given in the URL; not trusted until `profile` is set
@@ -63,7 +125,7 @@ class RequestContext:
     attempt: int = 1
     disclosure: AppendedRecord | None = None
     upstream: UpstreamResponse | None = None
-    response: web.StreamResponse | None = None
+    response: Answer | None = None
     fields_response_dropped: int = 0
     # The partner's concurrency slot, held from admission until the request ends (released by the
     # pipeline runner; a plain field instead of an AsyncExitStack, which cost ~10 µs per request).
@@ -73,3 +135,16 @@ class RequestContext:
     def forwarded(self) -> bool:
         """Whether a disclosure record exists, i.e. the minimised request may have left the gateway."""
         return self.disclosure is not None
+
+
+def start_context(request: IncomingRequest) -> RequestContext:
+    """The context of an egress request: its request id, and the partner id and tail taken from the raw
+    request target, not a normalised path, so that a traversal is seen (and refused) as sent."""
+    ctx = RequestContext(request, request_id_from(request.headers.get("X-Request-Id")))
+    raw_path = request.raw_path.partition("?")[0]
+    if raw_path.startswith(EGRESS_PREFIX):
+        partner_raw, _, ctx.tail = raw_path[len(EGRESS_PREFIX):].partition("/")
+        ctx.partner_id = unquote(partner_raw)
+    else:
+        ctx.tail = ".."  # a server resolved a dot segment that left the prefix: refused by match_route
+    return ctx

@@ -8,7 +8,7 @@ stage configured without error, so in-flight requests finish on the pipeline the
 The runner turns a refusal into a problem+json response, records it (a refusal in the ledger when the
 partner is known and the caller authenticated; an outcome when the disclosure was already recorded),
 and writes the metrics and the one log line of the request (just after the response has been handed
-to aiohttp, so the caller does not wait for them).
+to the server, so the caller does not wait for them).
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import re
 import time
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError
 from gateway.ledger import RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
-from gateway.proxy.context import RequestContext
-from gateway.proxy.problems import InternalError, problem_response
+from gateway.proxy.context import Answer, RequestContext
+from gateway.proxy.problems import InternalError, problem_answer
 from gateway.proxy.services import GatewayServices
 from gateway.proxy.stages import (
     Admit,
@@ -92,7 +90,7 @@ class Pipeline:
         self._writer = LedgerWriter(services)
         self._metrics = services.metrics
 
-    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+    async def handle(self, ctx: RequestContext) -> Answer:
         error: GatewayError | None = None
         try:
             try:
@@ -115,13 +113,13 @@ class Pipeline:
             )
         if error is not None:
             self._record_error(ctx, error)
-            response: web.StreamResponse = problem_response(error, ctx.request_id)
+            response = problem_answer(error, ctx.request_id)
         else:
             assert ctx.response is not None
             response = ctx.response
         elapsed = time.perf_counter() - ctx.started
         # Metrics and the log line are written just after the answer: call_soon runs once this task next
-        # yields, which is after aiohttp has handed the response to the socket, so the caller does not
+        # yields, which is after the server has handed the answer to the socket, so the caller does not
         # wait for them (about 25 µs at concurrency 1).
         asyncio.get_running_loop().call_soon(self._observe, ctx, response.status, error, elapsed)
         return response

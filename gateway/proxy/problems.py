@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.proxy.context import Answer
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -23,16 +24,16 @@ class InternalError(GatewayError):
     title = "Internal error"
 
 
-def problem_response(exc: GatewayError, request_id: str) -> web.Response:
-    """The problem+json response for a refusal, with the request id to correlate with the log line."""
-    headers = {"X-Request-Id": request_id}
+def problem_answer(exc: GatewayError, request_id: str) -> Answer:
+    """The problem+json answer for a refusal, with the request id to correlate with the log line."""
+    headers: tuple[tuple[str, str], ...] = (("X-Request-Id", request_id),)
     if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="partner-data-gateway"'
+        headers += (("WWW-Authenticate", 'Bearer realm="partner-data-gateway"'),)
     elif exc.status == 429:
-        headers["Retry-After"] = "1"
-    return web.Response(
-        status=exc.status,
-        body=orjson.dumps(exc.to_problem()),
-        content_type=PROBLEM_JSON,
-        headers=headers,
-    )
+        headers += (("Retry-After", "1"),)
+    return Answer(exc.status, headers, orjson.dumps(exc.to_problem()), PROBLEM_JSON)
+
+
+def problem_response(exc: GatewayError, request_id: str) -> web.Response:
+    """`problem_answer` as an aiohttp response (the Application's middleware and handlers)."""
+    return problem_answer(exc, request_id).as_response()

@@ -8,13 +8,13 @@ raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.ST
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from aiohttp import web
 
 from gateway.errors import (
     GatewayError,
@@ -31,7 +31,7 @@ from gateway.errors import (
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
-from gateway.proxy.context import RequestContext
+from gateway.proxy.context import Answer, RequestContext
 from gateway.proxy.services import GatewayServices
 from gateway.strictjson import parse_json
 from gateway.subjects import SubjectStatus, check_legal_reference, check_subject
@@ -61,8 +61,14 @@ class Stage(Protocol):
     async def __call__(self, ctx: RequestContext) -> None: ...
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A path segment that needs no decoding or folding (ASCII unreserved characters only): decode_tail's
+# checks cannot refuse it unless it is a dot segment, so it skips them (about 4 of its 5 µs).
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 class Authenticate:
@@ -85,6 +91,9 @@ def decode_tail(raw_tail: str) -> str:
         return "/"
     decoded: list[str] = []
     for raw_segment in raw_tail.split("/"):
+        if _PLAIN_SEGMENT.fullmatch(raw_segment) and raw_segment not in (".", ".."):
+            decoded.append(raw_segment)
+            continue
         try:
             segment = unquote(raw_segment, errors="strict")
         except UnicodeDecodeError:
@@ -484,9 +493,8 @@ class FilterResponse:
         headers["X-Request-Id"] = ctx.request_id
         body = b"" if filtered.body is None else orjson.dumps(filtered.body)
         ctx.fields_response_dropped = len(filtered.report.dropped)
-        ctx.response = web.Response(
-            status=answer.status, body=body, headers=headers,
-            content_type="application/json" if filtered.body is not None else None,
+        ctx.response = Answer(
+            answer.status, tuple(headers.items()), body, "application/json" if filtered.body is not None else None
         )
 
 

@@ -1,0 +1,745 @@
+"""The lean HTTP/1.1 server of the egress path: an asyncio protocol over `httptools` (llhttp).
+
+Why: aiohttp's server machinery (request handler, `web.Request`, router, middleware chain, response and
+stream writer) was about a quarter of the event loop's CPU per egress request. This protocol parses
+with llhttp, builds a small request object the pipeline reads (`LeanRequest`, an `IncomingRequest`),
+runs the pipeline and writes the answer's bytes itself.
+
+Only `{METHOD} /v1/partners/...` is served here. A request whose target is anything else (ops
+endpoints, the admin API, unknown paths, absolute or asterisk forms) hands its connection to aiohttp's
+own protocol for the unchanged Application: the `RequestHandler` that aiohttp's server would have
+created takes the transport and is fed the bytes of that request from its first byte. That is only done
+when those bytes are known exactly, i.e. the request started at the beginning of a read and at a
+message boundary (how every non-pipelining client sends); a pipelined non-egress request behind an
+egress one in the same read is refused with 400 and the connection closed (fail closed).
+
+HTTP behaviour, as aiohttp's server had it unless said otherwise:
+- keep-alive by default for HTTP/1.1, close for HTTP/1.0 unless `Connection: keep-alive`; pipelined
+  requests are answered in order, one at a time (reading pauses while one waits behind another);
+- bodies with Content-Length or chunked framing are handed to the pipeline as they arrive; the body
+  stream holds at most about `_BODY_HIGH_WATER` bytes before reading pauses, so the route's limit
+  (ReadBody) is enforced while reading; an answer given before the body was read to its end (413, or
+  any refusal) closes the connection instead of reading the rest;
+- headers that must appear once (Host, Content-Type, ...: aiohttp's list) appear once (400);
+- limits: request target 8,190 bytes (414), a header line 8,190 bytes, 128 headers, 64 KiB of head
+  (431); malformed requests (llhttp's strict checks: CR/LF/NUL in values, Content-Length with
+  Transfer-Encoding, duplicate Content-Length, bad chunk framing, ...) get 400; all as problem+json,
+  then the connection is closed;
+- `Expect: 100-continue` (HTTP/1.1) is answered `100 Continue` when the pipeline first reads the body,
+  so a refusal before that never invites the body; any other expectation gets 417 and a close;
+- an `Upgrade` request is answered as a plain request, then the connection is closed.
+Nothing from the request (target, headers, body) goes into a log line or an error body here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Final, cast
+
+import httptools
+from aiohttp import web
+from aiohttp.helpers import parse_content_type
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError, MalformedRequest
+from gateway.logs import get_logger
+from gateway.proxy.context import EGRESS_PREFIX, Answer, request_id_from, start_context
+from gateway.proxy.pipeline import Pipeline
+from gateway.proxy.problems import InternalError, problem_answer
+
+__all__ = ["EgressProtocol", "LeanRequest", "LeanServer"]
+
+MAX_TARGET_BYTES: Final = 8190
+MAX_FIELD_BYTES: Final = 8190
+MAX_HEADERS: Final = 128
+MAX_HEAD_BYTES: Final = 65536
+KEEPALIVE_SECONDS: Final = 3630.0  # aiohttp's default: longer than a reverse proxy's idle timeout
+_BODY_HIGH_WATER: Final = 65536
+LINGER_BYTES: Final = 4 * 1024 * 1024
+LINGER_SECONDS: Final = 3.0
+_EGRESS_PREFIX_BYTES: Final = EGRESS_PREFIX.encode("ascii")
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# Headers that aiohttp's parser refuses to see twice (its SINGLETON_HEADERS): two values would be
+# ambiguous (which Content-Type did the media-type check see?), so both servers refuse them.
+_SINGLETON_HEADERS: Final = (
+    "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Host", "Max-Forwards",
+    "Server", "Transfer-Encoding", "User-Agent",
+)
+_UNSAFE_HEADER = re.compile(r"[\r\n\x00]")
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+_SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_log = get_logger("gateway.server")
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    slug = "headers-too-large"
+    title = "Request header fields too large"
+
+
+class TargetTooLong(GatewayError):
+    status = 414
+    slug = "target-too-long"
+    title = "Request target too long"
+
+
+class ExpectationFailed(GatewayError):
+    status = 417
+    slug = "expectation-failed"
+    title = "Expectation not supported"
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing; the reason is on the protocol (`_stop`)."""
+
+
+_HANDOFF: Final = "handoff"
+_STOP_READING: Final = "stop-reading"
+
+_date_cache: list[Any] = [0, ""]
+
+
+def _date_header() -> str:
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0] = now
+        _date_cache[1] = f"Date: {formatdate(now, usegmt=True)}\r\n"
+    return str(_date_cache[1])
+
+
+class LeanBody:
+    """One request's body as it arrives (the pipeline's `content`). Holds what the parser delivered
+    until the pipeline reads it; past the high-water mark the connection stops reading."""
+
+    __slots__ = ("_chunks", "_eof", "_error", "_expect_continue", "_protocol", "_size", "_waiter", "complete")
+
+    def __init__(self, protocol: EgressProtocol, *, expect_continue: bool) -> None:
+        self._protocol = protocol
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._expect_continue = expect_continue
+        self.complete = False  # the parser saw the end of this message
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _BODY_HIGH_WATER:
+            self._protocol.pause_body()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self.complete = True
+        self._wake()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._eof:
+            self._error = error
+            self._eof = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._expect_continue:
+            self._expect_continue = False
+            self._protocol.send_continue()
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        if 0 <= n < len(chunk):
+            self._chunks.appendleft(chunk[n:])
+            chunk = chunk[:n]
+        self._size -= len(chunk)
+        if self._size <= _BODY_HIGH_WATER // 4:
+            self._protocol.resume_body()
+        return chunk
+
+
+class LeanRequest:
+    """The request as the pipeline's stages read it (an `IncomingRequest`)."""
+
+    __slots__ = (
+        "_charset",
+        "_content_type",
+        "_parsed_type",
+        "body_exists",
+        "content",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "version",
+    )
+
+    def __init__(
+        self, method: str, raw_path: str, headers: CIMultiDict[str], version: str, keep_alive: bool,
+        content: LeanBody,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.content = content
+        declared = headers.get("Content-Length")
+        # llhttp has already refused a malformed, negative or repeated Content-Length.
+        self.content_length = None if declared is None else int(declared)
+        self.body_exists = "Transfer-Encoding" in headers or bool(self.content_length)
+        self._parsed_type = False
+        self._content_type = "application/octet-stream"
+        self._charset: str | None = None
+
+    def _parse_type(self) -> None:
+        # aiohttp's own parser of the header, so both servers see the same media type and charset.
+        raw = self.headers.get("Content-Type")
+        if raw is not None:
+            self._content_type, params = parse_content_type(raw)
+            self._charset = params.get("charset")
+        self._parsed_type = True
+
+    @property
+    def content_type(self) -> str:
+        if not self._parsed_type:
+            self._parse_type()
+        return self._content_type
+
+    @property
+    def charset(self) -> str | None:
+        if not self._parsed_type:
+            self._parse_type()
+        return self._charset
+
+
+class LeanServer:
+    """The listening socket and its connections; hands non-egress connections to aiohttp's server."""
+
+    def __init__(self, pipeline_of: Callable[[], Pipeline], aiohttp_server: web.Server) -> None:
+        self.pipeline_of = pipeline_of
+        self.aiohttp_server = aiohttp_server
+        self.connections: set[EgressProtocol] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._idle: asyncio.Event = asyncio.Event()
+        self._idle.set()
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> int:
+        """Start listening; returns the bound port (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: EgressProtocol(self), host, port, backlog=backlog, reuse_port=reuse_port or None,
+        )
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def register(self, protocol: EgressProtocol) -> None:
+        self.connections.add(protocol)
+        self._idle.clear()
+
+    def forget(self, protocol: EgressProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections:
+            self._idle.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, close idle keep-alive connections, let in-flight requests finish (each
+        connection closes after its answer) for up to `grace_seconds`, then abort what is left."""
+        if self._server is not None:
+            self._server.close()
+        for protocol in list(self.connections):
+            protocol.shutdown()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+        except TimeoutError:
+            left = list(self.connections)
+            _log.warning("shutdown_aborted_requests", connections=len(left))
+            for protocol in left:
+                protocol.abort()
+
+
+class EgressProtocol(asyncio.Protocol):
+    """One client connection (HTTP/1.1, keep-alive, pipelining)."""
+
+    def __init__(self, server: LeanServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[LeanRequest] = deque()  # headers complete; the first one is being answered
+        self._task: asyncio.Task[None] | None = None
+        self._current: LeanRequest | None = None  # the message whose body the parser is reading
+        self._stop: GatewayError | str | None = None
+        # Input: `_input_done` is final (Connection: close, an upgrade, an error, shutdown); reading is
+        # paused while any reason holds (see `_update_reading`).
+        self._input_done = False
+        self._closing = False  # the next answer closes the connection (shutdown)
+        self._refusal: Answer | None = None  # written after the queued answers, then the connection closes
+        self._queue_paused = False
+        self._body_paused = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._lingering: asyncio.Transport | None = None  # closing: input is read and discarded
+        self._linger_left = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # Parse state of the message being read.
+        self._in_message = False
+        self._in_head = False
+        self._deciding = False
+        self._clean_start = False
+        self._chunk = b""
+        self._handoff_parts: list[bytes] | None = None
+        self._handoff: bytes | None = None  # bytes to give aiohttp once the requests ahead are answered
+        self._url = b""
+        self._header_list: list[tuple[str, str]] = []
+        self._head_size = 0
+        self._head_bytes = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._server.register(self)
+        self._last_activity = self._loop.time()
+        self._idle_timer = self._loop.call_later(KEEPALIVE_SECONDS, self._check_idle)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+        self._lingering = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._input_done = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        lost = ConnectionResetError("the client closed the connection")
+        for request in self._queue:
+            request.content.set_exception(lost)
+        if self._current is not None:
+            self._current.content.set_exception(lost)
+        self._wake_drain()
+        self._server.forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._linger_left -= len(data)
+            if self._linger_left <= 0:
+                self._lingering.close()
+            return
+        if self._handoff is not None:
+            self._handoff += data
+            return
+        if self._input_done:
+            return
+        self._last_activity = self._loop.time()
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._handoff_parts is not None:
+                self._handoff_parts.append(data)
+        self._chunk = data
+        self._clean_start = not self._in_message
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            self._stopped()
+        except httptools.HttpParserUpgrade:
+            # Upgrades are not offered: the request is answered as a plain one, then the connection closes.
+            self._end_input()
+        except httptools.HttpParserError:
+            self._stop = None
+            self._refuse(MalformedRequest("the request is not valid HTTP/1.1"))
+        else:
+            # httptools holds a header it has not finished in its own buffers: bound the unfinished head
+            # (counted from the read it began in, so the bound is exact when it began a read).
+            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(HeadersTooLarge("the request head is too large"))
+        finally:
+            self._chunk = b""
+
+    def _stopped(self) -> None:
+        stop, self._stop = self._stop, None
+        if stop == _HANDOFF:
+            self._begin_handoff()
+        elif stop == _STOP_READING:
+            self._end_input()
+        elif isinstance(stop, GatewayError):
+            self._refuse(stop)
+        else:  # a bug in a callback: never answer from a half-parsed request
+            self._refuse(MalformedRequest("the request could not be read"))
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._in_head = True
+        self._deciding = True
+        self._head_bytes = len(self._chunk) if self._clean_start else 0
+        self._head_size = 0
+        self._url = b""
+        self._header_list = []
+        # The request's first byte is known only when it began a read at a message boundary.
+        self._handoff_parts = [self._chunk] if self._clean_start else None
+        self._clean_start = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_TARGET_BYTES:
+            self._stop = TargetTooLong("the request target is too long")
+            raise _Stop
+
+    def _decide(self) -> None:
+        """The target is complete: egress requests stay here, any other goes to aiohttp."""
+        self._deciding = False
+        if self._url.startswith(_EGRESS_PREFIX_BYTES):
+            self._handoff_parts = None
+            return
+        if self._handoff_parts is None:
+            self._stop = MalformedRequest("a pipelined request for another endpoint; send it on its own")
+        else:
+            self._stop = _HANDOFF
+        raise _Stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._deciding:
+            self._decide()
+        size = len(name) + len(value)
+        self._head_size += size
+        if size > MAX_FIELD_BYTES or len(self._header_list) >= MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
+            self._stop = HeadersTooLarge("too many or too large header fields")
+            raise _Stop
+        # llhttp strips the whitespace before a value but not after it (aiohttp strips both).
+        value = value.rstrip(b" \t")
+        self._header_list.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        if self._deciding:
+            self._decide()
+        self._in_head = False
+        parser = self._parser
+        headers: CIMultiDict[str] = CIMultiDict(self._header_list)
+        self._header_list = []
+        for name in _SINGLETON_HEADERS:
+            if name in headers and len(headers.getall(name)) > 1:
+                self._stop = MalformedRequest("a header that must appear once was sent twice")
+                raise _Stop
+        version = parser.get_http_version()
+        expect = headers.get("Expect")
+        expect_continue = False
+        if expect is not None:
+            if expect.strip().lower() != "100-continue":
+                self._stop = ExpectationFailed("only the expectation 100-continue is supported")
+                raise _Stop
+            expect_continue = version == "1.1"
+        request = LeanRequest(
+            parser.get_method().decode("ascii"), self._url.decode("utf-8", "surrogateescape"), headers, version,
+            parser.should_keep_alive(), LeanBody(self, expect_continue=expect_continue),
+        )
+        self._current = request
+        self._queue.append(request)
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve(request))
+        elif not self._queue_paused:
+            # A request waits behind another: read no further until it is the one being answered.
+            self._queue_paused = True
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.content.feed(body)
+
+    def on_message_complete(self) -> None:
+        current = self._current
+        self._current = None
+        self._in_message = False
+        self._clean_start = False
+        if current is not None:
+            current.content.feed_eof()
+            if not current.keep_alive:
+                self._stop = _STOP_READING
+                raise _Stop
+
+    # -- answering -----------------------------------------------------------------------------------
+
+    async def _serve(self, request: LeanRequest) -> None:
+        """Answers the queued requests in order (usually just one)."""
+        while True:
+            answer = await self._answer(request)
+            if self._queue and self._queue[0] is request:
+                self._queue.popleft()
+            self._write(request, answer)
+            if self._transport is None:
+                break
+            if self._write_paused:
+                self._drain = self._loop.create_future()
+                await self._drain
+                if self._transport is None:
+                    break
+            if not self._queue:
+                break
+            request = self._queue[0]
+            if self._queue_paused and len(self._queue) == 1:
+                self._queue_paused = False  # its body may still be on its way
+                self._update_reading()
+        self._task = None
+        transport = self._transport
+        if transport is None:
+            return
+        if self._refusal is not None:
+            self._write(None, self._refusal, close=True)
+        elif self._handoff is not None:
+            self._hand_over(self._handoff)
+        elif self._input_done:
+            self._close(transport)
+        elif self._queue_paused:
+            self._queue_paused = False
+            self._update_reading()
+
+    async def _answer(self, request: LeanRequest) -> Answer:
+        ctx = start_context(request)
+        try:
+            pipeline = self._server.pipeline_of()
+        except GatewayError as exc:
+            return problem_answer(exc, ctx.request_id)
+        try:
+            return await pipeline.handle(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Pipeline.handle answers every error itself; this is a last guard
+            _log.error("unexpected_error", request_id=ctx.request_id, error=type(exc).__name__)
+            return problem_answer(InternalError("internal error"), ctx.request_id)
+
+    def _write(self, request: LeanRequest | None, answer: Answer, *, close: bool = False) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        version = "1.1" if request is None else request.version
+        # Reading on after an answer needs the whole request consumed; otherwise the rest of its body
+        # would be parsed as the next request, so the connection closes instead.
+        close = close or self._closing or request is None or not request.keep_alive or not request.content.complete
+        status = answer.status
+        try:
+            head = _head(version, answer, close)
+        except ValueError:
+            _log.error("unsafe_answer_header", status=status)
+            answer = problem_answer(InternalError("internal error"), _request_id(answer))
+            status = answer.status
+            head = _head(version, answer, close)
+        if (request is not None and request.method == "HEAD") or status in _NO_BODY_STATUS:
+            transport.write(head)
+        else:
+            transport.write(head + answer.body)
+        if close:
+            self._close(transport)
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close after the last answer. Input the gateway did not read (the rest of a refused body, a
+        request after `Connection: close`) would make the kernel reset the connection, and a reset can
+        destroy the answer before the client reads it; so the write side is shut first and what still
+        arrives is read and discarded, up to `LINGER_BYTES` or `LINGER_SECONDS`."""
+        self._input_done = True
+        self._transport = None
+        self._lingering = transport
+        self._linger_left = LINGER_BYTES
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _refuse(self, error: GatewayError) -> None:
+        """A request that cannot be read: answer it after the ones ahead of it, then close."""
+        _log.debug("http_request_refused", status=error.status, reason=error.slug)
+        self._input_done = True
+        self._update_reading()
+        current = self._current
+        if current is not None:
+            # Its head was read: its own pipeline run answers (the body read fails), then the connection
+            # closes because the body was not read to its end.
+            current.content.set_exception(MalformedRequest("the request body is malformed"))
+            return
+        answer = problem_answer(error, request_id_from(None))
+        if self._task is None:
+            self._write(None, answer, close=True)
+        else:
+            self._refusal = answer
+
+    def _end_input(self) -> None:
+        """Parse nothing more on this connection (after `Connection: close`, an upgrade or an error);
+        it closes once the requests already read are answered."""
+        self._input_done = True
+        self._update_reading()
+        if self._task is None and not self._queue and self._transport is not None:
+            self._close(self._transport)
+
+    def send_continue(self) -> None:
+        if self._transport is not None and not self._input_done:
+            self._transport.write(_CONTINUE)
+
+    # -- flow control ----------------------------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        if self._transport is not None:
+            self._update_reading_of(
+                self._transport,
+                paused=self._input_done or self._queue_paused or self._body_paused or self._handoff is not None,
+            )
+
+    def _update_reading_of(self, transport: asyncio.Transport, *, paused: bool) -> None:
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def pause_body(self) -> None:
+        if not self._body_paused:
+            self._body_paused = True
+            self._update_reading()
+
+    def resume_body(self) -> None:
+        if self._body_paused:
+            self._body_paused = False
+            self._update_reading()
+
+    def _wake_drain(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- hand-off to aiohttp ---------------------------------------------------------------------------
+
+    def _begin_handoff(self) -> None:
+        parts, self._handoff_parts = self._handoff_parts, None
+        assert parts is not None
+        data = b"".join(parts)
+        if self._task is None:
+            self._hand_over(data)
+            return
+        # Egress requests ahead of it are still being answered: keep its bytes (and any that follow)
+        # and stop reading until then.
+        self._handoff = data
+        self._update_reading()
+
+    def _hand_over(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._handoff = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._server.forget(self)
+        self._transport = None
+        self._input_done = True
+        handler = self._server.aiohttp_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        handler.data_received(data)
+
+    # -- idle and shutdown -------------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        now = self._loop.time()
+        if self._queue or self._in_message or now - self._last_activity < KEEPALIVE_SECONDS:
+            wait = max(1.0, KEEPALIVE_SECONDS - (now - self._last_activity))
+            self._idle_timer = self._loop.call_later(wait, self._check_idle)
+            return
+        self._transport = None
+        transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its current answer."""
+        if self._transport is None:
+            return
+        self._closing = True
+        if self._current is None:  # else its body is still arriving: keep reading it
+            self._end_input()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for transport in (self._transport, self._lingering):
+            if transport is not None:
+                transport.abort()
+
+
+def _head(version: str, answer: Answer, close: bool) -> bytes:
+    status = answer.status
+    lines = [f"HTTP/{version} {status} {_REASONS.get(status, '')}\r\n"]
+    for name, value in answer.headers:
+        if name.lower() in _FRAMING:
+            continue
+        line = f"{name}: {value}\r\n"
+        if _UNSAFE_HEADER.search(line, 0, len(line) - 2):
+            raise ValueError("unsafe header")
+        lines.append(line)
+    if answer.content_type is not None:
+        lines.append(f"Content-Type: {answer.content_type}\r\n")
+    if status not in _NO_BODY_STATUS:
+        lines.append(f"Content-Length: {len(answer.body)}\r\n")
+    if close:
+        if version == "1.1":
+            lines.append("Connection: close\r\n")
+    elif version == "1.0":
+        lines.append("Connection: keep-alive\r\n")
+    lines.append(_date_header())
+    lines.append(_SERVER)
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _request_id(answer: Answer) -> str:
+    for name, value in answer.headers:
+        if name == "X-Request-Id":
+            return value
+    return request_id_from(None)
