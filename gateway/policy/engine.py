@@ -546,14 +546,20 @@ def _check_body_actions(policy: Mapping[str, FieldAction], section: tuple[str, .
 class CompiledRoutePolicy:
     """One route's policy, compiled: schema validation, request minimisation and response filtering."""
 
-    __slots__ = ("_generated", "_path", "_plain_request_names", "_query", "_request_body", "_request_headers",
-                 "_response_body", "_response_headers", "_schema", "free_text", "partner_id", "spec", "unknown_fields")
+    __slots__ = ("_free_text_reject", "_generated", "_path", "_plain_request_names", "_query", "_reject_unknown",
+                 "_request_body", "_request_header_names", "_request_headers", "_response_body",
+                 "_response_header_names", "_response_headers", "_schema", "free_text", "partner_id", "spec",
+                 "unknown_fields")
 
     def __init__(self, spec: RoutePolicySpec, *, partner_id: str, pseudonymiser: PseudonymBinder) -> None:
         self.spec = spec
         self.partner_id = partner_id
         self.unknown_fields = spec.unknown_fields
         self.free_text = spec.free_text
+        self._reject_unknown = spec.unknown_fields == "reject"
+        self._free_text_reject = spec.free_text == "reject"
+        self._request_header_names: dict[str, tuple[str, Apply] | str] = {}
+        self._response_header_names: dict[str, tuple[str, Apply] | str] = {}
         _check_body_actions(spec.request_body, ("request", "body"))
         self._schema = CompiledSchema(spec.schema) if spec.schema is not None else None
         request_tree, self._plain_request_names = _body_tree(spec.request_body, ("request", "body"))
@@ -614,11 +620,15 @@ class CompiledRoutePolicy:
                            path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
         """`minimise_request(validated.body, ...)`, reusing the walk `validate_request` already did."""
         walked = validated.walked if validated.policy is self else None
-        if walked is not None:
-            # The report grows with query, path and header entries: fresh containers for every call.
-            body, kept, transformed, dropped, counts, verbatim = walked
-            walked = (body, kept.copy(), transformed.copy(), dropped.copy(), counts.copy(), verbatim[:])
-        return self._minimise(validated.body, walked, query, path_params, headers)
+        if walked is None:
+            return self._minimise(validated.body, None, query, path_params, headers)
+        # The report grows with query, path and header entries: fresh containers for every call.
+        body, kept, transformed, dropped, counts, verbatim = walked
+        run: _Run = _new(_Run)
+        run.kept, run.transformed, run.dropped = kept.copy(), transformed.copy(), dropped.copy()
+        run.counts, run.verbatim, run.errors = counts.copy(), verbatim[:], []
+        run.reject_unknown, run.free_text_reject = self._reject_unknown, self._free_text_reject
+        return self._finish(body, run, query, path_params, headers)
 
     def minimise_request(self, body: Any | None, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],
                          headers: Mapping[str, str]) -> MinimisedRequest:
@@ -627,7 +637,7 @@ class CompiledRoutePolicy:
 
     def _minimise(self, body: Any | None, walked: WalkResult | None, query: Sequence[tuple[str, str]],
                   path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
-        run = _Run(self.unknown_fields == "reject", self.free_text == "reject")
+        run = _Run(self._reject_unknown, self._free_text_reject)
         if walked is None and body is not None and (walk := self._generated.walk) is not None:
             walked = walk(body)
         if walked is not None:
@@ -636,6 +646,11 @@ class CompiledRoutePolicy:
             out_body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
         else:
             out_body = _apply_root(self._request_body, body, run)
+        return self._finish(out_body, run, query, path_params, headers)
+
+    def _finish(self, out_body: Any, run: _Run, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],
+                headers: Mapping[str, str]) -> MinimisedRequest:
+        """Query, path parameters and headers after the body, then the refusal or the result."""
         out_query: list[tuple[str, str]] = []
         for name, value in query:
             entry = self._query.get(name)
@@ -654,7 +669,7 @@ class CompiledRoutePolicy:
             result = entry[1](value, run)
             if result is not MISSING:
                 out_path[name] = result
-        out_headers = _apply_headers(self._request_headers, headers, run)
+        out_headers = _apply_headers(self._request_headers, headers, run, self._request_header_names)
         if run.errors:
             run.raise_errors(response=False)
         unchecked = tuple(run.verbatim) if self._plain_request_names else None
@@ -665,7 +680,7 @@ class CompiledRoutePolicy:
         caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`."""
         run = _Run(False, self.free_text == "reject")
         out_body = _apply_root(self._response_body, body, run)
-        out_headers = _apply_headers(self._response_headers, headers, run)
+        out_headers = _apply_headers(self._response_headers, headers, run, self._response_header_names)
         run.raise_errors(response=True)
         return FilteredResponse(out_body, out_headers, run.report())
 
@@ -679,13 +694,27 @@ def _apply_root(apply: Apply, body: Any | None, run: _Run) -> Any | None:
     return result
 
 
-def _apply_headers(policy: Mapping[str, tuple[str, Apply]], headers: Mapping[str, str], run: _Run) -> dict[str, str]:
+# How many caller-chosen names (header names) a policy remembers what it does with; beyond that it works
+# each out again, so a caller sending ever new names cannot grow the memory.
+_NAME_CACHE_MAX = 256
+
+
+def _apply_headers(policy: Mapping[str, tuple[str, Apply]], headers: Mapping[str, str], run: _Run,
+                   resolved: dict[str, tuple[str, Apply] | str]) -> dict[str, str]:
+    """`resolved` remembers, per header name as sent, its declared entry or (undeclared) the path its
+    drop is reported under, so a repeated name costs one lookup instead of two lower-casings."""
     out: dict[str, str] = {}
+    dropped = run.dropped
     for name, value in headers.items():
-        entry = policy.get(name.lower())
+        entry = resolved.get(name)
         if entry is None:
+            lowered = name.lower()
+            entry = policy.get(lowered) or f"header:{lowered}"
+            if len(resolved) < _NAME_CACHE_MAX:
+                resolved[name] = entry
+        if isinstance(entry, str):
             # Undeclared headers (Authorization, cookies, tracing) never pass and never refuse a request.
-            run.dropped[f"header:{name.lower()}"] = None
+            dropped[entry] = None
             continue
         result = entry[1](value, run)
         if result is not MISSING:

@@ -148,3 +148,42 @@ def test_slot_constructors_equal_the_dataclass_constructors(kept: tuple[str, ...
     for value, name in ((report, "kept"), (minimised, "body"), (validated, "body")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, name, None)
+
+
+header_names = st.sampled_from(["Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY", "Authorization", "X-Trace",
+                                "x-trace", "Cookie"]) | st.text(max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(header_names, st.text(max_size=4), max_size=4), min_size=1, max_size=4))
+def test_remembered_header_names_change_nothing(requests: list[dict[str, str]]) -> None:
+    """A policy that has seen header names before (and remembers what each resolves to) minimises the
+    same as a fresh one; the memory of caller-chosen names stays bounded."""
+    spec = RoutePolicySpec(request_headers={"Idempotency-Key": parse_action("keep"),
+                                            "X-Trace": parse_action({"pseudonymise": {"type": "token"}})})
+    seasoned = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+
+    def outcome(policy: CompiledRoutePolicy, headers: dict[str, str]) -> Any:
+        try:
+            got = policy.minimise_request(None, (), {}, headers)
+        except GatewayError as exc:  # an empty X-Trace is not a token
+            return type(exc).__name__, [(v.path, v.reason) for v in exc.violations]
+        return got.headers, got.report
+
+    for headers in requests:
+        fresh = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+        expected = outcome(fresh, headers)
+        for _ in range(2):
+            assert outcome(seasoned, headers) == expected
+
+
+def test_remembered_header_names_are_bounded() -> None:
+    from gateway.policy import engine
+
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_headers={"A": parse_action("keep")}), partner_id="p",
+                                 pseudonymiser=PSEUDONYMISER)
+    for n in range(engine._NAME_CACHE_MAX + 50):
+        minimised = policy.minimise_request(None, (), {}, {f"X-{n}": "v", "a": "1"})
+        assert minimised.report.dropped == (f"header:x-{n}",)
+        assert minimised.headers == {"A": "1"}
+    assert len(policy._request_header_names) == engine._NAME_CACHE_MAX
