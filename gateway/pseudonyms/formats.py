@@ -82,7 +82,8 @@ _LUHN_PLAIN = bytes(range(256)).maketrans(b"0123456789", bytes(range(10)))
 def luhn_check_digit(body: str) -> str:
     """The Luhn (ISO/IEC 7812-1) check digit to append to a string of ASCII digits."""
     data = body.encode("ascii")
-    total = sum(data[::-2].translate(_LUHN_DOUBLED)) + sum(data[-2::-2].translate(_LUHN_PLAIN))
+    # The undoubled digits are summed as their ASCII codes (one translate fewer), less 48 for each.
+    total = sum(data[::-2].translate(_LUHN_DOUBLED) + data[-2::-2]) - 48 * (len(data) // 2)
     return str(-total % 10)
 
 
@@ -93,10 +94,15 @@ def _luhn_valid(number: str) -> bool:
     return (sum(data[-2::-2].translate(_LUHN_DOUBLED)) + sum(data[::-2].translate(_LUHN_PLAIN))) % 10 == 0
 
 
+# 10**n for every count a 256-bit digest can fill (78 digits): a power per call cost as much as the rest.
+_POW10 = tuple(10**n for n in range(78))
+
+
 def _digits(digest: bytes, count: int) -> str:
     # A 256-bit digest reduced modulo 10**count (count <= 21 here): the bias is below 2**-180, far below
     # anything observable, so no rejection sampling is needed.
-    return str(int.from_bytes(digest, "big") % 10**count).zfill(count)
+    modulus = _POW10[count] if 0 <= count < 78 else 10**count
+    return str(int.from_bytes(digest, "big") % modulus).zfill(count)
 
 
 def format_base36(number: int) -> str:
@@ -179,9 +185,11 @@ class ImeiFormat(FF1Format):
     def bind_hmac(self, key: bytes) -> Transform:
         keyed = keyed_sha256(key)
         normalise = self.normalise
+        from_bytes, modulus = int.from_bytes, _POW10[14]
 
         def pseudonymise(value: str) -> str:
-            body = _digits(keyed(normalise(value).encode()), 14)
+            # _digits(..., 14) written out: this runs once per device in a request.
+            body = str(from_bytes(keyed(normalise(value).encode()), "big") % modulus).zfill(14)
             return body + luhn_check_digit(body)
 
         return pseudonymise
@@ -511,11 +519,13 @@ class PhoneFormat(FF1Format):
 
     def bind_hmac(self, key: bytes) -> Transform:
         keyed = keyed_sha256(key)
-        split = self._split
+        parse = self._parse
 
         def pseudonymise(value: str) -> str:
-            number, kept, replaced = split(value)
-            return kept + _digits(keyed(number.encode()), len(replaced))
+            # `_split` written out: "+CC" and the first national digit stay, the rest is replaced.
+            number, code = parse(value)
+            cut = 2 + len(code)
+            return number[:cut] + _digits(keyed(number.encode()), len(number) - cut)
 
         return pseudonymise
 
