@@ -232,6 +232,30 @@ def _plainly_canonical(value: Any) -> bool:
     return True
 
 
+def _keys_plainly_canonical(value: Any) -> bool:
+    """The key half of `_plainly_canonical` (ASCII keys, no two of one object equal up to case), for
+    `canonical_dumps_with_known_keys`, whose numbers are checked on the bytes. Keys with no upper-case
+    letter are their own lower case, so distinct keys cannot collide and the set of folded keys is
+    built only when a key has an upper-case letter."""
+    if type(value) is dict:
+        try:
+            keys = "".join(value)
+        except TypeError:
+            return False
+        if not keys.isascii():
+            return False
+        if keys != keys.lower() and len(set(map(str.lower, value))) != len(value):
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
+            return False
+    return True
+
+
 def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes:
     """`canonical_dumps(obj)`, for a value whose objects all have ASCII keys that no two of one object
     share up to case, except those within the containers of `unchecked`: the policy engine's output,
@@ -245,7 +269,7 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes
     if b"null" in out:
         return canonical_dumps(obj)
     for container in unchecked:
-        if not _plainly_canonical(container):
+        if not _keys_plainly_canonical(container):
             return canonical_dumps(obj)
     return out
 

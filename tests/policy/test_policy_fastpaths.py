@@ -187,3 +187,20 @@ def test_remembered_header_names_are_bounded() -> None:
         assert minimised.report.dropped == (f"header:x-{n}",)
         assert minimised.headers == {"A": "1"}
     assert len(policy._request_header_names) == engine._NAME_CACHE_MAX
+
+
+case_keys = st.sampled_from(["a", "A", "ab", "aB", "Ab", "AB", "x_1", "X_1", "", "\u00e9", "\u00c9", "k"])
+case_values = st.recursive(awkward_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    case_keys | st.integers(0, 2), inner, max_size=5), max_leaves=14)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(case_values.filter(lambda value: isinstance(value, dict | list)), max_size=3))
+def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: list[Any]) -> None:
+    """canonical_dumps_with_known_keys (keys of the given containers only, upper case folded only when
+    present) gives canonical_dumps' bytes or its refusal."""
+    from gateway.strictjson import canonical_dumps_with_known_keys
+
+    body = {"c": containers}
+    assert _outcome(lambda: canonical_dumps_with_known_keys(body, containers)) == _outcome(
+        lambda: canonical_dumps(body))
