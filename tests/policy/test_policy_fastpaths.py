@@ -204,3 +204,12 @@ def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: 
     body = {"c": containers}
     assert _outcome(lambda: canonical_dumps_with_known_keys(body, containers)) == _outcome(
         lambda: canonical_dumps(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text("[]{}\"a:,", max_size=80).map(str.encode))
+def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
+    """parse_json's depth pre-check counts both opening brackets in one translate."""
+    from gateway.strictjson import _ALL_BUT_OPENING_BRACKETS
+
+    assert len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) == data.count(b"[") + data.count(b"{")

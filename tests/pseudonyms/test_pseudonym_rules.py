@@ -246,6 +246,16 @@ def test_luhn_matches_stdnum(body: str) -> None:
     assert luhn_check_digit(body) == luhn.calc_check_digit(body)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.text("0123456789", max_size=6) | st.text(max_size=5) | st.sampled_from(sorted(COUNTRY_CALLING_CODES)))
+def test_calling_code_table_equals_the_search(digits: str) -> None:
+    from gateway.pseudonyms.tables import _calling_code_by_search
+
+    assert country_calling_code(digits) == _calling_code_by_search(digits)
+    for code in COUNTRY_CALLING_CODES:
+        assert country_calling_code(code + digits) == _calling_code_by_search(code + digits) == code
+
+
 def test_country_calling_codes_form_a_prefix_code() -> None:
     for code in COUNTRY_CALLING_CODES:
         assert code.isdigit()
