@@ -264,19 +264,24 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
     if isinstance(action, Keep):
         kind = w.name("t")
         if action.free_text:
-            # A container holding free text is rare: the reference engine scans it.
-            w.emit(depth, f"{kind} = type({var})")
-            w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
-            w.record(depth, "kept", path, in_array)
-            w.emit(depth, f"if {kind} is str:")
-            hits = w.name("h")
-            w.emit(depth + 1, f"{hits} = scan({var})")
-            w.emit(depth + 1, f"if {hits}:")
-            if w.free_text_reject:
-                w.emit(depth + 2, "return None")
+            inner = depth
+            if known == "string":  # the schema check proved it: no type tests
+                w.record(depth, "kept", path, in_array)
             else:
-                w.record(depth + 2, "transformed", path, in_array)
-                w.emit(depth + 2, f"{var} = redact({var}, {hits})")
+                # A container holding free text is rare: the reference engine scans it.
+                w.emit(depth, f"{kind} = type({var})")
+                w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
+                w.record(depth, "kept", path, in_array)
+                w.emit(depth, f"if {kind} is str:")
+                inner = depth + 1
+            hits = w.name("h")
+            w.emit(inner, f"{hits} = scan({var})")
+            w.emit(inner, f"if {hits}:")
+            if w.free_text_reject:
+                w.emit(inner + 1, "return None")
+            else:
+                w.record(inner + 1, "transformed", path, in_array)
+                w.emit(inner + 1, f"{var} = redact({var}, {hits})")
             w.emit(depth, store(var))
             return
         w.record(depth, "kept", path, in_array)
@@ -294,26 +299,30 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         raise _TooComplex
     convert = w.constant(w.bind(action), "f")
     result = w.name("r")
-    w.emit(depth, f"if {var} is None:")
-    w.record(depth + 1, "kept", path, in_array)
-    w.emit(depth + 1, store("None"))
-    w.emit(depth, "else:")
+    inner = depth
+    if known != "string":  # a string (proved by the schema check) is neither null nor to be converted
+        w.emit(depth, f"if {var} is None:")
+        w.record(depth + 1, "kept", path, in_array)
+        w.emit(depth + 1, store("None"))
+        w.emit(depth, "else:")
+        inner = depth + 1
     if isinstance(action, Pseudonymise | Reidentify):
-        w.emit(depth + 1, f"if type({var}) is int: {var} = str({var})")
-        w.emit(depth + 1, f"elif type({var}) is not str: return None")
-        w.emit(depth + 1, f"try: {result} = {convert}({var})")
-        w.emit(depth + 1, "except InvalidIdentifier: return None")
-        w.record(depth + 1, "transformed", path, in_array)
+        if known != "string":
+            w.emit(inner, f"if type({var}) is int: {var} = str({var})")
+            w.emit(inner, f"elif type({var}) is not str: return None")
+        w.emit(inner, f"try: {result} = {convert}({var})")
+        w.emit(inner, "except InvalidIdentifier: return None")
+        w.record(inner, "transformed", path, in_array)
         id_type = repr(action.id_type)
-        w.emit(depth + 1, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
+        w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
     else:
-        w.emit(depth + 1, f"try: {result} = {convert}({var})")
-        w.emit(depth + 1, "except NotGeneralisable: return None")
-        w.record(depth + 1, "transformed", path, in_array)
+        w.emit(inner, f"try: {result} = {convert}({var})")
+        w.emit(inner, "except NotGeneralisable: return None")
+        w.record(inner, "transformed", path, in_array)
         kind = w.name("t")
-        w.emit(depth + 1, f"{kind} = type({result})")
-        w.emit(depth + 1, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
-    w.emit(depth + 1, store(result))
+        w.emit(inner, f"{kind} = type({result})")
+        w.emit(inner, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
+    w.emit(inner, store(result))
 
 
 def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
