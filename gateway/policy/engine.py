@@ -110,11 +110,14 @@ class MinimisedRequest:
 @dataclass(frozen=True, slots=True)
 class ValidatedBody:
     """A request body that passed the route's schema, with the generated walk's outcome (None when the
-    reference engine has to decide): what `CompiledRoutePolicy.minimise_validated` takes."""
+    reference engine has to decide): what `CompiledRoutePolicy.minimise_validated` takes. The outcome
+    sits in a one-element list that the first `minimise_validated` empties: it then owns the walk's
+    containers and adds the query, path and header records to them without copying; a second call
+    (a retry) walks the body again."""
 
     policy: CompiledRoutePolicy = field(repr=False)
     body: Any
-    walked: WalkResult | None = field(repr=False, compare=False)
+    walked: list[WalkResult] | None = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,7 @@ def _new_minimised(body: Any | None, query: tuple[tuple[str, str], ...], path_pa
     return minimised
 
 
-def _new_validated(policy: CompiledRoutePolicy, body: Any, walked: WalkResult | None) -> ValidatedBody:
+def _new_validated(policy: CompiledRoutePolicy, body: Any, walked: list[WalkResult] | None) -> ValidatedBody:
     """`ValidatedBody(policy, body, walked)`, built through its slots."""
     validated: ValidatedBody = _new(ValidatedBody)
     _SET_POLICY(validated, policy)
@@ -612,21 +615,24 @@ class CompiledRoutePolicy:
             except Exception:  # whatever the policy raises must come from minimise_validated,
                 walked = None  # after the caller's scope check, as minimise_request would raise it
             if walked is not None:
-                return _new_validated(self, body, walked)
+                return _new_validated(self, body, [walked])
         self.validate(body)
         return _new_validated(self, body, None)
 
     def minimise_validated(self, validated: ValidatedBody, query: Sequence[tuple[str, str]],
                            path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
         """`minimise_request(validated.body, ...)`, reusing the walk `validate_request` already did."""
-        walked = validated.walked if validated.policy is self else None
-        if walked is None:
+        held = validated.walked if validated.policy is self else None
+        try:
+            # The report grows with query, path and header entries: this call takes the walk's containers.
+            walked = held.pop() if held else None
+        except IndexError:  # taken by a concurrent call in between
+            walked = None
+        if walked is None:  # no walk, another route's, or already taken by an earlier call
             return self._minimise(validated.body, None, query, path_params, headers)
-        # The report grows with query, path and header entries: fresh containers for every call.
-        body, kept, transformed, dropped, counts, verbatim = walked
         run: _Run = _new(_Run)
-        run.kept, run.transformed, run.dropped = kept.copy(), transformed.copy(), dropped.copy()
-        run.counts, run.verbatim, run.errors = counts.copy(), verbatim[:], []
+        body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
+        run.errors = []
         run.reject_unknown, run.free_text_reject = self._reject_unknown, self._free_text_reject
         return self._finish(body, run, query, path_params, headers)
 
