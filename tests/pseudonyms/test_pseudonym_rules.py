@@ -256,6 +256,16 @@ def test_calling_code_table_equals_the_search(digits: str) -> None:
         assert country_calling_code(code + digits) == _calling_code_by_search(code + digits) == code
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text("0123456789", min_size=1, max_size=25))
+def test_luhn_validity_matches_stdnum(number: str) -> None:
+    from gateway.pseudonyms.formats import _luhn_valid
+
+    assert _luhn_valid(number) == luhn.is_valid(number)
+    fixed = number[:-1] + luhn.calc_check_digit(number[:-1]) if len(number) > 1 else number
+    assert _luhn_valid(fixed) == luhn.is_valid(fixed)
+
+
 def test_country_calling_codes_form_a_prefix_code() -> None:
     for code in COUNTRY_CALLING_CODES:
         assert code.isdigit()
