@@ -371,9 +371,35 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
     w.emit(depth + 1, "else:" if keyword == "elif" else "if True:")
     if extra is not True:
         _emit_check(w, depth + 2, item, extra)
-    _emit_unknown(w, depth + 2, f"{prefix!r} + {key}", False)
+    if w.reject_unknown:
+        w.emit(depth + 2, "return None")
+    else:
+        # The path of an undeclared key, built once per key name (an array's elements repeat them).
+        paths = _UnknownPaths(prefix)
+        lookup, build = w.constant(paths.known.get, "unknown_get"), w.constant(paths.build, "unknown_path")
+        w.emit(depth + 2, f"dropped[{lookup}({key}) or {build}({key})] = None")
     # An object left empty says nothing the partner needs; the reference engine omits it too.
     w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
+
+
+# How many undeclared key names (chosen by callers) one object of a route remembers the path of.
+_MAX_UNKNOWN_PATHS = 256
+
+
+class _UnknownPaths:
+    """Report paths of undeclared keys under one object, by key name; at most _MAX_UNKNOWN_PATHS."""
+
+    __slots__ = ("known", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.known: dict[str, str] = {}
+
+    def build(self, key: str) -> str:
+        path = self.prefix + key
+        if len(self.known) < _MAX_UNKNOWN_PATHS:
+            self.known[key] = path
+        return path
 
 
 def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:

@@ -213,3 +213,23 @@ def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
     from gateway.strictjson import _ALL_BUT_OPENING_BRACKETS
 
     assert len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) == data.count(b"[") + data.count(b"{")
+
+
+def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> None:
+    """The generated walk builds the report path of an undeclared key once per key name, for at most
+    _MAX_UNKNOWN_PATHS names per object; past the bound the paths are still right."""
+    from gateway.policy import codegen
+
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_body={"a.b": parse_action("keep")}), partner_id="p",
+                                 pseudonymiser=PSEUDONYMISER)
+    assert policy.generated.walk is not None
+    names = [f"x{n}" for n in range(codegen._MAX_UNKNOWN_PATHS + 40)]
+    for round_ in range(2):
+        body = {"a": {"b": 1, **dict.fromkeys(names, round_)}, **dict.fromkeys(names, round_)}
+        minimised = policy.minimise_request(body, (), {}, {})
+        assert minimised.body == {"a": {"b": 1}}
+        assert minimised.report.dropped == tuple(f"a.{name}" for name in names) + tuple(names)
+    caches = [value.__self__ for name, value in policy.generated.walk.__globals__.items()
+              if name.startswith("unknown_path")]
+    assert len(caches) == 2
+    assert all(len(cache.known) == codegen._MAX_UNKNOWN_PATHS for cache in caches)
