@@ -241,3 +241,31 @@ def test_digit_and_mac_prefilters_equal_the_plain_tests(text: str) -> None:
     """freetext.has_digit equals the `\\d` search; may_hold_mac equals the plain separator counts."""
     assert freetext.has_digit(text) == (freetext._HAS_DIGIT.search(text) is not None)
     assert freetext.may_hold_mac(text) == (text.count(":") + text.count("-") >= 5 or text.count(".") >= 2)
+
+
+def _date_by_pattern(value: str, precision: str) -> str:
+    from gateway.policy.actions import _DATE, NotGeneralisable
+
+    match = _DATE.match(value)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise NotGeneralisable("a date must be ISO 8601 (YYYY-MM-DD)")
+    return match.group(1) if precision == "year" else f"{match.group(1)}-{match.group(2)}"
+
+
+date_like = st.text("0123456789-T:Z \u0663", min_size=8, max_size=12) | st.dates().map(str) | st.sampled_from(
+    ["1988-11-02", "1988-00-02", "1988-13-02", "1988-1a-02", "19881102xx", "1988-11-0\u0663", "1988-11-02T10:00Z",
+     "1988-11-02\n", "1988-1-022", "+988-11-02", "1988-11-+2", "1988-0-102"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(date_like, st.sampled_from(["year", "month"]))
+def test_plain_date_fast_path_equals_the_pattern(value: str, precision: str) -> None:
+    from gateway.policy.actions import NotGeneralisable, generalise_date
+
+    def outcome(call: Callable[[], str]) -> Any:
+        try:
+            return call()
+        except NotGeneralisable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(lambda: generalise_date(value, precision)) == outcome(lambda: _date_by_pattern(value, precision))
