@@ -40,6 +40,8 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 # orjson makes floats of integer literals above 2**64-1 (20 digits) or below -2**63 (a minus and 19).
 _LONG_DIGITS = b"0" * 20
 _LONG_NEGATIVE = b"-" + b"0" * 19
+# Deleting every other byte leaves the opening brackets: one pass, where two counts take two.
+_ALL_BUT_OPENING_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{")
 
 
 def _refuse(reason: str, path: str = ROOT) -> MalformedRequest:
@@ -94,7 +96,7 @@ def parse_json(data: bytes, *, max_depth: int = 32) -> Any:
                          or _LONG_DIGITS in (digits := data.translate(_DIGITS_AS_ZERO)) or _LONG_NEGATIVE in digits):
         # A 20-digit literal may be an integer beyond 64 bits that orjson silently made a float.
         _slow_check(data)
-    if (data.count(b"[") + data.count(b"{") > max_depth
+    if (len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) > max_depth
             and (refusal := _located_refusal(value, 1, max_depth, ROOT)) is not None):
         raise refusal
     return value
@@ -232,6 +234,30 @@ def _plainly_canonical(value: Any) -> bool:
     return True
 
 
+def _keys_plainly_canonical(value: Any) -> bool:
+    """The key half of `_plainly_canonical` (ASCII keys, no two of one object equal up to case), for
+    `canonical_dumps_with_known_keys`, whose numbers are checked on the bytes. Keys with no upper-case
+    letter are their own lower case, so distinct keys cannot collide and the set of folded keys is
+    built only when a key has an upper-case letter."""
+    if type(value) is dict:
+        try:
+            keys = "".join(value)
+        except TypeError:
+            return False
+        if not keys.isascii():
+            return False
+        if keys != keys.lower() and len(set(map(str.lower, value))) != len(value):
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
+            return False
+    return True
+
+
 def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes:
     """`canonical_dumps(obj)`, for a value whose objects all have ASCII keys that no two of one object
     share up to case, except those within the containers of `unchecked`: the policy engine's output,
@@ -245,7 +271,7 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes
     if b"null" in out:
         return canonical_dumps(obj)
     for container in unchecked:
-        if not _plainly_canonical(container):
+        if not _keys_plainly_canonical(container):
             return canonical_dumps(obj)
     return out
 

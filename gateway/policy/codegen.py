@@ -42,8 +42,8 @@ from gateway.policy.actions import (
 from gateway.policy.fastschema import ANNOTATIONS, Unsupported, compile_check
 from gateway.policy.freetext import redact, scan
 
-# What a generated walk returns when it is sure: the body and the report lists in the reference order.
-WalkResult = tuple[Any, list[str], list[str], list[str], dict[str, int], list[Any]]
+# What a generated walk returns when it is sure: the body and the report records in the reference order.
+WalkResult = tuple[Any, dict[str, None], dict[str, None], dict[str, None], dict[str, int], list[Any]]
 GeneratedWalk = Callable[[Any], WalkResult | None]
 GeneratedCheck = Callable[[Any], bool | None]
 
@@ -116,13 +116,13 @@ class _Writer:
         return f"{stem}{self.counter}"
 
     def record(self, depth: int, into: str, path_expr: str, in_array: bool) -> None:
-        """Append `path_expr` to a report list; under an array only the first time per call."""
+        """Record `path_expr` in a report dict; under an array only the first time per call."""
         if not in_array:
-            self.emit(depth, f"{into}({path_expr})")
+            self.emit(depth, f"{into}[{path_expr}] = None")
             return
         flag = self.name("first")
         self.once_flags.append(flag)
-        self.emit(depth, f"if {flag}: {flag} = False; {into}({path_expr})")
+        self.emit(depth, f"if {flag}: {flag} = False; {into}[{path_expr}] = None")
 
     def constant(self, value: Any, stem: str = "c") -> str:
         name = self.name(stem)
@@ -264,22 +264,27 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
     if isinstance(action, Keep):
         kind = w.name("t")
         if action.free_text:
-            # A container holding free text is rare: the reference engine scans it.
-            w.emit(depth, f"{kind} = type({var})")
-            w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
-            w.record(depth, "kept_append", path, in_array)
-            w.emit(depth, f"if {kind} is str:")
-            hits = w.name("h")
-            w.emit(depth + 1, f"{hits} = scan({var})")
-            w.emit(depth + 1, f"if {hits}:")
-            if w.free_text_reject:
-                w.emit(depth + 2, "return None")
+            inner = depth
+            if known == "string":  # the schema check proved it: no type tests
+                w.record(depth, "kept", path, in_array)
             else:
-                w.record(depth + 2, "transformed_append", path, in_array)
-                w.emit(depth + 2, f"{var} = redact({var}, {hits})")
+                # A container holding free text is rare: the reference engine scans it.
+                w.emit(depth, f"{kind} = type({var})")
+                w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
+                w.record(depth, "kept", path, in_array)
+                w.emit(depth, f"if {kind} is str:")
+                inner = depth + 1
+            hits = w.name("h")
+            w.emit(inner, f"{hits} = scan({var})")
+            w.emit(inner, f"if {hits}:")
+            if w.free_text_reject:
+                w.emit(inner + 1, "return None")
+            else:
+                w.record(inner + 1, "transformed", path, in_array)
+                w.emit(inner + 1, f"{var} = redact({var}, {hits})")
             w.emit(depth, store(var))
             return
-        w.record(depth, "kept_append", path, in_array)
+        w.record(depth, "kept", path, in_array)
         if known in ("object", "array"):
             w.emit(depth, f"verbatim_append({var})")
         elif known is None:
@@ -288,32 +293,36 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         w.emit(depth, store(var))
         return
     if isinstance(action, Drop):
-        w.record(depth, "dropped_append", path, in_array)
+        w.record(depth, "dropped", path, in_array)
         return
     if action is None:  # pragma: no cover - a leaf always has an action
         raise _TooComplex
     convert = w.constant(w.bind(action), "f")
     result = w.name("r")
-    w.emit(depth, f"if {var} is None:")
-    w.record(depth + 1, "kept_append", path, in_array)
-    w.emit(depth + 1, store("None"))
-    w.emit(depth, "else:")
+    inner = depth
+    if known != "string":  # a string (proved by the schema check) is neither null nor to be converted
+        w.emit(depth, f"if {var} is None:")
+        w.record(depth + 1, "kept", path, in_array)
+        w.emit(depth + 1, store("None"))
+        w.emit(depth, "else:")
+        inner = depth + 1
     if isinstance(action, Pseudonymise | Reidentify):
-        w.emit(depth + 1, f"if type({var}) is int: {var} = str({var})")
-        w.emit(depth + 1, f"elif type({var}) is not str: return None")
-        w.emit(depth + 1, f"try: {result} = {convert}({var})")
-        w.emit(depth + 1, "except InvalidIdentifier: return None")
-        w.record(depth + 1, "transformed_append", path, in_array)
+        if known != "string":
+            w.emit(inner, f"if type({var}) is int: {var} = str({var})")
+            w.emit(inner, f"elif type({var}) is not str: return None")
+        w.emit(inner, f"try: {result} = {convert}({var})")
+        w.emit(inner, "except InvalidIdentifier: return None")
+        w.record(inner, "transformed", path, in_array)
         id_type = repr(action.id_type)
-        w.emit(depth + 1, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
+        w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
     else:
-        w.emit(depth + 1, f"try: {result} = {convert}({var})")
-        w.emit(depth + 1, "except NotGeneralisable: return None")
-        w.record(depth + 1, "transformed_append", path, in_array)
+        w.emit(inner, f"try: {result} = {convert}({var})")
+        w.emit(inner, "except NotGeneralisable: return None")
+        w.record(inner, "transformed", path, in_array)
         kind = w.name("t")
-        w.emit(depth + 1, f"{kind} = type({result})")
-        w.emit(depth + 1, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
-    w.emit(depth + 1, store(result))
+        w.emit(inner, f"{kind} = type({result})")
+        w.emit(inner, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
+    w.emit(inner, store(result))
 
 
 def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
@@ -362,16 +371,42 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
     w.emit(depth + 1, "else:" if keyword == "elif" else "if True:")
     if extra is not True:
         _emit_check(w, depth + 2, item, extra)
-    _emit_unknown(w, depth + 2, f"{prefix!r} + {key}", False)
+    if w.reject_unknown:
+        w.emit(depth + 2, "return None")
+    else:
+        # The path of an undeclared key, built once per key name (an array's elements repeat them).
+        paths = _UnknownPaths(prefix)
+        lookup, build = w.constant(paths.known.get, "unknown_get"), w.constant(paths.build, "unknown_path")
+        w.emit(depth + 2, f"dropped[{lookup}({key}) or {build}({key})] = None")
     # An object left empty says nothing the partner needs; the reference engine omits it too.
     w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
+
+
+# How many undeclared key names (chosen by callers) one object of a route remembers the path of.
+_MAX_UNKNOWN_PATHS = 256
+
+
+class _UnknownPaths:
+    """Report paths of undeclared keys under one object, by key name; at most _MAX_UNKNOWN_PATHS."""
+
+    __slots__ = ("known", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.known: dict[str, str] = {}
+
+    def build(self, key: str) -> str:
+        path = self.prefix + key
+        if len(self.known) < _MAX_UNKNOWN_PATHS:
+            self.known[key] = path
+        return path
 
 
 def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:
     if w.reject_unknown:
         w.emit(depth, "return None")
     else:
-        w.record(depth, "dropped_append", path_expr, once)
+        w.record(depth, "dropped", path_expr, once)
 
 
 def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
@@ -387,9 +422,9 @@ def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: boo
                    bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str]:
     w = _Writer(reject_unknown, free_text_reject, bind)
     w.emit(0, f"def {name}(body):")
-    w.emit(1, "kept = []; transformed = []; dropped = []; counts = {}; verbatim = []")
-    w.emit(1, "kept_append = kept.append; transformed_append = transformed.append")
-    w.emit(1, "dropped_append = dropped.append; verbatim_append = verbatim.append")
+    # Report paths are dict keys (first place kept, as the reference engine's run records them).
+    w.emit(1, "kept = {}; transformed = {}; dropped = {}; counts = {}; verbatim = []")
+    w.emit(1, "verbatim_append = verbatim.append")
     w.emit(1, "result = MISS")
     flags_at = len(w.lines)
     _emit_walk(w, 1, "body", schema, root, lambda expr: f"result = {expr}", False)

@@ -46,7 +46,20 @@ def _confirm(id_type: str, candidate: str) -> bool:
 def may_hold_mac(text: str) -> bool:
     """False only when `_MAC` cannot match: a MAC holds five ':' or '-' separators, or two dots. Most
     sentences have neither, and the MAC pattern (with its look-arounds) costs ~5 µs on a sentence."""
-    return text.count(":") + text.count("-") >= 5 or text.count(".") >= 2
+    # `in` first: most sentences have neither separator, and two `in` tests cost less than two counts.
+    return (((":" in text or "-" in text) and text.count(":") + text.count("-") >= 5)
+            or text.count(".") >= 2)
+
+
+_ASCII_DIGITS = b"0123456789"
+
+
+def has_digit(text: str) -> bool:
+    """Whether `_HAS_DIGIT` (`\\d`, any Unicode digit) finds a digit in `text`. ASCII text holds only
+    ASCII digits, which one bytes translate finds faster than the regex engine's per-character test."""
+    if text.isascii():
+        return len(text.encode("ascii").translate(None, _ASCII_DIGITS)) != len(text)
+    return _HAS_DIGIT.search(text) is not None
 
 
 def scan(text: str) -> list[Hit]:
@@ -54,7 +67,7 @@ def scan(text: str) -> list[Hit]:
     found: list[Hit] = []
     if "@" in text:
         found.extend(Hit(m.start(), m.end(), "email") for m in _EMAIL.finditer(text) if _confirm("email", m.group()))
-    if ("+" in text or ":" in text or "-" in text or "." in text or len(text) >= 14) and _HAS_DIGIT.search(text):
+    if ("+" in text or ":" in text or "-" in text or "." in text or len(text) >= 14) and has_digit(text):
         if "+" in text:
             found.extend(Hit(m.start(), m.end(), "phone") for m in _PHONE.finditer(text)
                          if _confirm("phone", m.group()))

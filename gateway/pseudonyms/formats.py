@@ -33,15 +33,19 @@ _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
+def _hmac_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """The SHA-256 states after the inner and the outer padded key of HMAC-SHA256 (RFC 2104)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
 def keyed_sha256(key: bytes) -> Callable[[bytes], bytes]:
     """HMAC-SHA256 (RFC 2104) under `key`, with the inner and outer hash states of the padded key
     computed once: a call then costs two state copies and two short hashes, under half of what
     `hmac.digest` spends re-deriving both pads on every call. Equality with `hmac` is tested."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    block = key.ljust(64, b"\0")
-    inner = hashlib.sha256(block.translate(_IPAD))
-    outer = hashlib.sha256(block.translate(_OPAD))
+    inner, outer = _hmac_states(key)
 
     def mac(message: bytes) -> bytes:
         inner_hash = inner.copy()
@@ -82,7 +86,8 @@ _LUHN_PLAIN = bytes(range(256)).maketrans(b"0123456789", bytes(range(10)))
 def luhn_check_digit(body: str) -> str:
     """The Luhn (ISO/IEC 7812-1) check digit to append to a string of ASCII digits."""
     data = body.encode("ascii")
-    total = sum(data[::-2].translate(_LUHN_DOUBLED)) + sum(data[-2::-2].translate(_LUHN_PLAIN))
+    # The undoubled digits are summed as their ASCII codes (one translate fewer), less 48 for each.
+    total = sum(data[::-2].translate(_LUHN_DOUBLED) + data[-2::-2]) - 48 * (len(data) // 2)
     return str(-total % 10)
 
 
@@ -90,13 +95,19 @@ def _luhn_valid(number: str) -> bool:
     """Whether the last of `number`'s ASCII digits is the Luhn check digit of the others: the same test as
     `luhn_check_digit(number[:-1]) == number[-1]`, without the slice and the string of the digit."""
     data = number.encode("ascii")
-    return (sum(data[-2::-2].translate(_LUHN_DOUBLED)) + sum(data[::-2].translate(_LUHN_PLAIN))) % 10 == 0
+    # As in luhn_check_digit: the undoubled digits summed as ASCII codes, less 48 for each.
+    return (sum(data[-2::-2].translate(_LUHN_DOUBLED) + data[::-2]) - 48 * ((len(data) + 1) // 2)) % 10 == 0
+
+
+# 10**n for every count a 256-bit digest can fill (78 digits): a power per call cost as much as the rest.
+_POW10 = tuple(10**n for n in range(78))
 
 
 def _digits(digest: bytes, count: int) -> str:
     # A 256-bit digest reduced modulo 10**count (count <= 21 here): the bias is below 2**-180, far below
     # anything observable, so no rejection sampling is needed.
-    return str(int.from_bytes(digest, "big") % 10**count).zfill(count)
+    modulus = _POW10[count] if 0 <= count < 78 else 10**count
+    return str(int.from_bytes(digest, "big") % modulus).zfill(count)
 
 
 def format_base36(number: int) -> str:
@@ -177,11 +188,18 @@ class ImeiFormat(FF1Format):
         return digits
 
     def bind_hmac(self, key: bytes) -> Transform:
-        keyed = keyed_sha256(key)
+        inner, outer = _hmac_states(key)
+        inner_copy, outer_copy = inner.copy, outer.copy
         normalise = self.normalise
+        from_bytes, modulus = int.from_bytes, _POW10[14]
 
         def pseudonymise(value: str) -> str:
-            body = _digits(keyed(normalise(value).encode()), 14)
+            # keyed_sha256 and _digits(..., 14) written out: this runs once per device in a request.
+            mac = inner_copy()
+            mac.update(normalise(value).encode())
+            outer_mac = outer_copy()
+            outer_mac.update(mac.digest())
+            body = str(from_bytes(outer_mac.digest(), "big") % modulus).zfill(14)
             return body + luhn_check_digit(body)
 
         return pseudonymise
@@ -510,12 +528,20 @@ class PhoneFormat(FF1Format):
         return number, number[:cut], number[cut:]
 
     def bind_hmac(self, key: bytes) -> Transform:
-        keyed = keyed_sha256(key)
-        split = self._split
+        inner, outer = _hmac_states(key)
+        inner_copy, outer_copy = inner.copy, outer.copy
+        parse = self._parse
 
         def pseudonymise(value: str) -> str:
-            number, kept, replaced = split(value)
-            return kept + _digits(keyed(number.encode()), len(replaced))
+            # `_split` and keyed_sha256 written out: "+CC" and the first national digit stay, the rest is
+            # replaced.
+            number, code = parse(value)
+            cut = 2 + len(code)
+            mac = inner_copy()
+            mac.update(number.encode())
+            outer_mac = outer_copy()
+            outer_mac.update(mac.digest())
+            return number[:cut] + _digits(outer_mac.digest(), len(number) - cut)
 
         return pseudonymise
 

@@ -118,3 +118,154 @@ def test_non_ascii_declared_names_keep_the_full_canonical_check() -> None:
     minimised = policy.minimise_request({"stra\u00dfe": "x"}, (), {}, {})
     assert minimised.unchecked_containers is None
     assert minimised.canonical_body() == canonical_dumps(minimised.body)
+
+
+paths = st.lists(st.text(max_size=6), max_size=4).map(tuple)
+
+
+@settings(max_examples=100, deadline=None)
+@given(paths, paths, paths, st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3), st.none() | paths)
+def test_slot_constructors_equal_the_dataclass_constructors(kept: tuple[str, ...], transformed: tuple[str, ...],
+                                                            dropped: tuple[str, ...], counts: dict[str, int],
+                                                            unchecked: tuple[Any, ...] | None) -> None:
+    """engine._new_report / _new_minimised / _new_validated build the same frozen values as the classes'
+    own __init__, and the values stay frozen."""
+    import dataclasses
+
+    from gateway.policy import engine
+
+    report = engine._new_report(kept, transformed, dropped, counts)
+    assert report == engine.MinimisationReport(kept, transformed, dropped, counts)
+    assert dataclasses.astuple(report) == dataclasses.astuple(engine.MinimisationReport(kept, transformed, dropped,
+                                                                                         counts))
+    minimised = engine._new_minimised({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked)
+    expected = engine.MinimisedRequest({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked)
+    assert minimised == expected
+    assert minimised.unchecked_containers == unchecked
+    policy = CompiledRoutePolicy(RoutePolicySpec(), partner_id="p", pseudonymiser=PSEUDONYMISER)
+    validated = engine._new_validated(policy, {"a": 1}, None)
+    assert (validated.policy, validated.body, validated.walked) == (policy, {"a": 1}, None)
+    for value, name in ((report, "kept"), (minimised, "body"), (validated, "body")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+
+
+header_names = st.sampled_from(["Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY", "Authorization", "X-Trace",
+                                "x-trace", "Cookie"]) | st.text(max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(header_names, st.text(max_size=4), max_size=4), min_size=1, max_size=4))
+def test_remembered_header_names_change_nothing(requests: list[dict[str, str]]) -> None:
+    """A policy that has seen header names before (and remembers what each resolves to) minimises the
+    same as a fresh one; the memory of caller-chosen names stays bounded."""
+    spec = RoutePolicySpec(request_headers={"Idempotency-Key": parse_action("keep"),
+                                            "X-Trace": parse_action({"pseudonymise": {"type": "token"}})})
+    seasoned = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+
+    def outcome(policy: CompiledRoutePolicy, headers: dict[str, str]) -> Any:
+        try:
+            got = policy.minimise_request(None, (), {}, headers)
+        except GatewayError as exc:  # an empty X-Trace is not a token
+            return type(exc).__name__, [(v.path, v.reason) for v in exc.violations]
+        return got.headers, got.report
+
+    for headers in requests:
+        fresh = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+        expected = outcome(fresh, headers)
+        for _ in range(2):
+            assert outcome(seasoned, headers) == expected
+
+
+def test_remembered_header_names_are_bounded() -> None:
+    from gateway.policy import engine
+
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_headers={"A": parse_action("keep")}), partner_id="p",
+                                 pseudonymiser=PSEUDONYMISER)
+    for n in range(engine._NAME_CACHE_MAX + 50):
+        minimised = policy.minimise_request(None, (), {}, {f"X-{n}": "v", "a": "1"})
+        assert minimised.report.dropped == (f"header:x-{n}",)
+        assert minimised.headers == {"A": "1"}
+    assert len(policy._request_header_names) == engine._NAME_CACHE_MAX
+
+
+case_keys = st.sampled_from(["a", "A", "ab", "aB", "Ab", "AB", "x_1", "X_1", "", "\u00e9", "\u00c9", "k"])
+case_values = st.recursive(awkward_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    case_keys | st.integers(0, 2), inner, max_size=5), max_leaves=14)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(case_values.filter(lambda value: isinstance(value, dict | list)), max_size=3))
+def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: list[Any]) -> None:
+    """canonical_dumps_with_known_keys (keys of the given containers only, upper case folded only when
+    present) gives canonical_dumps' bytes or its refusal."""
+    from gateway.strictjson import canonical_dumps_with_known_keys
+
+    body = {"c": containers}
+    assert _outcome(lambda: canonical_dumps_with_known_keys(body, containers)) == _outcome(
+        lambda: canonical_dumps(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text("[]{}\"a:,", max_size=80).map(str.encode))
+def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
+    """parse_json's depth pre-check counts both opening brackets in one translate."""
+    from gateway.strictjson import _ALL_BUT_OPENING_BRACKETS
+
+    assert len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) == data.count(b"[") + data.count(b"{")
+
+
+def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> None:
+    """The generated walk builds the report path of an undeclared key once per key name, for at most
+    _MAX_UNKNOWN_PATHS names per object; past the bound the paths are still right."""
+    from gateway.policy import codegen
+
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_body={"a.b": parse_action("keep")}), partner_id="p",
+                                 pseudonymiser=PSEUDONYMISER)
+    assert policy.generated.walk is not None
+    names = [f"x{n}" for n in range(codegen._MAX_UNKNOWN_PATHS + 40)]
+    for round_ in range(2):
+        body = {"a": {"b": 1, **dict.fromkeys(names, round_)}, **dict.fromkeys(names, round_)}
+        minimised = policy.minimise_request(body, (), {}, {})
+        assert minimised.body == {"a": {"b": 1}}
+        assert minimised.report.dropped == tuple(f"a.{name}" for name in names) + tuple(names)
+    caches = [value.__self__ for name, value in policy.generated.walk.__globals__.items()
+              if name.startswith("unknown_path")]
+    assert len(caches) == 2
+    assert all(len(cache.known) == codegen._MAX_UNKNOWN_PATHS for cache in caches)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=40) | st.text("ab .:-0123456789\u0663\u0967\uff11", max_size=30))
+def test_digit_and_mac_prefilters_equal_the_plain_tests(text: str) -> None:
+    """freetext.has_digit equals the `\\d` search; may_hold_mac equals the plain separator counts."""
+    assert freetext.has_digit(text) == (freetext._HAS_DIGIT.search(text) is not None)
+    assert freetext.may_hold_mac(text) == (text.count(":") + text.count("-") >= 5 or text.count(".") >= 2)
+
+
+def _date_by_pattern(value: str, precision: str) -> str:
+    from gateway.policy.actions import _DATE, NotGeneralisable
+
+    match = _DATE.match(value)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise NotGeneralisable("a date must be ISO 8601 (YYYY-MM-DD)")
+    return match.group(1) if precision == "year" else f"{match.group(1)}-{match.group(2)}"
+
+
+date_like = st.text("0123456789-T:Z \u0663", min_size=8, max_size=12) | st.dates().map(str) | st.sampled_from(
+    ["1988-11-02", "1988-00-02", "1988-13-02", "1988-1a-02", "19881102xx", "1988-11-0\u0663", "1988-11-02T10:00Z",
+     "1988-11-02\n", "1988-1-022", "+988-11-02", "1988-11-+2", "1988-0-102"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(date_like, st.sampled_from(["year", "month"]))
+def test_plain_date_fast_path_equals_the_pattern(value: str, precision: str) -> None:
+    from gateway.policy.actions import NotGeneralisable, generalise_date
+
+    def outcome(call: Callable[[], str]) -> Any:
+        try:
+            return call()
+        except NotGeneralisable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(lambda: generalise_date(value, precision)) == outcome(lambda: _date_by_pattern(value, precision))

@@ -177,6 +177,35 @@ def test_imei_hmac_pseudonym_follows_the_documented_construction() -> None:
     assert PSEUDONYMISER.pseudonymise("carrier-a", "imei", "hmac", "49 015420 323751 8") == expected
 
 
+def _documented_digits(partner: str, id_type: str, message: str, count: int) -> str:
+    partner_key = PartnerKeyring(MASTER).key_for(partner, id_type)
+    subkey = hmac.new(partner_key, b"pseudonym/hmac-sha256", hashlib.sha256).digest()
+    drawn = int.from_bytes(hmac.new(subkey, message.encode(), hashlib.sha256).digest(), "big")
+    return f"{drawn % 10**count:0{count}d}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("0123456789", min_size=14, max_size=14))
+def test_imei_hmac_pseudonyms_follow_the_documented_construction(body: str) -> None:
+    """The bound function's written-out digit encoding and Luhn digit against the construction itself."""
+    imei = body + luhn.calc_check_digit(body)
+    digits = _documented_digits("carrier-a", "imei", imei, 14)
+    assert PSEUDONYMISER.pseudonymise("carrier-a", "imei", "hmac", imei) == digits + luhn.calc_check_digit(digits)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(COUNTRY_CALLING_CODES)), st.text("0123456789", min_size=4, max_size=14))
+def test_phone_hmac_pseudonyms_follow_the_documented_construction(code: str, national: str) -> None:
+    """"+CC" and the first national digit stay; the other national digits are the keyed digits."""
+    number = f"+{code}{national}"[:16]
+    if len(number) - 1 - len(code) < 4:
+        return
+    kept = number[: 2 + len(code)]
+    expected = kept + _documented_digits("carrier-a", "phone", number, len(number) - len(kept))
+    assert PSEUDONYMISER.pseudonymise("carrier-a", "phone", "hmac", number) == expected
+    assert PSEUDONYMISER.pseudonymise("carrier-a", "phone", "hmac", "00" + number[1:]) == expected
+
+
 def test_keys_differ_by_partner_type_and_version_and_are_unambiguous() -> None:
     keyring = PartnerKeyring(MASTER)
     keys = {
@@ -215,6 +244,26 @@ def test_keyring_refuses_short_master_and_bad_partner_and_hides_the_key() -> Non
 @given(st.text(alphabet="0123456789", min_size=1, max_size=25))
 def test_luhn_matches_stdnum(body: str) -> None:
     assert luhn_check_digit(body) == luhn.calc_check_digit(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text("0123456789", max_size=6) | st.text(max_size=5) | st.sampled_from(sorted(COUNTRY_CALLING_CODES)))
+def test_calling_code_table_equals_the_search(digits: str) -> None:
+    from gateway.pseudonyms.tables import _calling_code_by_search
+
+    assert country_calling_code(digits) == _calling_code_by_search(digits)
+    for code in COUNTRY_CALLING_CODES:
+        assert country_calling_code(code + digits) == _calling_code_by_search(code + digits) == code
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("0123456789", min_size=1, max_size=25))
+def test_luhn_validity_matches_stdnum(number: str) -> None:
+    from gateway.pseudonyms.formats import _luhn_valid
+
+    assert _luhn_valid(number) == luhn.is_valid(number)
+    fixed = number[:-1] + luhn.calc_check_digit(number[:-1]) if len(number) > 1 else number
+    assert _luhn_valid(fixed) == luhn.is_valid(fixed)
 
 
 def test_country_calling_codes_form_a_prefix_code() -> None:
