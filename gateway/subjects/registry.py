@@ -284,6 +284,27 @@ def _opt_bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
+# Decoded statuses by their row. Not a cache of the registry: every request still reads its row; this
+# only reuses the immutable value decoded from an identical row (most subjects share a handful of rows).
+# Bounded because hold reasons are operator-chosen labels.
+_STATUS_BY_ROW: dict[tuple[Any, ...], SubjectStatus] = {}
+_STATUS_BY_ROW_MAX = 256
+
+
+def _status_of_row(row: tuple[Any, ...]) -> SubjectStatus:
+    status = _STATUS_BY_ROW.get(row)
+    if status is None:
+        on_hold, hold_reason, minor, guardian, granted = row
+        status = SubjectStatus(
+            consent_granted=_opt_bool(granted), on_hold=bool(on_hold), hold_reason=hold_reason,
+            minor=bool(minor), guardian_consent=bool(guardian),
+        )
+        if len(_STATUS_BY_ROW) >= _STATUS_BY_ROW_MAX:
+            _STATUS_BY_ROW.clear()
+        _STATUS_BY_ROW[row] = status
+    return status
+
+
 class SqliteSubjectRegistry(SubjectRegistry):
     """SQLite backend. Reads run on the event loop (an indexed point read in WAL mode does not wait for
     writers and takes tens of microseconds); writes run in a worker thread on their own connection,
@@ -328,11 +349,7 @@ class SqliteSubjectRegistry(SubjectRegistry):
 
     async def _read_status(self, subject_ref: str, consent_purpose: str | None) -> SubjectStatus:
         row = self._need(self._reader).execute(_SQLITE_STATUS, (subject_ref, consent_purpose)).fetchone()
-        on_hold, hold_reason, minor, guardian, granted = row
-        return SubjectStatus(
-            consent_granted=_opt_bool(granted), on_hold=bool(on_hold), hold_reason=hold_reason,
-            minor=bool(minor), guardian_consent=bool(guardian),
-        )
+        return _status_of_row(row)
 
     async def _apply(self, event: RegistryEvent) -> bool:
         writer = self._need(self._writer)
