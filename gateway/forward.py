@@ -183,7 +183,10 @@ def _check_segment(name: str, value: str) -> None:
                 raise _refuse_param(name, "path separator or control character")
             if "://" in form or form.startswith("//"):
                 raise _refuse_param(name, "absolute URI")
-        decoded = unquote(current, errors="strict") if "%" in current else current
+        try:
+            decoded = unquote(current, errors="strict") if "%" in current else current
+        except UnicodeDecodeError:
+            raise _refuse_param(name, "invalid percent-encoding") from None
         if decoded == current:
             return
         current = decoded
@@ -247,7 +250,8 @@ def build_upstream_url(
         if value is None:
             raise _refuse_param(name, "missing")
         _check_segment(name, value)
-        pieces.append(quote(value, safe=""))
+        # quote() leaves letters, digits and "_.-~" as they are: a plain segment is its own encoding.
+        pieces.append(value if _PLAIN_SEGMENT.fullmatch(value) else quote(value, safe=""))
         pieces.append(literal)
     path = "".join(pieces)
     url = f"{scheme}://{netloc}{path}"
