@@ -272,13 +272,12 @@ LEFT JOIN subject_consent AS c ON c.subject_ref = q.ref AND c.consent_purpose = 
 """
 
 
-# The same row when no consent purpose is asked for (consent then is NULL, as the join above gives for a
-# NULL purpose) without touching subject_consent: one table page fewer to load per request (the reader's
-# page cache is emptied by every ledger commit), measured ~5 µs less per read with a busy writer.
-_SQLITE_STATUS_NO_PURPOSE = """
-SELECT s.on_hold, s.hold_reason, s.minor, s.guardian_consent, NULL
-FROM (SELECT 1) LEFT JOIN subject_state AS s ON s.subject_ref = ?
-"""
+# The subject's state alone when no consent purpose is asked for (consent is then None, as the join
+# above gives for a NULL purpose): subject_consent's page is not loaded (the reader's page cache is emptied
+# by every ledger commit, so each page costs a read) and there is no join; with a busy writer a read costs
+# ~30 -> ~20 µs (median, thread CPU). No row: the subject has no state, as the join's NULLs say.
+_SQLITE_STATE = "SELECT on_hold, hold_reason, minor, guardian_consent FROM subject_state WHERE subject_ref = ?"
+_NO_STATE_ROW = (None, None, None, None, None)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -359,10 +358,9 @@ class SqliteSubjectRegistry(SubjectRegistry):
     async def _read_status(self, subject_ref: str, consent_purpose: str | None) -> SubjectStatus:
         reader = self._need(self._reader)
         if consent_purpose is None:
-            row = reader.execute(_SQLITE_STATUS_NO_PURPOSE, (subject_ref,)).fetchone()
-        else:
-            row = reader.execute(_SQLITE_STATUS, (subject_ref, consent_purpose)).fetchone()
-        return _status_of_row(row)
+            state = reader.execute(_SQLITE_STATE, (subject_ref,)).fetchone()
+            return _status_of_row(_NO_STATE_ROW if state is None else (*state, None))
+        return _status_of_row(reader.execute(_SQLITE_STATUS, (subject_ref, consent_purpose)).fetchone())
 
     async def _apply(self, event: RegistryEvent) -> bool:
         writer = self._need(self._writer)
