@@ -5,12 +5,17 @@ only bounded, non-personal values: request id, caller service, partner, route, s
 counts of fields kept, transformed and dropped. Bodies, query values, header values and subject ids are
 never passed to a logger; exceptions are logged by type name only, because an exception message may
 quote the data that caused it.
+
+Nothing binds structlog context variables (request values are passed to each call explicitly), so the
+processor chain has no `merge_contextvars` step: add it back before using `bind_contextvars`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -18,34 +23,188 @@ import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
+# The logger factory `configure_logging` installed last; component loggers reuse their bound logger only
+# while it is in force (see ComponentLogger).
+_configured_factory: object | None = None
+
 
 def _dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode("utf-8")
 
 
+class _UtcTimestamp:
+    """`timestamp` as structlog's TimeStamper(fmt="iso", utc=True) writes it ("2024-05-01T12:00:00.123456Z",
+    no fraction when it is zero), with the date and time of day formatted once per second instead of
+    building an aware datetime per line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
+        return event_dict
+
+
+def _interpolate(event: str, args: tuple[Any, ...]) -> str:
+    # structlog's positional / single-mapping interpolation of `log.info("a %s", x)`.
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        return event % args[0]
+    return event % args
+
+
+def _direct_method(name: str) -> Callable[..., Any]:
+    """A logging method that does what structlog's filtering bound logger does for an enabled level
+    (context, then the call's keywords, then `event`, through the processor chain, to the wrapped
+    logger's method of the same name; `DropEvent` drops the line) in one frame, instead of three frames
+    that each re-pack the keywords: about 2 µs less for the request line."""
+
+    def method(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolate(event, args)
+        context = self._context
+        event_dict: Any = {**context, **kw} if context else kw
+        event_dict["event"] = event
+        logger = self._logger
+        try:
+            for processor in self._processors:
+                event_dict = processor(logger, name, event_dict)
+        except structlog.DropEvent:
+            return None
+        write = getattr(logger, name)
+        if isinstance(event_dict, str | bytes | bytearray):
+            return write(event_dict)
+        if isinstance(event_dict, tuple):
+            positional, keywords = event_dict
+            return write(*positional, **keywords)
+        if isinstance(event_dict, dict):
+            return write(**event_dict)
+        raise ValueError("the last processor returned neither str, bytes, a tuple nor a dict")
+
+    method.__name__ = name
+    return method
+
+
+_LEVEL_METHODS = (
+    (logging.DEBUG, ("debug",)),
+    (logging.INFO, ("info", "msg")),
+    (logging.WARNING, ("warning", "warn")),
+    (logging.ERROR, ("error",)),
+    (logging.CRITICAL, ("critical", "fatal")),
+)
+_WRAPPERS: dict[int, type] = {}
+
+
+def _wrapper_class(min_level: int) -> type:
+    """structlog's filtering bound logger for `min_level` with the enabled levels' methods replaced by
+    direct ones (levels below stay structlog's no-ops; `exception`, `log` and the async variants are
+    structlog's own). One class per level, so reconfiguring with the same level keeps bound loggers."""
+    wrapper = _WRAPPERS.get(min_level)
+    if wrapper is None:
+        base = structlog.make_filtering_bound_logger(min_level)
+        methods: dict[str, Any] = {}
+        for level, names in _LEVEL_METHODS:
+            if level >= min_level:
+                method = _direct_method(names[0])
+                methods.update(dict.fromkeys(names, method))
+        wrapper = _WRAPPERS[min_level] = type(f"Gateway{base.__name__}", (base,), methods)
+    return wrapper
+
+
 def configure_logging(level: str = "info") -> None:
     """Configure structlog (and route aiohttp's stdlib loggers to the same level). Idempotent."""
+    global _configured_factory
     numeric = _LEVELS.get(level.lower())
     if numeric is None:
         raise ValueError(f"log level must be one of {sorted(_LEVELS)}, got {level!r}")
+    factory = structlog.WriteLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcTimestamp(),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        wrapper_class=_wrapper_class(numeric),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    _configured_factory = factory
     # aiohttp's access log would print the request line, whose path and query may carry personal
     # values; the pipeline's own line replaces it.
     logging.getLogger("aiohttp.access").disabled = True
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s")
 
 
+class ComponentLogger:
+    """A component's logger that follows structlog's configuration like a lazy structlog logger, but
+    binds once per configuration instead of on every call (a lazy proxy builds a bound logger and a
+    logger per line: about a quarter of the request line's cost).
+
+    The bound logger is reused only while the configuration `configure_logging` installed is in force
+    (same processor list, wrapper, context class and logger factory); under any other configuration
+    (structlog's defaults, a test's own) every call binds afresh, exactly as the lazy proxy does, so a
+    factory that looks up sys.stdout per logger still sees the current one. `capture_logs()` edits the
+    processor list in place, which the bound logger shares, so it sees every line."""
+
+    __slots__ = ("_bound", "_context_class", "_factory", "_lazy", "_processors", "_wrapper_class")
+
+    def __init__(self, name: str) -> None:
+        self._lazy: Any = structlog.get_logger(component=name)
+        self._bound: Any = None
+        self._factory: object = None
+        self._processors: object = None
+        self._wrapper_class: object = None
+        self._context_class: object = None
+
+    def _current(self) -> Any:
+        config = structlog.get_config()
+        factory = config["logger_factory"]
+        if factory is not _configured_factory:
+            return self._lazy.bind()
+        if (
+            factory is not self._factory
+            or config["processors"] is not self._processors
+            or config["wrapper_class"] is not self._wrapper_class
+            or config["context_class"] is not self._context_class
+        ):
+            self._bound = self._lazy.bind()
+            self._factory, self._processors = factory, config["processors"]
+            self._wrapper_class, self._context_class = config["wrapper_class"], config["context_class"]
+        return self._bound
+
+    # The logging methods as properties (found by normal attribute lookup, unlike __getattr__, which
+    # Python reaches only after a failed lookup: about 0.7 µs more per call).
+    @property
+    def debug(self) -> Any:
+        return self._current().debug
+
+    @property
+    def info(self) -> Any:
+        return self._current().info
+
+    @property
+    def warning(self) -> Any:
+        return self._current().warning
+
+    @property
+    def error(self) -> Any:
+        return self._current().error
+
+    @property
+    def exception(self) -> Any:
+        return self._current().exception
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
 def get_logger(name: str) -> Any:
-    """A structlog logger for a component. It stays lazy (no `.bind()` here), so module-level loggers
+    """A structlog logger for a component. It stays lazy (nothing is bound here), so module-level loggers
     follow `configure_logging()` even when they were created before it ran."""
-    return structlog.get_logger(component=name)
+    return ComponentLogger(name)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import (
     GatewayError,
@@ -486,9 +487,7 @@ class FilterResponse:
             filtered = route.policy.filter_response(parsed, answer.headers)
         except GatewayError as exc:
             raise UpstreamError("the partner's answer could not be filtered", reason="upstream-filter") from exc
-        headers = dict(filtered.headers)
-        for name in [h for h in headers if h.lower() in ("content-type", "content-length", "transfer-encoding")]:
-            del headers[name]
+        headers = {name: value for name, value in filtered.headers.items() if name.lower() not in _FRAMING_HEADERS}
         headers["X-Disclosure-Id"] = str(ctx.disclosure.id)
         headers["X-Request-Id"] = ctx.request_id
         body = b"" if filtered.body is None else orjson.dumps(filtered.body)
@@ -498,7 +497,13 @@ class FilterResponse:
         )
 
 
+# Set by aiohttp from the body it is given, never copied from the partner's answer.
+_FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        return headers.get(name)  # case-insensitive already (the upstream client's headers)
     lower = name.lower()
     for key, value in headers.items():
         if key.lower() == lower:

@@ -56,8 +56,14 @@ class SubjectStatus:
 
     @classmethod
     def unknown_subject(cls) -> SubjectStatus:
-        """A subject the registry has never heard of: no consent, no hold, not known to be a minor."""
-        return cls(consent_granted=None, on_hold=False, hold_reason=None, minor=False, guardian_consent=False)
+        """A subject the registry has never heard of: no consent, no hold, not known to be a minor.
+        One shared instance (the value is immutable; building it cost ~1 µs on every request)."""
+        return _UNKNOWN_SUBJECT
+
+
+_UNKNOWN_SUBJECT = SubjectStatus(
+    consent_granted=None, on_hold=False, hold_reason=None, minor=False, guardian_consent=False
+)
 
 
 @dataclass(frozen=True, slots=True)

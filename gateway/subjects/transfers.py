@@ -52,6 +52,10 @@ class TransferDecision:
     reason: str | None = None
 
 
+_RESIDENCY_UNKNOWN = TransferDecision(False, False, None, "residency_unknown")
+_MAX_DECISIONS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class PartnerException:
     jurisdictions: frozenset[str]
@@ -71,6 +75,9 @@ class ResidencyRule:
 class TransferRules:
     rules: Mapping[str, ResidencyRule]
     source_file: str = field(default="<memory>")
+    _decisions: dict[tuple[str, str, str], TransferDecision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> TransferRules:
@@ -103,7 +110,19 @@ class TransferRules:
         `partner_jurisdiction`? Pure and fast: runs on every request of a route that declares residency."""
         home = normalise_country(residency)
         if home is None:
-            return TransferDecision(False, False, None, "residency_unknown")
+            return _RESIDENCY_UNKNOWN
+        # The rules never change (a reload builds new ones), so a decision is a function of its key; the
+        # key is bounded (a listed country code, a profile's id and its jurisdiction).
+        key = (home, partner_id, partner_jurisdiction)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(home, partner_id, partner_jurisdiction)
+            if len(self._decisions) >= _MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def _decide(self, home: str, partner_id: str, partner_jurisdiction: str) -> TransferDecision:
         abroad = normalise_country(partner_jurisdiction)
         if abroad is None:
             return TransferDecision(False, True, None, "partner_jurisdiction_unknown")

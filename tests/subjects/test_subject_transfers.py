@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.subjects.transfers import TransferRules
+from gateway.subjects.transfers import ISO_3166_ALPHA2, TransferRules
 
 QXPRESS_CARRIER_COUNTRIES = ["TW", "MY", "US", "SG", "ID", "IN", "JP", "CN", "HK"]
 
@@ -141,3 +141,16 @@ def test_the_policy_home_countries_pass_domestically(shipped: TransferRules) -> 
     """VN (000, 001), KR (002, 003) and CN (004) each have a rule, so their domestic transfers pass."""
     for country in ("VN", "KR", "CN"):
         assert shipped.decide(country, "any-partner", country).allowed
+
+
+def test_repeated_decisions_are_the_same_and_rules_do_not_share_them() -> None:
+    shipped = TransferRules.load()
+    fresh = [shipped._decide(home, "courier-x", "US") for home in sorted(ISO_3166_ALPHA2)]
+    for _ in range(2):
+        assert [shipped.decide(home, "courier-x", "US") for home in sorted(ISO_3166_ALPHA2)] == fresh
+    # Another rule set (a reload) decides from its own rules, not from the first one's answers.
+    nothing_allowed = TransferRules.parse('version: 1\nresidencies:\n  "*":\n    source: "test"\n')
+    assert nothing_allowed.decide("KR", "courier-x", "US").reason == "jurisdiction_not_allowed"
+    assert shipped.decide("KR", "courier-x", "US") == shipped._decide("KR", "courier-x", "US")
+    assert shipped.decide(" kr ", "courier-x", "US") == shipped.decide("KR", "courier-x", "US")
+    assert shipped.decide("XX", "courier-x", "US").reason == "residency_unknown"
