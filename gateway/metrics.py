@@ -13,8 +13,7 @@ PROMETHEUS_MULTIPROC_DIR and `render()` aggregates them (prometheus-client multi
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -106,75 +105,25 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-class CounterChild:
-    """A labelled counter child's hot path: `inc` goes straight to the child's value. prometheus-client's
-    `Counter.inc` first checks that the metric is observable (a labelled child always is) through two
-    more calls; this keeps only the sign check. Same value, same exposition (tested against the client)."""
-
-    __slots__ = ("_inc", "metric")
-
-    def __init__(self, child: Counter) -> None:
-        self.metric = child
-        value = getattr(child, "_value", None)
-        self._inc = value.inc if value is not None else child.inc
-
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._inc(amount)
-
-
-class HistogramChild:
-    """A labelled histogram child's hot path: the sum and the one bucket (found by bisection instead of
-    a linear scan) are incremented directly, as `Histogram.observe` does without an exemplar."""
-
-    __slots__ = ("_bounds", "_bucket_incs", "_observe", "_sum_inc", "metric")
-
-    def __init__(self, child: Histogram) -> None:
-        self.metric = child
-        sum_value = getattr(child, "_sum", None)
-        buckets = getattr(child, "_buckets", None)
-        bounds = getattr(child, "_upper_bounds", None)
-        self._observe = child.observe
-        self._sum_inc = sum_value.inc if sum_value is not None else None
-        self._bounds: list[float] = list(bounds) if bounds is not None else []
-        self._bucket_incs = [bucket.inc for bucket in buckets] if buckets is not None else []
-        if self._sum_inc is None or len(self._bounds) != len(self._bucket_incs) or not self._bounds:
-            self._sum_inc = None  # an unknown client layout: use its own observe()
-
-    def observe(self, amount: float) -> None:
-        if self._sum_inc is None:
-            self._observe(amount)
-            return
-        self._sum_inc(amount)
-        bounds = self._bounds
-        index = bisect_left(bounds, amount)
-        # The first bucket whose upper bound is >= amount (the last is +Inf); NaN counts in no bucket.
-        if index < len(bounds) and amount <= bounds[index]:
-            self._bucket_incs[index](1)
-
-
 _M = TypeVar("_M", Counter, Histogram)
-_C = TypeVar("_C", CounterChild, HistogramChild)
 
 
-class _Children(Generic[_M, _C]):
+class _Children(Generic[_M]):
     """One metric's labelled children by label values (positional, in the metric's label order), made
     once and then reused: `labels()` builds and checks the label tuple under a lock on every call."""
 
-    __slots__ = ("_children", "_metric", "_wrap")
+    __slots__ = ("_children", "_metric")
 
-    def __init__(self, metric: _M, wrap: Callable[[_M], _C]) -> None:
+    def __init__(self, metric: _M) -> None:
         self._metric: _M = metric
-        self._wrap: Callable[[_M], _C] = wrap
-        self._children: dict[tuple[str, ...], _C] = {}
+        self._children: dict[tuple[str, ...], _M] = {}
 
-    def __call__(self, *values: str) -> _C:
+    def __call__(self, *values: str) -> _M:
         child = self._children.get(values)
         if child is None:
             # Label values come from loaded profiles or fixed sets only (see the module docstring), so
             # this map is as bounded as the series themselves.
-            child = self._children[values] = self._wrap(self._metric.labels(*values))
+            child = self._children[values] = self._metric.labels(*values)
         return child
 
 
@@ -182,13 +131,13 @@ class RequestSeries:
     """The per-request metrics' children, cached (about 12 µs less per request than `labels()`)."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
-        self.requests = _Children(metrics.requests, CounterChild)  # (partner, route, outcome)
-        self.request_duration = _Children(metrics.request_duration, HistogramChild)  # (partner, route)
-        self.upstream_duration = _Children(metrics.upstream_duration, HistogramChild)  # (partner,)
-        self.disclosures = _Children(metrics.disclosures, CounterChild)  # (partner, purpose)
-        self.fields_dropped = _Children(metrics.fields_dropped, CounterChild)  # (partner, route)
-        self.pseudonymised = _Children(metrics.pseudonymised, CounterChild)  # (partner, type)
-        self.refusals = _Children(metrics.refusals, CounterChild)  # (partner, reason)
+        self.requests = _Children(metrics.requests)  # (partner, route, outcome)
+        self.request_duration = _Children(metrics.request_duration)  # (partner, route)
+        self.upstream_duration = _Children(metrics.upstream_duration)  # (partner,)
+        self.disclosures = _Children(metrics.disclosures)  # (partner, purpose)
+        self.fields_dropped = _Children(metrics.fields_dropped)  # (partner, route)
+        self.pseudonymised = _Children(metrics.pseudonymised)  # (partner, type)
+        self.refusals = _Children(metrics.refusals)  # (partner, reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import logging
 import re
 
 import pytest
@@ -79,49 +78,3 @@ def test_unconfigured_binds_per_call(capsys: pytest.CaptureFixture[str]) -> None
     log.info("default-config")  # structlog's defaults print to the current sys.stdout
     assert "default-config" in capsys.readouterr().out
     assert log.bind(extra=1) is not None
-
-
-def _render_with(wrapper_class: type, calls: list[tuple[str, tuple[object, ...], dict[str, object]]]) -> list[object]:
-    """What the wrapped logger receives for each call, with a given wrapper class and the same chain."""
-    received: list[object] = []
-
-    class Sink:
-        def __getattr__(self, method: str) -> object:
-            return lambda *args, **kwargs: received.append((method, args, kwargs))
-
-    def drop_marked(logger: object, name: str, event_dict: dict[str, object]) -> dict[str, object]:
-        if event_dict.get("drop"):
-            raise structlog.DropEvent
-        return event_dict
-
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, drop_marked, structlog.processors.JSONRenderer()],
-        wrapper_class=wrapper_class, logger_factory=lambda *args: Sink(), cache_logger_on_first_use=False,
-    )
-    log = structlog.get_logger(component="c").bind(bound="b")
-    for method, args, kwargs in calls:
-        getattr(log, method)(*args, **kwargs)
-    return received
-
-
-@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
-def test_wrapper_writes_what_structlogs_filtering_logger_writes(level: str) -> None:
-    calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
-        ("debug", ("d",), {"k": 1}),
-        ("info", ("i %s and %d", "x", 2), {}),
-        ("info", ("m %(a)s", {"a": "A"}), {"z": None}),
-        ("msg", ("plain",), {}),
-        ("warning", ("w",), {"n": 1.5}),
-        ("warn", ("w2",), {}),
-        ("error", ("e",), {"drop": True}),
-        ("error", ("e2",), {}),
-        ("critical", ("c",), {}),
-        ("fatal", ("f",), {}),
-        ("exception", ("x",), {}),
-        ("log", (logging.WARNING, "via log"), {}),
-    ]
-    numeric = logs._LEVELS[level]
-    ours = _render_with(logs._wrapper_class(numeric), calls)
-    stock = _render_with(structlog.make_filtering_bound_logger(numeric), calls)
-    assert ours == stock
-    assert len(ours) > 3
