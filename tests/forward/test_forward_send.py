@@ -438,3 +438,35 @@ async def test_body_read_until_close_without_length(pool: UpstreamPool) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_partner_that_never_completes_the_handshake_times_out_on_the_connect_bound(pool: UpstreamPool) -> None:
+    # A real listener that never accepts, its accept queue already full: Linux drops further SYNs, so a
+    # new connection attempt hangs in the handshake until the profile's connect timeout (not the total).
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.2)  # let the kernel settle the fillers' handshakes into the queue
+        profile = Profile(
+            "carrier-test",
+            Upstream(f"http://127.0.0.1:{port}", None, connect_timeout=0.3, total_timeout=5.0),
+            Limits(),
+        )
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout) as refused:
+            await pool.send(profile, ROUTE, "POST", {"shipment_id": "S1"}, [], {}, BODY)
+        elapsed = time.monotonic() - started
+        assert refused.value.reason == "upstream-connect-timeout"
+        assert elapsed < 4.0  # the connect bound ended it, far inside the 5 s total bound
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
