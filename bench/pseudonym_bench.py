@@ -1,6 +1,6 @@
 """Micro-benchmark of the bound pseudonym functions (the per-request cost once `bind` has run).
 
-Run: .venv/bin/python tests/pseudonyms/bench_pseudonyms.py [--repeat 5] [--number 20000]
+Run: .venv/bin/python bench/pseudonym_bench.py [--repeat 5] [--number 20000]
 Prints µs per call, best of `repeat` runs of `number` calls, for every type in both modes.
 """
 

@@ -2,7 +2,7 @@
 (full verification) and for a repeated token (verified-token cache), per algorithm, next to a bare
 `jwt.decode` of the same tokens as the baseline.
 
-Run:  .venv/bin/python tests/auth/auth_bench.py [--tokens 1000] [--repeats 100000]
+Run:  .venv/bin/python bench/auth_bench.py [--tokens 1000] [--repeats 100000]
 Bounded: about 10-20 s on the project's 2-core machines (minting the RSA tokens is the slow part).
 """
 
