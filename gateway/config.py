@@ -46,6 +46,8 @@ class Settings:
     workers: int = 1
     log_level: str = "info"
     shutdown_grace_seconds: float = 10.0
+    # A client must send a request's whole head within this many seconds of its first byte (408 after).
+    request_head_timeout_seconds: float = 30.0
     subject_cache_seconds: float = 0.0  # 0: every request reads the registry (no stale consent)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -105,6 +107,8 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_body_bytes", "max_json_depth", "checkpoint_every_records", "workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"setting {name}: must be at least 1")
+    if not settings.request_head_timeout_seconds > 0:
+        raise ConfigError("setting request_head_timeout_seconds: must be a positive number of seconds")
     return settings
 
 

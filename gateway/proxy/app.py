@@ -398,7 +398,7 @@ async def start_gateway(
     await runner.setup()
     assert runner.server is not None
     state = app[STATE_KEY]
-    lean = LeanServer(lambda: state.pipeline, runner.server)
+    lean = LeanServer(lambda: state.pipeline, runner.server, head_timeout=settings.request_head_timeout_seconds)
     try:
         bound_port = await lean.listen(host, port, reuse_port=reuse_port, backlog=1024)
     except BaseException:

@@ -28,6 +28,8 @@ HTTP behaviour, as aiohttp's server had it unless said otherwise:
 - `Expect: 100-continue` (HTTP/1.1) is answered `100 Continue` when the pipeline first reads the body,
   so a refusal before that never invites the body; any other expectation gets 417 and a close;
 - an `Upgrade` request is answered as a plain request, then the connection is closed.
+- a head that has begun must be complete within `request_head_timeout_seconds` (408 and close after);
+  the body is not timed here (the route's size limit bounds what is buffered).
 Nothing from the request (target, headers, body) goes into a log line or an error body here.
 """
 
@@ -63,6 +65,9 @@ MAX_FIELD_BYTES: Final = 8190
 MAX_HEADERS: Final = 128
 MAX_HEAD_BYTES: Final = 65536
 KEEPALIVE_SECONDS: Final = 3630.0  # aiohttp's default: longer than a reverse proxy's idle timeout
+# A head that has begun must be complete within this bound (408 and close after): a client trickling
+# header bytes would otherwise hold its connection for as long as it likes.
+HEAD_TIMEOUT_SECONDS: Final = 30.0
 _BODY_HIGH_WATER: Final = 65536
 LINGER_BYTES: Final = 4 * 1024 * 1024
 LINGER_SECONDS: Final = 3.0
@@ -92,6 +97,12 @@ class TargetTooLong(GatewayError):
     status = 414
     slug = "target-too-long"
     title = "Request target too long"
+
+
+class RequestHeadTimeout(GatewayError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request head not received in time"
 
 
 class ExpectationFailed(GatewayError):
@@ -239,9 +250,13 @@ class LeanRequest:
 class LeanServer:
     """The listening socket and its connections; hands non-egress connections to aiohttp's server."""
 
-    def __init__(self, pipeline_of: Callable[[], Pipeline], aiohttp_server: web.Server) -> None:
+    def __init__(
+        self, pipeline_of: Callable[[], Pipeline], aiohttp_server: web.Server, *,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+    ) -> None:
         self.pipeline_of = pipeline_of
         self.aiohttp_server = aiohttp_server
+        self.head_timeout = head_timeout
         self.connections: set[EgressProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
         self._idle: asyncio.Event = asyncio.Event()
@@ -305,6 +320,7 @@ class EgressProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self._lingering: asyncio.Transport | None = None  # closing: input is read and discarded
         self._linger_left = 0
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -345,6 +361,7 @@ class EgressProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        self._cancel_head_timer()
         lost = ConnectionResetError("the client closed the connection")
         for request in self._queue:
             request.content.set_exception(lost)
@@ -396,6 +413,16 @@ class EgressProtocol(asyncio.Protocol):
         finally:
             self._chunk = b""
 
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and self._transport is not None and not self._input_done and self._handoff is None:
+            self._refuse(RequestHeadTimeout("the request head did not arrive in time"))
+
     def _stopped(self) -> None:
         stop, self._stop = self._stop, None
         if stop == _HANDOFF:
@@ -420,6 +447,8 @@ class EgressProtocol(asyncio.Protocol):
         # The request's first byte is known only when it began a read at a message boundary.
         self._handoff_parts = [self._chunk] if self._clean_start else None
         self._clean_start = False
+        self._cancel_head_timer()
+        self._head_timer = self._loop.call_later(self._server.head_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -455,6 +484,7 @@ class EgressProtocol(asyncio.Protocol):
         if self._deciding:
             self._decide()
         self._in_head = False
+        self._cancel_head_timer()
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict(self._header_list)
         self._header_list = []
@@ -672,6 +702,7 @@ class EgressProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        self._cancel_head_timer()
         self._server.forget(self)
         self._transport = None
         self._input_done = True
