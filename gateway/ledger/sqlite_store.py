@@ -93,6 +93,10 @@ _INSERT_RECORD = (
 # Commits between the writer thread's WAL checkpoints; ~SQLite's default autocheckpoint of 1000 pages
 # at the few pages a small commit writes.
 _CHECKPOINT_AFTER_COMMITS = 256
+# The writer thread waits this long for another connection's write lock (the connection's own timeout);
+# an inline commit on the loop does not wait at all.
+_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BUSY = 5  # primary result code; extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) share the low byte
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES (?, ?, ?)"  # noqa: S608
 
 
@@ -174,6 +178,8 @@ class SqliteStore:
         self._writer_thread = _SerialThread("ledger-sqlite-writer")
         self._reader_thread = _SerialThread("ledger-sqlite-reader")
         self._writer: sqlite3.Connection | None = None
+        self._writer_waits = True  # the writer's busy timeout: _BUSY_TIMEOUT_MS (True) or 0 (inline commits)
+        self.inline_busy_declines = 0  # inline commits declined because another connection held the lock
         self._reader: sqlite3.Connection | None = None
         self._writer_sync = True  # the writer connection's current synchronous mode (FULL)
         self._commits_since_checkpoint = 0
@@ -187,7 +193,9 @@ class SqliteStore:
             raise ConfigError(f"ledger file {self.path} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are spelled out (BEGIN IMMEDIATE ... COMMIT), never implied.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=check_same_thread
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         return conn
@@ -231,8 +239,12 @@ class SqliteStore:
         self._reader_thread.shutdown()
 
     def _writer_conn(self) -> sqlite3.Connection:
+        """The writer connection, for the writer thread: it waits for other connections' locks."""
         if self._writer is None:
             raise RuntimeError("ledger store is not open")
+        if not self._writer_waits:
+            self._writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._writer_waits = True
         return self._writer
 
     async def load_head(self, chain: str) -> ChainHead:
@@ -256,21 +268,39 @@ class SqliteStore:
         await self._on(self._writer_thread, self._write_on_thread, rows, checkpoints, sync)
 
     def _write_on_thread(self, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool) -> None:
+        conn = self._writer_conn()  # sets back the busy timeout an inline commit set to 0
         self._write(rows, checkpoints, sync)
         if self._commits_since_checkpoint >= _CHECKPOINT_AFTER_COMMITS:
-            self._checkpoint_wal(self._writer_conn())
+            self._checkpoint_wal(conn)
 
     def write_unsynced_now(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
         """Commit without fsync on the calling thread if the writer thread is idle; False (nothing done)
         otherwise, and then the caller uses `write(..., sync=False)`. Raises as `write` does."""
-        if (self._writer_thread.unsettled or self._writer is None
+        conn = self._writer
+        if (conn is None or self._writer_thread.unsettled
                 or self._commits_since_checkpoint >= _CHECKPOINT_AFTER_COMMITS):
             return False
-        self._write(rows, checkpoints, False)
+        # The loop must never wait for another connection's write lock (the subject registry, another
+        # worker on the same file, a prune): with the timeout at 0 a held lock declines at once, nothing
+        # is committed, and the caller hands the same rows to the thread, which waits.
+        if self._writer_waits:
+            conn.execute("PRAGMA busy_timeout=0")
+            self._writer_waits = False
+        try:
+            self._write(rows, checkpoints, False)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+                raise
+            self.inline_busy_declines += 1
+            return False
         return True
 
     def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool = True) -> None:
-        conn = self._writer_conn()
+        # On the writer thread (through _write_on_thread) or inline (write_unsynced_now), never both at
+        # once; each has set the busy timeout it wants.
+        conn = self._writer
+        if conn is None:
+            raise RuntimeError("ledger store is not open")
         if sync != self._writer_sync:
             conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
             self._writer_sync = sync

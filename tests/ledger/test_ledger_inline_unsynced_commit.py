@@ -5,6 +5,7 @@ still checkpoints the WAL once commits pile up."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,3 +108,43 @@ async def test_under_load_unsynced_batches_stay_on_the_writer_thread(
     await ledger.close()
     report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
+
+
+async def test_an_inline_commit_never_waits_for_another_connections_lock(
+    sqlite_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    seen = committing_threads(store)
+    loop_thread = threading.current_thread().name
+    # Another connection to the same file (the subject registry, another worker, a prune) is writing.
+    holder = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        pending = ledger.append_nowait(outcome_draft(1))
+        while store.inline_busy_declines < 1:
+            await asyncio.sleep(0.001)  # the loop runs on: the inline commit declined instead of waiting
+        await asyncio.sleep(0.05)
+        assert not pending.done()  # the writer thread waits for the lock (up to its busy timeout)
+        holder.execute("COMMIT")
+        await pending
+        assert seen == [(loop_thread, False), ("ledger-sqlite-writer", False)]  # declined, then the thread
+    finally:
+        holder.close()
+    # With the lock free again the next outcome commits inline (the timeout is set back and forth).
+    await ledger.append_nowait(outcome_draft(2))
+    assert seen[2:] == [(loop_thread, False)]
+    await ledger.close()
+    found = ledger_outcomes(sqlite_url)
+    assert found == ["inline-1", "inline-2"]
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
+
+
+def ledger_outcomes(url: str) -> list[str]:
+    with sqlite3.connect(sqlite_path(url)) as conn:
+        rows = conn.execute("SELECT request_id FROM ledger_records WHERE kind = 'outcome' ORDER BY sequence")
+        return [r for (r,) in rows]
