@@ -203,18 +203,25 @@ def _check_canonical(value: Any, path: str) -> Any:
     return value
 
 
+def _plain_keys(obj: dict[Any, Any]) -> bool:
+    """Every key of `obj` is an ASCII string (so already NFC) and no two differ only by case. Keys with
+    no upper-case letter are their own lower case, so distinct keys cannot collide and the set of folded
+    keys is built only when a key has an upper-case letter."""
+    try:
+        # One C call for all keys: a non-string key raises, a non-ASCII one shows in the joined text.
+        keys = "".join(obj)
+    except TypeError:
+        return False
+    if not keys.isascii():
+        return False
+    return keys == keys.lower() or len(set(map(str.lower, obj))) == len(obj)
+
+
 def _plainly_canonical(value: Any) -> bool:
     """True when every key is ASCII (so already NFC), no two keys of an object differ only by case,
     and every number is representable; False sends `value` through the careful path."""
     if type(value) is dict:
-        size = len(value)
-        try:
-            # One C call for all keys: a non-string key raises, a non-ASCII one shows in the joined text.
-            if not "".join(value).isascii():
-                return False
-        except TypeError:
-            return False
-        if size > 1 and len(set(map(str.lower, value))) != size:
+        if not _plain_keys(value):
             return False
         items: Any = value.values()
     else:
@@ -235,18 +242,10 @@ def _plainly_canonical(value: Any) -> bool:
 
 
 def _keys_plainly_canonical(value: Any) -> bool:
-    """The key half of `_plainly_canonical` (ASCII keys, no two of one object equal up to case), for
-    `canonical_dumps_with_known_keys`, whose numbers are checked on the bytes. Keys with no upper-case
-    letter are their own lower case, so distinct keys cannot collide and the set of folded keys is
-    built only when a key has an upper-case letter."""
+    """The key half of `_plainly_canonical`, for `canonical_dumps_with_known_keys`, whose numbers are
+    checked on the bytes."""
     if type(value) is dict:
-        try:
-            keys = "".join(value)
-        except TypeError:
-            return False
-        if not keys.isascii():
-            return False
-        if keys != keys.lower() and len(set(map(str.lower, value))) != len(value):
+        if not _plain_keys(value):
             return False
         items: Any = value.values()
     else:
