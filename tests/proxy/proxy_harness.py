@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -275,10 +276,11 @@ def partner_environ(partner: FakePartner) -> dict[str, str]:
     return {"PARTNER_URL_CARRIER_TEST": partner.url, "PARTNER_TOKEN_CARRIER_TEST": PARTNER_TOKEN}
 
 
-@pytest.fixture
-async def harness(
+@asynccontextmanager
+async def running_harness(
     settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
 ) -> AsyncIterator[GatewayHarness]:
+    """A gateway on `settings` in front of the fake partner, and a client session; stopped on exit."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gateway = await start_gateway(settings, environ=partner_environ(fake_partner))
@@ -288,6 +290,14 @@ async def harness(
     finally:
         await session.close()
         await gateway.stop()
+
+
+@pytest.fixture
+async def harness(
+    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
+) -> AsyncIterator[GatewayHarness]:
+    async with running_harness(settings, fake_partner, gateway_keys) as running:
+        yield running
 
 
 def shipment_body(**overrides: Any) -> dict[str, Any]:

@@ -6,36 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import aiohttp
 import pytest
-from proxy_harness import FakePartner, GatewayHarness, partner_environ
+from proxy_harness import FakePartner, GatewayHarness, running_harness
 from test_proxy_http_server import SHIPMENT, Conn, assert_problem, shipment
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.keys import GatewayKeys
-from gateway.proxy.app import start_gateway
 
 
 @pytest.fixture
 async def quick_harness(
     settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
 ) -> AsyncIterator[GatewayHarness]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gateway = await start_gateway(
-            replace(settings, request_head_timeout_seconds=0.3), environ=partner_environ(fake_partner)
-        )
-    session = aiohttp.ClientSession()
-    try:
-        yield GatewayHarness(gateway, fake_partner, gateway_keys, settings, session)
-    finally:
-        await session.close()
-        await gateway.stop()
+    quick = replace(settings, request_head_timeout_seconds=0.3)
+    async with running_harness(quick, fake_partner, gateway_keys) as running:
+        yield running
 
 
 async def test_a_trickled_head_gets_408_and_the_connection_closes(quick_harness: GatewayHarness) -> None:
