@@ -15,13 +15,26 @@ from ledger_helpers import disclosure_draft
 from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
 from gateway.keys import GatewayKeys
-from gateway.ledger import LedgerQuery, RecordDraft, open_ledger
+from gateway.ledger import Ledger, LedgerQuery, RecordDraft, open_ledger
 from gateway.ledger.sqlite_store import _CHECKPOINT_AFTER_COMMITS, SqliteStore
 from gateway.ledger.store import Row
 
 
 def outcome_draft(i: int) -> RecordDraft:
     return RecordDraft(kind="outcome", partner="acme-insurance", request_id=f"inline-{i}", status=200)
+
+
+async def started_ledger(url: str, keys: GatewayKeys) -> tuple[Ledger, SqliteStore]:
+    ledger = open_ledger(url, keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    assert isinstance(ledger.store, SqliteStore)
+    return ledger, ledger.store
+
+
+async def closed_and_verified(ledger: Ledger, url: str, keys: GatewayKeys) -> None:
+    await ledger.close()
+    report = await verify_url(url, keys.ledger.verify_key)
+    assert report.ok, report.summary()
 
 
 def committing_threads(store: SqliteStore) -> list[tuple[str, bool]]:
@@ -40,10 +53,7 @@ def committing_threads(store: SqliteStore) -> list[tuple[str, bool]]:
 async def test_an_idle_writer_thread_lets_unsynced_commits_run_inline(
     sqlite_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await started_ledger(sqlite_url, gateway_keys)
     seen = committing_threads(store)
     await ledger.append(disclosure_draft(0, gateway_keys))
     await ledger.append_nowait(outcome_draft(0))
@@ -60,18 +70,13 @@ async def test_an_idle_writer_thread_lets_unsynced_commits_run_inline(
 
     found = await ledger.query(LedgerQuery(kind="outcome"))
     assert [r["request_id"] for r in found] == ["inline-0"]
-    await ledger.close()
-    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
-    assert report.ok, report.summary()
+    await closed_and_verified(ledger, sqlite_url, gateway_keys)
 
 
 async def test_the_writer_thread_checkpoints_the_wal_that_inline_commits_grow(
     sqlite_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await started_ledger(sqlite_url, gateway_keys)
     seen = committing_threads(store)
     wal = Path(str(sqlite_path(sqlite_url)) + "-wal")
     for i in range(_CHECKPOINT_AFTER_COMMITS + 5):
@@ -85,18 +90,13 @@ async def test_the_writer_thread_checkpoints_the_wal_that_inline_commits_grow(
     assert store._commits_since_checkpoint < _CHECKPOINT_AFTER_COMMITS
     assert wal.exists()
     await asyncio.sleep(0)
-    await ledger.close()
-    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
-    assert report.ok, report.summary()
+    await closed_and_verified(ledger, sqlite_url, gateway_keys)
 
 
 async def test_under_load_unsynced_batches_stay_on_the_writer_thread(
     sqlite_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await started_ledger(sqlite_url, gateway_keys)
     seen = committing_threads(store)
     # Several records in one batch (concurrent requests): the next unsynced batches hop to the thread,
     # which overlaps them with the loop's work, until a lone record follows a lone record again.
@@ -105,18 +105,13 @@ async def test_under_load_unsynced_batches_stay_on_the_writer_thread(
     await ledger.append_nowait(outcome_draft(1))
     loop_thread = threading.current_thread().name
     assert seen == [("ledger-sqlite-writer", True), ("ledger-sqlite-writer", False), (loop_thread, False)]
-    await ledger.close()
-    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
-    assert report.ok, report.summary()
+    await closed_and_verified(ledger, sqlite_url, gateway_keys)
 
 
 async def test_an_inline_commit_never_waits_for_another_connections_lock(
     sqlite_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await started_ledger(sqlite_url, gateway_keys)
     await ledger.append(disclosure_draft(0, gateway_keys))
     seen = committing_threads(store)
     loop_thread = threading.current_thread().name
@@ -137,14 +132,6 @@ async def test_an_inline_commit_never_waits_for_another_connections_lock(
     # With the lock free again the next outcome commits inline (the timeout is set back and forth).
     await ledger.append_nowait(outcome_draft(2))
     assert seen[2:] == [(loop_thread, False)]
-    await ledger.close()
-    found = ledger_outcomes(sqlite_url)
-    assert found == ["inline-1", "inline-2"]
-    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
-    assert report.ok, report.summary()
-
-
-def ledger_outcomes(url: str) -> list[str]:
-    with sqlite3.connect(sqlite_path(url)) as conn:
-        rows = conn.execute("SELECT request_id FROM ledger_records WHERE kind = 'outcome' ORDER BY sequence")
-        return [r for (r,) in rows]
+    found = await ledger.query(LedgerQuery(kind="outcome"))
+    assert [r["request_id"] for r in found] == ["inline-1", "inline-2"]
+    await closed_and_verified(ledger, sqlite_url, gateway_keys)
