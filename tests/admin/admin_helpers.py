@@ -5,7 +5,6 @@ receives, tokens minted with the development key, and a log capture to prove no 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from gateway.cli.token import mint_token
 from gateway.config import Settings
 from gateway.keys import GatewayKeys
 from gateway.ledger import LedgerQuery
-from gateway.proxy import RunningGateway, create_app
-from gateway.proxy.admin import add_admin_routes
+from gateway.proxy import RunningGateway
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_PROFILES = REPO / "partner_profiles"
@@ -61,19 +59,6 @@ async def start_recording_partner() -> tuple[RecordingPartner, web.AppRunner]:
     await site.start()
     partner.url = f"http://127.0.0.1:{runner.addresses[0][1]}/analytics"
     return partner, runner
-
-
-async def start_admin_gateway(settings: Settings, environ: dict[str, str]) -> RunningGateway:
-    """What `start_gateway` does, with the admin routes added to the app before it starts."""
-    app = create_app(settings, environ=environ)
-    add_admin_routes(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return RunningGateway(app=app, runner=runner, host="127.0.0.1", port=int(runner.addresses[0][1]))
 
 
 def admin_settings(tmp_path: Path, keys_dir: Path) -> Settings:

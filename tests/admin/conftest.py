@@ -16,20 +16,19 @@ from admin_helpers import (
     LogCapture,
     ThreadedGateway,
     admin_settings,
-    start_admin_gateway,
     start_recording_partner,
 )
 from aiohttp import web
 
 from gateway.keys import GatewayKeys
-from gateway.proxy import RunningGateway
+from gateway.proxy import RunningGateway, start_gateway
 
 
 @pytest.fixture
 async def admin(tmp_path: Path, keys_dir: Path, gateway_keys: GatewayKeys) -> AsyncIterator[AdminHarness]:
     partner, partner_runner = await start_recording_partner()
     settings = admin_settings(tmp_path, keys_dir)
-    gateway = await start_admin_gateway(settings, {"PARTNER_URL_ANALYTICS_INFINITY_VALLEY": partner.url})
+    gateway = await start_gateway(settings, environ={"PARTNER_URL_ANALYTICS_INFINITY_VALLEY": partner.url})
     session = aiohttp.ClientSession()
     try:
         yield AdminHarness(gateway, partner, gateway_keys, settings, session)
@@ -48,7 +47,7 @@ def threaded_admin_gateway(tmp_path: Path, keys_dir: Path, gateway_keys: Gateway
 
     async def start() -> tuple[RunningGateway, web.AppRunner]:
         partner, partner_runner = await start_recording_partner()
-        gateway = await start_admin_gateway(settings, {"PARTNER_URL_ANALYTICS_INFINITY_VALLEY": partner.url})
+        gateway = await start_gateway(settings, environ={"PARTNER_URL_ANALYTICS_INFINITY_VALLEY": partner.url})
         return gateway, partner_runner
 
     gateway, partner_runner = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)

@@ -18,14 +18,13 @@ from admin_helpers import (
     RecordingPartner,
     admin_settings,
     dev_token,
-    start_admin_gateway,
     start_recording_partner,
 )
 
 from gateway.config import Settings
 from gateway.keys import GatewayKeys
 from gateway.ledger import LedgerQuery
-from gateway.proxy import RunningGateway
+from gateway.proxy import RunningGateway, start_gateway
 
 PARTNERS = ("law-enforcement-kr", "carrier-tw-hct", "analytics-infinity-valley", "payment-vietcombank")
 LEGAL_PATH = "/v1/partners/law-enforcement-kr/v1/requests/CASE-2026-114/responses"
@@ -122,7 +121,7 @@ async def _rig(settings_list: list[Settings], gateway_keys: GatewayKeys,
     try:
         for index, settings in enumerate(settings_list):
             monkeypatch.setenv("GATEWAY_LEDGER_CHAIN_SUFFIX", f"replica{index}")
-            gateways.append(await start_admin_gateway(settings, partner_environ(base)))
+            gateways.append(await start_gateway(settings, environ=partner_environ(base)))
         yield Rig(gateways, partner, gateway_keys, settings_list[0], session)
     finally:
         await session.close()
