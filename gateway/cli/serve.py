@@ -3,8 +3,8 @@
 `serve` runs one gateway process, or with `--workers N` a supervisor and N worker processes that share
 one port through SO_REUSEPORT (the kernel spreads connections); each worker appends to its own ledger
 hash chain and the metrics of all workers are aggregated through a shared PROMETHEUS_MULTIPROC_DIR.
-SIGHUP reloads the profiles (in every worker); SIGTERM or SIGINT drains in-flight requests, closes the
-ledger (final checkpoint) and exits.
+SIGHUP reloads the profiles (in every worker), and so does `POST /v1/admin/reload` to any worker;
+SIGTERM or SIGINT drains in-flight requests, closes the ledger (final checkpoint) and exits.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +66,27 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run_worker(settings: Settings, index: int, *, reuse_port: bool) -> None:
-    """One gateway process until SIGTERM/SIGINT."""
+def run_worker(settings: Settings, index: int, *, reuse_port: bool, supervisor: int | None = None) -> None:
+    """One gateway process until SIGTERM/SIGINT; `supervisor` is the pid of the `--workers` supervisor."""
     from gateway.logs import configure_logging
 
     configure_logging(settings.log_level)
     _install_uvloop()
-    asyncio.run(_serve(settings, index, reuse_port))
+    asyncio.run(_serve(settings, index, reuse_port, supervisor))
 
 
-async def _serve(settings: Settings, index: int, reuse_port: bool) -> None:
+def _peer_reloader(supervisor: int) -> Callable[[], None]:
+    """Asks the supervisor to relay SIGHUP to every worker; only while it is still this process's parent
+    (an orphaned worker must not signal whatever process adopted it, such as a container's init)."""
+
+    def reload_peers() -> None:
+        if os.getppid() == supervisor:
+            os.kill(supervisor, signal.SIGHUP)
+
+    return reload_peers
+
+
+async def _serve(settings: Settings, index: int, reuse_port: bool, supervisor: int | None = None) -> None:
     from gateway.logs import get_logger
     from gateway.proxy import start_gateway
 
@@ -88,6 +100,8 @@ async def _serve(settings: Settings, index: int, reuse_port: bool) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     gateway = await start_gateway(settings, reuse_port=reuse_port, worker_index=index)
+    if supervisor is not None:
+        gateway.state.reload_peers = _peer_reloader(supervisor)
     log.info("listening", url=gateway.url, worker=index, pid=os.getpid())
 
     async def reloader() -> None:
@@ -108,7 +122,7 @@ async def _serve(settings: Settings, index: int, reuse_port: bool) -> None:
 def _worker_main(settings: Settings, index: int) -> None:
     # A worker ignores SIGINT from the terminal's process group: the supervisor forwards one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    run_worker(settings, index, reuse_port=True)
+    run_worker(settings, index, reuse_port=True, supervisor=os.getppid())
 
 
 def _supervise(settings: Settings) -> int:

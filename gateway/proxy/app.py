@@ -79,6 +79,9 @@ class GatewayState:
         self._pipeline: Pipeline | None = None
         self._reload_lock = asyncio.Lock()
         self.openapi = _openapi_document()
+        # Set by a worker under `serve --workers N`: after this process's admin reload succeeded, ask the
+        # supervisor to reload every worker (an admin call reaches one process only).
+        self.reload_peers: Callable[[], None] | None = None
 
     @property
     def services(self) -> GatewayServices:
@@ -260,7 +263,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def admin_reload(request: web.Request) -> web.Response:
     """`POST /v1/admin/reload` (scope gateway:admin): 200 with the new set's size, or 422 with every
-    problem of the refused set (file:line and reason), the running set unchanged."""
+    problem of the refused set (file:line and reason), the running set unchanged. Under a supervisor, a
+    set this process accepted is then reloaded by every worker."""
     state = request.app[STATE_KEY]
     caller = await state.services.authenticator.authenticate(request.headers.getall("Authorization", []))
     if not caller.has_scope(ADMIN_SCOPE):
@@ -274,7 +278,13 @@ async def admin_reload(request: web.Request) -> web.Response:
         ) from None
     except ConfigError as exc:
         raise ProfilesRejected(str(exc)) from None
-    return web.json_response({"result": "ok", "partners": summary.partners, "routes": summary.routes})
+    answer: dict[str, object] = {"result": "ok", "partners": summary.partners, "routes": summary.routes}
+    if state.reload_peers is not None:
+        # The other workers reload the same folder on the supervisor's SIGHUP (this one once more too:
+        # a repeated reload is harmless, a skipped one could leave a worker on a stale set).
+        state.reload_peers()
+        answer["workers"] = "all signalled"
+    return web.json_response(answer)
 
 
 def _openapi_document() -> bytes:

@@ -1,5 +1,5 @@
-"""`gateway serve` and `gateway demo` as real processes: workers sharing one port, SIGHUP reload in
-every worker, metrics aggregated across workers, SIGTERM drain and exit; the demo runs to completion on
+"""`gateway serve` and `gateway demo` as real processes: workers sharing one port, SIGHUP and admin
+reload in every worker, metrics aggregated across workers, SIGTERM drain and exit; the demo runs to completion on
 a fresh folder."""
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ async def test_serve_with_two_workers_reload_and_drain(
                     break
                 await asyncio.sleep(0.2)
             assert 'gateway_profile_reloads_total{result="ok"} 2.0' in text
+            await _admin_reload_reaches_every_worker(url, profiles_dir, gateway_keys)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
@@ -113,6 +114,38 @@ async def test_serve_with_two_workers_reload_and_drain(
                 process.wait()
         log_file.close()
     assert len(fake_partner.received) == 12
+
+
+async def _reloads_ok(session: aiohttp.ClientSession, url: str) -> float:
+    async with session.get(url + "/metrics") as response:
+        found = re.search(r'gateway_profile_reloads_total\{result="ok"\} ([0-9.]+)', await response.text())
+    return float(found.group(1)) if found else 0.0
+
+
+async def _admin_reload_reaches_every_worker(url: str, profiles_dir: Path, gateway_keys: GatewayKeys) -> None:
+    """A second partner appears in the folder; one admin call reloads it into both workers."""
+    profile = (profiles_dir / f"{PARTNER_ID}.yaml").read_text(encoding="utf-8")
+    (profiles_dir / "carrier-two.yaml").write_text(
+        profile.replace(f"id: {PARTNER_ID}", "id: carrier-two", 1), encoding="utf-8")
+    assert gateway_keys.jwt_dev_private is not None
+    admin = {"Authorization": "Bearer " + mint_token(
+        gateway_keys.jwt_dev_private, subject="ops", scopes=["gateway:admin"], issuer="partner-data-gateway-dev",
+        audience="partner-data-gateway", ttl_seconds=300)}
+    async with aiohttp.ClientSession() as session:
+        before = await _reloads_ok(session, url)
+        async with session.post(url + "/v1/admin/reload", headers=admin) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["workers"] == "all signalled"
+        # The worker that took the call, then both workers on the supervisor's relayed SIGHUP.
+        deadline = time.monotonic() + 15
+        while await _reloads_ok(session, url) < before + 3:
+            assert time.monotonic() < deadline, "the other worker did not reload"
+            await asyncio.sleep(0.2)
+    for _ in range(12):
+        # Fresh connections, so the kernel hands them to both workers: each has the new set.
+        async with aiohttp.ClientSession() as fresh, fresh.get(url + "/v1/admin/partners", headers=admin) as response:
+            assert response.status == 200
+            assert "carrier-two" in [p["id"] for p in (await response.json())["partners"]]
 
 
 @pytest.mark.slow
