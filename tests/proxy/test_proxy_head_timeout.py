@@ -28,8 +28,7 @@ async def quick_harness(
 
 
 async def test_a_trickled_head_gets_408_and_the_connection_closes(quick_harness: GatewayHarness) -> None:
-    conn = await Conn.open(quick_harness)
-    try:
+    async with Conn(quick_harness) as conn:
         await conn.send(f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\n".encode())
         await asyncio.sleep(0.15)
         await conn.send(b"X-Slow: 1\r\n")  # still arriving, never finished
@@ -38,14 +37,11 @@ async def test_a_trickled_head_gets_408_and_the_connection_closes(quick_harness:
         assert "X-Slow" not in json.dumps(problem)
         assert headers["connection"] == "close"
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     assert quick_harness.partner.received == []
 
 
 async def test_a_head_in_time_is_served_even_when_its_body_comes_later(quick_harness: GatewayHarness) -> None:
-    conn = await Conn.open(quick_harness)
-    try:
+    async with Conn(quick_harness) as conn:
         request = shipment(quick_harness)
         head, _, body = request.partition(b"\r\n\r\n")
         await conn.send(head[:20])
@@ -59,8 +55,6 @@ async def test_a_head_in_time_is_served_even_when_its_body_comes_later(quick_har
         await conn.send(shipment(quick_harness))
         _, status, _, _ = await conn.answer()
         assert status == 200
-    finally:
-        conn.close()
     assert len(quick_harness.partner.received) == 2
 
 
