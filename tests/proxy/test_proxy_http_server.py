@@ -1,7 +1,8 @@
 """The lean egress HTTP/1.1 server (gateway.proxy.httpserver) through real sockets: keep-alive and
 HTTP/1.0 close, pipelining order, body limits with both framings, header limits, malformed requests,
 Expect: 100-continue, the raw target, duplicate headers, request ids, the hand-off of other paths to
-aiohttp on the same connection, and shutdown of idle connections."""
+aiohttp on the same connection (pipelined: test_proxy_pipelined_handoff.py), and shutdown of idle
+connections (time limits: test_proxy_timeouts.py)."""
 
 from __future__ import annotations
 
@@ -146,18 +147,6 @@ async def test_pipelined_requests_are_answered_in_order(harness: GatewayHarness)
         assert [a[2]["x-request-id"] for a in answers] == ["p-0", "p-1", "p-2"]
         assert [a[1] for a in answers] == [200, 404, 200]
         assert_problem(answers[1][1], answers[1][2], answers[1][3], 404)
-
-
-async def test_pipelined_request_for_another_endpoint_is_refused_and_closes(harness: GatewayHarness) -> None:
-    async with Conn(harness) as conn:
-        healthz = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
-        await conn.send(shipment(harness, extra="X-Request-Id: pp-0\r\n") + healthz)
-        _, status, headers, _ = await conn.answer()
-        assert (status, headers["x-request-id"]) == (200, "pp-0")
-        _, status, headers, body = await conn.answer()
-        assert_problem(status, headers, body, 400)
-        assert headers["connection"] == "close"
-        assert await conn.closed_by_server()
 
 
 async def test_declared_body_over_the_limit_is_refused_before_it_is_sent(harness: GatewayHarness) -> None:
