@@ -49,6 +49,16 @@ async def quick_idle(
         yield running
 
 
+@pytest.fixture
+async def steady_idle(
+    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
+) -> AsyncIterator[GatewayHarness]:
+    """A limit short enough to outlive in a test, with room for a loaded machine between requests."""
+    quick = replace(settings, keepalive_timeout_seconds=1.0)
+    async with running_harness(quick, fake_partner, gateway_keys) as running:
+        yield running
+
+
 def _head(harness: GatewayHarness, framing: str, extra: str = "") -> bytes:
     return (
         f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
@@ -184,24 +194,29 @@ async def test_an_idle_connection_handed_to_aiohttp_is_closed_after_the_limit(qu
         assert await conn.closed_by_server()
 
 
-async def test_an_active_keep_alive_connection_stays_open(quick_idle: GatewayHarness) -> None:
-    async with Conn(quick_idle) as conn:
-        # Six requests 0.1 s apart: the connection lives well past the 0.3 s limit, never idle that long.
+async def test_an_active_keep_alive_connection_stays_open(steady_idle: GatewayHarness) -> None:
+    async with Conn(steady_idle) as conn:
+        # Six requests 0.3 s apart: the connection lives well past the 1 s limit, never idle that long.
         for n in range(6):
-            await asyncio.sleep(0.1)
-            await conn.send(shipment(quick_idle, extra=f"X-Request-Id: act-{n}\r\n"))
+            await asyncio.sleep(0.3)
+            await conn.send(shipment(steady_idle, extra=f"X-Request-Id: act-{n}\r\n"))
             _, status, headers, _ = await conn.answer()
             assert (status, headers["x-request-id"]) == (200, f"act-{n}")
 
 
-async def test_idle_time_counts_from_the_answer_not_the_request(quick_idle: GatewayHarness) -> None:
-    quick_idle.partner.mode = "slow"  # 0.5 s: longer than the idle limit
-    async with Conn(quick_idle) as conn:
-        for _ in range(2):
-            await conn.send(shipment(quick_idle))
-            _, status, headers, _ = await conn.answer()
-            assert status == 200
-            assert "connection" not in headers
+async def test_idle_time_counts_from_the_answer_not_the_request(steady_idle: GatewayHarness) -> None:
+    steady_idle.partner.mode = "hang"  # answered by the partner timeout (1.5 s): longer than the idle limit
+    async with Conn(steady_idle) as conn:
+        await conn.send(shipment(steady_idle))
+        _, status, headers, _ = await conn.answer()
+        assert status == 504
+        assert "connection" not in headers
+        steady_idle.partner.mode = "ok"
+        # Idle for 0.6 s since the answer (2.1 s since the request): within the limit counted from the answer.
+        await asyncio.sleep(0.6)
+        await conn.send(shipment(steady_idle))
+        _, status, _, _ = await conn.answer()
+        assert status == 200
 
 
 # -- settings ---------------------------------------------------------------------------------------
