@@ -6,6 +6,7 @@ so the gateway never starts half-configured. Every setting is documented in docs
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     # A client must send a request's whole head within this many seconds of its first byte (408 after).
     request_head_timeout_seconds: float = 30.0
+    # ... and a request's whole body within this many seconds of the gateway starting to read it (408 after).
+    request_body_timeout_seconds: float = 30.0
+    # An idle keep-alive connection (no request in progress) is closed after this many seconds.
+    keepalive_timeout_seconds: float = 75.0
     subject_cache_seconds: float = 0.0  # 0: every request reads the registry (no stale consent)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -107,8 +112,10 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_body_bytes", "max_json_depth", "checkpoint_every_records", "workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"setting {name}: must be at least 1")
-    if not settings.request_head_timeout_seconds > 0:
-        raise ConfigError("setting request_head_timeout_seconds: must be a positive number of seconds")
+    for name in ("request_head_timeout_seconds", "request_body_timeout_seconds", "keepalive_timeout_seconds"):
+        value = getattr(settings, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"setting {name}: must be a positive number of seconds")
     return settings
 
 

@@ -402,11 +402,15 @@ async def start_gateway(
     app = create_app(settings, worker_index=worker_index, environ=environ)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds,
+        keepalive_timeout=settings.keepalive_timeout_seconds,  # connections handed over for other paths
     )
     await runner.setup()
     assert runner.server is not None
     state = app[STATE_KEY]
-    lean = LeanServer(lambda: state.pipeline, runner.server, head_timeout=settings.request_head_timeout_seconds)
+    lean = LeanServer(
+        lambda: state.pipeline, runner.server, head_timeout=settings.request_head_timeout_seconds,
+        body_timeout=settings.request_body_timeout_seconds, keepalive_timeout=settings.keepalive_timeout_seconds,
+    )
     try:
         bound_port = await lean.listen(host, port, reuse_port=reuse_port, backlog=1024)
     except BaseException:

@@ -8,10 +8,14 @@ runs the pipeline and writes the answer's bytes itself.
 Only `{METHOD} /v1/partners/...` is served here. A request whose target is anything else (ops
 endpoints, the admin API, unknown paths, absolute or asterisk forms) hands its connection to aiohttp's
 own protocol for the unchanged Application: the `RequestHandler` that aiohttp's server would have
-created takes the transport and is fed the bytes of that request from its first byte. That is only done
-when those bytes are known exactly, i.e. the request started at the beginning of a read and at a
-message boundary (how every non-pipelining client sends); a pipelined non-egress request behind an
-egress one in the same read is refused with 400 and the connection closed (fail closed).
+created takes the transport and is fed the bytes of that request from its first byte, once the requests
+ahead of it are answered. llhttp reports no byte offsets, so where that request begins is found from
+the bytes read since the last point a fresh parser could start from (`_replay`): a read that began
+between messages, or the known end of a Content-Length body. When the request begins right there (how
+every non-pipelining client sends) that is free; when egress requests precede it in those bytes, a
+scratch parser finds where they end (`_end_of_messages`). Only when that point is unknown (a pipelined
+request behind a chunked body over `_REPLAY_MAX_BYTES` spread over several reads) is it refused with 400
+and the connection closed (fail closed).
 
 HTTP behaviour, as aiohttp's server had it unless said otherwise:
 - keep-alive by default for HTTP/1.1, close for HTTP/1.0 unless `Connection: keep-alive`; pipelined
@@ -28,8 +32,11 @@ HTTP behaviour, as aiohttp's server had it unless said otherwise:
 - `Expect: 100-continue` (HTTP/1.1) is answered `100 Continue` when the pipeline first reads the body,
   so a refusal before that never invites the body; any other expectation gets 417 and a close;
 - an `Upgrade` request is answered as a plain request, then the connection is closed.
-- a head that has begun must be complete within `request_head_timeout_seconds` (408 and close after);
-  the body is not timed here (the route's size limit bounds what is buffered).
+- a head that has begun must be complete within `request_head_timeout_seconds`, and a body whose
+  reading has begun within `request_body_timeout_seconds` (a deadline for the whole body, not an idle
+  limit between reads, which a trickling client would reset at will); 408 and close after either;
+- a keep-alive connection idle (no request in progress, no answer owed) for `keepalive_timeout_seconds`
+  is closed.
 Nothing from the request (target, headers, body) goes into a log line or an error body here.
 """
 
@@ -64,11 +71,16 @@ MAX_TARGET_BYTES: Final = 8190
 MAX_FIELD_BYTES: Final = 8190
 MAX_HEADERS: Final = 128
 MAX_HEAD_BYTES: Final = 65536
-KEEPALIVE_SECONDS: Final = 3630.0  # aiohttp's default: longer than a reverse proxy's idle timeout
+# Defaults of the settings (gateway.config); docs/operations.md says why these values.
+KEEPALIVE_SECONDS: Final = 75.0
 # A head that has begun must be complete within this bound (408 and close after): a client trickling
-# header bytes would otherwise hold its connection for as long as it likes.
+# header bytes would otherwise hold its connection for as long as it likes. Bodies likewise.
 HEAD_TIMEOUT_SECONDS: Final = 30.0
+BODY_TIMEOUT_SECONDS: Final = 30.0
 _BODY_HIGH_WATER: Final = 65536
+# Bytes of a message spread over several reads kept to locate a request pipelined behind it (only a
+# chunked body needs them all; a head is bounded by MAX_HEAD_BYTES anyway).
+_REPLAY_MAX_BYTES: Final = 262144
 LINGER_BYTES: Final = 4 * 1024 * 1024
 LINGER_SECONDS: Final = 3.0
 _EGRESS_PREFIX_BYTES: Final = EGRESS_PREFIX.encode("ascii")
@@ -105,6 +117,12 @@ class RequestHeadTimeout(GatewayError):
     title = "Request head not received in time"
 
 
+class RequestBodyTimeout(GatewayError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request body not received in time"
+
+
 class ExpectationFailed(GatewayError):
     status = 417
     slug = "expectation-failed"
@@ -133,7 +151,10 @@ class LeanBody:
     """One request's body as it arrives (the pipeline's `content`). Holds what the parser delivered
     until the pipeline reads it; past the high-water mark the connection stops reading."""
 
-    __slots__ = ("_chunks", "_eof", "_error", "_expect_continue", "_protocol", "_size", "_waiter", "complete")
+    __slots__ = (
+        "_chunks", "_eof", "_error", "_expect_continue", "_protocol", "_size", "_started", "_waiter", "complete",
+        "received",
+    )
 
     def __init__(self, protocol: EgressProtocol, *, expect_continue: bool) -> None:
         self._protocol = protocol
@@ -143,11 +164,14 @@ class LeanBody:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._expect_continue = expect_continue
+        self._started = False  # the pipeline has asked for the body
         self.complete = False  # the parser saw the end of this message
+        self.received = 0  # body bytes the parser delivered (where a Content-Length body ends)
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
+        self.received += len(data)
         if self._size > _BODY_HIGH_WATER:
             self._protocol.pause_body()
         self._wake()
@@ -171,9 +195,9 @@ class LeanBody:
                 waiter.set_result(None)
 
     async def read(self, n: int = -1) -> bytes:
-        if self._expect_continue:
-            self._expect_continue = False
-            self._protocol.send_continue()
+        if not self._started:
+            self._started = True
+            self._protocol.body_wanted(self, expect_continue=self._expect_continue)
         while not self._chunks:
             if self._error is not None:
                 raise self._error
@@ -252,11 +276,14 @@ class LeanServer:
 
     def __init__(
         self, pipeline_of: Callable[[], Pipeline], aiohttp_server: web.Server, *,
-        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS, body_timeout: float = BODY_TIMEOUT_SECONDS,
+        keepalive_timeout: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.pipeline_of = pipeline_of
         self.aiohttp_server = aiohttp_server
         self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.connections: set[EgressProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
         self._idle: asyncio.Event = asyncio.Event()
@@ -321,6 +348,7 @@ class EgressProtocol(asyncio.Protocol):
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._lingering: asyncio.Transport | None = None  # closing: input is read and discarded
         self._linger_left = 0
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -330,7 +358,12 @@ class EgressProtocol(asyncio.Protocol):
         self._deciding = False
         self._clean_start = False
         self._chunk = b""
-        self._handoff_parts: list[bytes] | None = None
+        # The bytes read since the last point a fresh parser could start from, and how many messages had
+        # been completed by then (see `_locate_handoff`); None when no such point is known.
+        self._replay: list[bytes] | None = None
+        self._replay_size = 0
+        self._replay_base = 0
+        self._completed = 0  # messages completed on this connection
         self._handoff: bytes | None = None  # bytes to give aiohttp once the requests ahead are answered
         self._url = b""
         self._header_list: list[tuple[str, str]] = []
@@ -349,7 +382,7 @@ class EgressProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._server.register(self)
         self._last_activity = self._loop.time()
-        self._idle_timer = self._loop.call_later(KEEPALIVE_SECONDS, self._check_idle)
+        self._idle_timer = self._loop.call_at(self._last_activity + self._server.keepalive_timeout, self._check_idle)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._transport = None
@@ -362,6 +395,7 @@ class EgressProtocol(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
         self._cancel_head_timer()
+        self._cancel_body_timer()
         lost = ConnectionResetError("the client closed the connection")
         for request in self._queue:
             request.content.set_exception(lost)
@@ -389,10 +423,14 @@ class EgressProtocol(asyncio.Protocol):
         if self._input_done:
             return
         self._last_activity = self._loop.time()
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._handoff_parts is not None:
-                self._handoff_parts.append(data)
+        if not self._in_message:
+            self._replay = [data]
+            self._replay_size = len(data)
+            self._replay_base = self._completed
+        else:
+            self._extend_replay(data)
+            if self._in_head:
+                self._head_bytes += len(data)
         self._chunk = data
         self._clean_start = not self._in_message
         try:
@@ -408,10 +446,38 @@ class EgressProtocol(asyncio.Protocol):
         else:
             # httptools holds a header it has not finished in its own buffers: bound the unfinished head
             # (counted from the read it began in, so the bound is exact when it began a read).
-            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(HeadersTooLarge("the request head is too large"))
+            if self._in_head:
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse(HeadersTooLarge("the request head is too large"))
+                elif self._head_timer is None and not self._queue_paused:
+                    # Timed from the read it began in; a head that arrives whole in one read (nearly
+                    # every one) never needs the timer.
+                    self._head_timer = self._loop.call_at(
+                        self._last_activity + self._server.head_timeout, self._head_timed_out
+                    )
         finally:
             self._chunk = b""
+            if not self._in_message:
+                self._replay = None
+
+    def _extend_replay(self, data: bytes) -> None:
+        """A read that continues a message: keep what is needed to locate a request pipelined behind it."""
+        current = self._current
+        if (
+            not self._in_head and current is not None and current.content_length is not None
+            and "Transfer-Encoding" not in current.headers
+        ):
+            # A Content-Length body ends exactly this many bytes into the read: a fresh parser can start there.
+            left = current.content_length - current.content.received
+            self._replay = [data[left:]]
+            self._replay_size = len(data) - left
+            self._replay_base = self._completed + 1
+        elif self._replay is not None:
+            self._replay_size += len(data)
+            if self._replay_size > _REPLAY_MAX_BYTES + MAX_HEAD_BYTES:
+                self._replay = None
+            else:
+                self._replay.append(data)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -422,6 +488,30 @@ class EgressProtocol(asyncio.Protocol):
         self._head_timer = None
         if self._in_head and self._transport is not None and not self._input_done and self._handoff is None:
             self._refuse(RequestHeadTimeout("the request head did not arrive in time"))
+
+    def body_wanted(self, body: LeanBody, *, expect_continue: bool) -> None:
+        """The pipeline starts reading a body: invite it (100 Continue) and time it unless it is all here."""
+        if expect_continue:
+            self.send_continue()
+        if not body.complete and self._body_timer is None and self._transport is not None and not self._input_done:
+            self._body_timer = self._loop.call_later(self._server.body_timeout, self._body_timed_out)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        current = self._current
+        if current is None or self._transport is None or self._input_done:
+            return
+        _log.debug("http_request_refused", status=RequestBodyTimeout.status, reason="body-timeout")
+        # Read nothing more: the pipeline's read fails with the 408, its answer closes the connection
+        # (the body was not read to its end), and nothing was forwarded.
+        self._input_done = True
+        self._update_reading()
+        current.content.set_exception(RequestBodyTimeout("the request body did not arrive in time"))
 
     def _stopped(self) -> None:
         stop, self._stop = self._stop, None
@@ -444,11 +534,7 @@ class EgressProtocol(asyncio.Protocol):
         self._head_size = 0
         self._url = b""
         self._header_list = []
-        # The request's first byte is known only when it began a read at a message boundary.
-        self._handoff_parts = [self._chunk] if self._clean_start else None
         self._clean_start = False
-        self._cancel_head_timer()
-        self._head_timer = self._loop.call_later(self._server.head_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -460,13 +546,33 @@ class EgressProtocol(asyncio.Protocol):
         """The target is complete: egress requests stay here, any other goes to aiohttp."""
         self._deciding = False
         if self._url.startswith(_EGRESS_PREFIX_BYTES):
-            self._handoff_parts = None
             return
-        if self._handoff_parts is None:
+        data = self._locate_handoff()
+        if data is None:
             self._stop = MalformedRequest("a pipelined request for another endpoint; send it on its own")
         else:
+            self._handoff = data
             self._stop = _HANDOFF
         raise _Stop
+
+    def _locate_handoff(self) -> bytes | None:
+        """The bytes from the first byte of the request being parsed to the end of this read, or None
+        when they cannot be located exactly (fail closed)."""
+        replay = self._replay
+        if replay is None:
+            return None
+        data = replay[0] if len(replay) == 1 else b"".join(replay)
+        ahead = self._completed - self._replay_base  # messages in `data` before this request
+        start = 0 if ahead == 0 else _end_of_messages(data, ahead)
+        if start is None:
+            return None
+        # llhttp skips empty lines before a request line (and spaces after the method); the request must
+        # then begin as parsed, else the offset is wrong and nothing is handed over.
+        rest = data[start:].lstrip(b"\r\n")
+        method = self._parser.get_method()
+        if not (rest.startswith(method + b" ") and rest[len(method):].lstrip(b" ").startswith(self._url)):
+            return None
+        return rest
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._deciding:
@@ -484,7 +590,8 @@ class EgressProtocol(asyncio.Protocol):
         if self._deciding:
             self._decide()
         self._in_head = False
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict(self._header_list)
         self._header_list = []
@@ -522,6 +629,9 @@ class EgressProtocol(asyncio.Protocol):
         self._current = None
         self._in_message = False
         self._clean_start = False
+        self._completed += 1
+        if self._body_timer is not None:
+            self._cancel_body_timer()
         if current is not None:
             current.content.feed_eof()
             if not current.keep_alive:
@@ -548,12 +658,12 @@ class EgressProtocol(asyncio.Protocol):
                 break
             request = self._queue[0]
             if self._queue_paused and len(self._queue) == 1:
-                self._queue_paused = False  # its body may still be on its way
-                self._update_reading()
+                self._resume_queue()  # its body may still be on its way
         self._task = None
         transport = self._transport
         if transport is None:
             return
+        self._last_activity = self._loop.time()  # the keep-alive idle time counts from the last answer
         if self._refusal is not None:
             self._write(None, self._refusal, close=True)
         elif self._handoff is not None:
@@ -561,8 +671,14 @@ class EgressProtocol(asyncio.Protocol):
         elif self._input_done:
             self._close(transport)
         elif self._queue_paused:
-            self._queue_paused = False
-            self._update_reading()
+            self._resume_queue()
+
+    def _resume_queue(self) -> None:
+        self._queue_paused = False
+        self._update_reading()
+        if self._in_head and self._head_timer is None and not self._input_done:
+            # A head that began while reading was paused behind the answers is timed from now.
+            self._head_timer = self._loop.call_later(self._server.head_timeout, self._head_timed_out)
 
     async def _answer(self, request: LeanRequest) -> Answer:
         ctx = start_context(request)
@@ -683,15 +799,13 @@ class EgressProtocol(asyncio.Protocol):
     # -- hand-off to aiohttp ---------------------------------------------------------------------------
 
     def _begin_handoff(self) -> None:
-        parts, self._handoff_parts = self._handoff_parts, None
-        assert parts is not None
-        data = b"".join(parts)
+        data = self._handoff
+        assert data is not None
         if self._task is None:
             self._hand_over(data)
             return
-        # Egress requests ahead of it are still being answered: keep its bytes (and any that follow)
-        # and stop reading until then.
-        self._handoff = data
+        # Egress requests ahead of it are still being answered: keep its bytes (and any that follow,
+        # appended by data_received) and stop reading until then.
         self._update_reading()
 
     def _hand_over(self, data: bytes) -> None:
@@ -703,6 +817,8 @@ class EgressProtocol(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
         self._cancel_head_timer()
+        self._cancel_body_timer()
+        self._replay = None
         self._server.forget(self)
         self._transport = None
         self._input_done = True
@@ -716,14 +832,20 @@ class EgressProtocol(asyncio.Protocol):
     # -- idle and shutdown -------------------------------------------------------------------------------
 
     def _check_idle(self) -> None:
+        """The keep-alive limit: one timer per connection, re-armed from the last read or answer rather
+        than moved on each of them (the hot path only stores a time)."""
         self._idle_timer = None
         transport = self._transport
         if transport is None:
             return
+        limit = self._server.keepalive_timeout
         now = self._loop.time()
-        if self._queue or self._in_message or now - self._last_activity < KEEPALIVE_SECONDS:
-            wait = max(1.0, KEEPALIVE_SECONDS - (now - self._last_activity))
-            self._idle_timer = self._loop.call_later(wait, self._check_idle)
+        if self._queue or self._in_message or self._task is not None:
+            # Busy: a request's head or body has its own timer, an answer is the gateway's to give.
+            self._idle_timer = self._loop.call_at(now + limit, self._check_idle)
+            return
+        if now < self._last_activity + limit:
+            self._idle_timer = self._loop.call_at(self._last_activity + limit, self._check_idle)
             return
         self._transport = None
         transport.close()
@@ -774,3 +896,44 @@ def _request_id(answer: Answer) -> str:
         if name == "X-Request-Id":
             return value
     return request_id_from(None)
+
+
+class _Counter:
+    """Callbacks of a scratch parser that only counts completed messages (stopping at `target`)."""
+
+    __slots__ = ("count", "target")
+
+    def __init__(self, target: int) -> None:
+        self.count = 0
+        self.target = target
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            raise _Stop
+
+
+def _messages_in(data: memoryview, target: int) -> int:
+    counter = _Counter(target)
+    with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
+        httptools.HttpRequestParser(counter).feed_data(data)
+    return counter.count
+
+
+def _end_of_messages(data: bytes, count: int) -> int | None:
+    """The offset in `data` (which starts at a message boundary) just after its `count`-th message, or
+    None when it does not hold that many. llhttp completes a message on its last byte without looking
+    further, so the shortest prefix holding `count` complete messages ends exactly there; a binary search
+    finds it with fresh parsers (log2(len) parses of at most `len(data)` bytes: only a pipelined
+    hand-off pays this, never an egress request)."""
+    view = memoryview(data)
+    if _messages_in(view, count) < count:
+        return None
+    low, high = 1, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        if _messages_in(view[:middle], count) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    return low

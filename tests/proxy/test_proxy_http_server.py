@@ -1,7 +1,8 @@
 """The lean egress HTTP/1.1 server (gateway.proxy.httpserver) through real sockets: keep-alive and
 HTTP/1.0 close, pipelining order, body limits with both framings, header limits, malformed requests,
 Expect: 100-continue, the raw target, duplicate headers, request ids, the hand-off of other paths to
-aiohttp on the same connection, and shutdown of idle connections."""
+aiohttp on the same connection (pipelined: test_proxy_pipelined_handoff.py), and shutdown of idle
+connections (time limits: test_proxy_timeouts.py)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,21 @@ LIMIT = 2048  # the test profile's limits.max_body_bytes
 
 
 class Conn:
-    """A raw client connection that reads answers one at a time."""
+    """A raw client connection to the gateway that reads answers one at a time; `async with Conn(harness)
+    as conn:` connects, and closes on the way out."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
 
-    @classmethod
-    async def open(cls, harness: GatewayHarness) -> Conn:
-        reader, writer = await asyncio.open_connection(harness.gateway.host, harness.gateway.port)
-        return cls(reader, writer)
+    def __init__(self, harness: GatewayHarness) -> None:
+        self._address = (harness.gateway.host, harness.gateway.port)
+
+    async def __aenter__(self) -> Conn:
+        self.reader, self.writer = await asyncio.open_connection(*self._address)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -74,8 +80,7 @@ def assert_problem(status: int, headers: dict[str, str], body: bytes, expected: 
 
 
 async def test_keep_alive_serves_egress_then_ops_then_egress_on_one_connection(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         for n in range(2):
             await conn.send(shipment(harness, extra=f"X-Request-Id: ka-{n}\r\n"))
             version, status, headers, body = await conn.answer()
@@ -92,14 +97,11 @@ async def test_keep_alive_serves_egress_then_ops_then_egress_on_one_connection(h
         _, status, headers, _ = await conn.answer()
         assert status == 200
         assert headers["x-request-id"] == "ka-after"
-    finally:
-        conn.close()
     assert len(harness.partner.received) == 3
 
 
 async def test_ops_request_split_across_reads_is_handed_over_whole(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(b"GET /rea")
         await asyncio.sleep(0.05)
         await conn.send(b"dyz HTTP/1.1\r\nHo")
@@ -108,47 +110,35 @@ async def test_ops_request_split_across_reads_is_handed_over_whole(harness: Gate
         _, status, _, body = await conn.answer()
         assert status == 200, body
         assert json.loads(body)["status"] == "ready"
-    finally:
-        conn.close()
 
 
 async def test_http_1_0_closes_unless_keep_alive_is_asked(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(shipment(harness, version="1.0"))
         version, status, headers, _ = await conn.answer()
         assert (version, status) == ("HTTP/1.0", 200)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         for _ in range(2):
             await conn.send(shipment(harness, version="1.0", extra="Connection: keep-alive\r\n"))
             version, status, headers, _ = await conn.answer()
             assert (version, status) == ("HTTP/1.0", 200)
             assert headers["connection"].lower() == "keep-alive"
-    finally:
-        conn.close()
 
 
 async def test_connection_close_is_honoured(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(shipment(harness, extra="Connection: close\r\n") + shipment(harness))
         _, status, headers, _ = await conn.answer()
         assert status == 200
         assert headers["connection"] == "close"
         assert await conn.closed_by_server()  # the request after `Connection: close` is not read
-    finally:
-        conn.close()
     assert len(harness.partner.received) == 1
 
 
 async def test_pipelined_requests_are_answered_in_order(harness: GatewayHarness) -> None:
     harness.partner.mode = "slow"  # the first answer takes longest: order must still hold
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         unknown = f"GET /v1/partners/{PARTNER_ID}/nothing-here HTTP/1.1\r\nHost: gw\r\nAuthorization: " \
                   f"{harness.auth()['Authorization']}\r\nX-Request-Id: p-1\r\n\r\n".encode()
         first, last = (shipment(harness, extra=f"X-Request-Id: p-{n}\r\n") for n in (0, 2))
@@ -157,28 +147,10 @@ async def test_pipelined_requests_are_answered_in_order(harness: GatewayHarness)
         assert [a[2]["x-request-id"] for a in answers] == ["p-0", "p-1", "p-2"]
         assert [a[1] for a in answers] == [200, 404, 200]
         assert_problem(answers[1][1], answers[1][2], answers[1][3], 404)
-    finally:
-        conn.close()
-
-
-async def test_pipelined_request_for_another_endpoint_is_refused_and_closes(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
-        healthz = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
-        await conn.send(shipment(harness, extra="X-Request-Id: pp-0\r\n") + healthz)
-        _, status, headers, _ = await conn.answer()
-        assert (status, headers["x-request-id"]) == (200, "pp-0")
-        _, status, headers, body = await conn.answer()
-        assert_problem(status, headers, body, 400)
-        assert headers["connection"] == "close"
-        assert await conn.closed_by_server()
-    finally:
-        conn.close()
 
 
 async def test_declared_body_over_the_limit_is_refused_before_it_is_sent(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         # Only the head: the 413 must come without the gateway waiting for (or reading) the body.
         await conn.send(
             f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
@@ -188,15 +160,12 @@ async def test_declared_body_over_the_limit_is_refused_before_it_is_sent(harness
         assert_problem(status, headers, body, 413)
         assert headers["connection"] == "close"
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     assert harness.partner.received == []
 
 
 async def test_endless_chunked_body_is_cut_off_near_the_limit(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
     sent = 0
-    try:
+    async with Conn(harness) as conn:
         await conn.send(
             f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
@@ -217,8 +186,6 @@ async def test_endless_chunked_body_is_cut_off_near_the_limit(harness: GatewayHa
         assert_problem(status, headers, body, 413)
         assert await conn.closed_by_server()
         await asyncio.wait_for(streaming, 10)
-    finally:
-        conn.close()
     # The gateway stopped reading long before the client ran out of body (socket buffers aside).
     assert sent < 16 * 1024 * 1024
     assert harness.partner.received == []
@@ -227,8 +194,7 @@ async def test_endless_chunked_body_is_cut_off_near_the_limit(harness: GatewayHa
 async def test_chunked_body_within_the_limit_is_read(harness: GatewayHarness) -> None:
     data = json.dumps(shipment_body()).encode()
     framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (data[:100], data[100:])) + b"0\r\n\r\n"
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(
             f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + framed
@@ -238,8 +204,6 @@ async def test_chunked_body_within_the_limit_is_read(harness: GatewayHarness) ->
         assert "connection" not in headers  # body read to its end: the connection stays usable
         await conn.send(shipment(harness))
         assert (await conn.answer())[1] == 200
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -250,36 +214,27 @@ async def test_chunked_body_within_the_limit_is_read(harness: GatewayHarness) ->
     ],
 )
 async def test_header_limits(harness: GatewayHarness, head: str, expected: int) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(f"GET {SHIPMENT} HTTP/1.1\r\nHost: gw\r\n{head}\r\n".encode())
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, expected)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
 
 
 async def test_endless_header_is_refused_without_waiting_for_its_end(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(f"GET {SHIPMENT} HTTP/1.1\r\nX-Endless: ".encode())
         for _ in range(40):  # 160 KiB, never ended
             await conn.send(b"e" * 4096)
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 431)
-    finally:
-        conn.close()
 
 
 async def test_target_too_long_is_414(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(f"GET {SHIPMENT}?q={'a' * 9000} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 414)
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -297,21 +252,17 @@ async def test_target_too_long_is_414(harness: GatewayHarness) -> None:
     ],
 )
 async def test_malformed_requests_are_400_problems_and_close(harness: GatewayHarness, request_bytes: bytes) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(request_bytes)
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 400)
         assert headers["connection"] == "close"
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     assert harness.partner.received == []
 
 
 async def test_malformed_chunk_framing_is_400(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(
             f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + b"zz\r\n{}\r\n0\r\n\r\n"
@@ -319,8 +270,6 @@ async def test_malformed_chunk_framing_is_400(harness: GatewayHarness) -> None:
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 400)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     assert harness.partner.received == []
 
 
@@ -331,37 +280,27 @@ async def test_expect_100_continue(harness: GatewayHarness) -> None:
         f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nExpect: 100-continue\r\n\r\n"
     ).encode()
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(head)
         interim = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         await conn.send(data)
         _, status, _, body = await conn.answer()
         assert status == 200, body
-    finally:
-        conn.close()
     # Refused before the body is needed: no 100 Continue, the refusal, and the connection closes.
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(head.replace(auth.encode(), b"Bearer nope"))
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 401)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(head.replace(b"100-continue", b"something-else"))
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 417)
-    finally:
-        conn.close()
 
 
 async def test_raw_target_reaches_the_route_checks_as_sent(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         # A normalising server would route this to /healthz; the egress checks must see the dot segments.
         await conn.send(
             f"GET /v1/partners/{PARTNER_ID}/../../healthz HTTP/1.1\r\nHost: gw\r\n"
@@ -370,14 +309,11 @@ async def test_raw_target_reaches_the_route_checks_as_sent(harness: GatewayHarne
         _, status, headers, body = await conn.answer()
         assert status in (400, 404)
         assert_problem(status, headers, body, status)
-    finally:
-        conn.close()
 
 
 async def test_duplicate_authorization_and_purpose_are_seen_whatever_their_case(harness: GatewayHarness) -> None:
     auth = harness.auth()["Authorization"]
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(shipment(harness, extra=f"authorization: {auth}\r\n"))
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 401)
@@ -387,20 +323,15 @@ async def test_duplicate_authorization_and_purpose_are_seen_whatever_their_case(
         )
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 400)
-    finally:
-        conn.close()
     assert harness.partner.received == []
 
 
 async def test_idle_keep_alive_connection_is_closed_at_shutdown(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(shipment(harness))
         assert (await conn.answer())[1] == 200
         await asyncio.wait_for(harness.gateway.stop(), 10)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
 
 
 async def test_no_personal_value_in_logs_or_refusals_of_bad_requests(
@@ -416,14 +347,11 @@ async def test_no_personal_value_in_logs_or_refusals_of_bad_requests(
             f"POST {SHIPMENT}?c={RAW_CUSTOMER} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
             .encode(),
         ):
-            conn = await Conn.open(harness)
-            try:
+            async with Conn(harness) as conn:
                 await conn.send(request)
                 _, status, _, body = await conn.answer()
                 assert status in (400, 431)
                 bodies.append(body)
-            finally:
-                conn.close()
         await asyncio.sleep(0.05)
         err = capsys.readouterr().err
     finally:
@@ -436,8 +364,7 @@ async def test_no_personal_value_in_logs_or_refusals_of_bad_requests(
 
 
 async def test_invalid_transfer_coding_on_an_authorised_request_is_refused(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(
             f"POST {SHIPMENT} HTTP/1.1\r\nHost: gw\r\nAuthorization: {harness.auth()['Authorization']}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n{}".encode()
@@ -445,30 +372,24 @@ async def test_invalid_transfer_coding_on_an_authorised_request_is_refused(harne
         _, status, headers, body = await conn.answer()
         assert_problem(status, headers, body, 400)
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     assert harness.partner.received == []
 
 
 async def test_whitespace_after_a_header_value_is_not_part_of_it(harness: GatewayHarness) -> None:
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         request = shipment(harness, extra="X-Request-Id: ws-1 \t\r\n")
         # ... and after the token of Authorization (the line before Content-Type).
         await conn.send(request.replace(b"\r\nContent-Type", b" \r\nContent-Type"))
         _, status, headers, body = await conn.answer()
         assert status == 200, body
         assert headers["x-request-id"] == "ws-1"
-    finally:
-        conn.close()
 
 
 async def test_ops_request_sent_while_an_egress_request_is_in_flight_is_answered_after_it(
     harness: GatewayHarness,
 ) -> None:
     harness.partner.mode = "slow"  # 0.5 s
-    conn = await Conn.open(harness)
-    try:
+    async with Conn(harness) as conn:
         await conn.send(shipment(harness, extra="X-Request-Id: fl-0\r\n"))
         for _ in range(200):
             if harness.partner.received:
@@ -479,5 +400,3 @@ async def test_ops_request_sent_while_an_egress_request_is_in_flight_is_answered
         assert (status, headers["x-request-id"]) == (200, "fl-0")
         _, status, _, body = await conn.answer()
         assert (status, json.loads(body)) == (200, {"status": "ok"})
-    finally:
-        conn.close()
