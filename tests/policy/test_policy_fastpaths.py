@@ -269,3 +269,18 @@ def test_plain_date_fast_path_equals_the_pattern(value: str, precision: str) -> 
             return ("refused", str(exc))
 
     assert outcome(lambda: generalise_date(value, precision)) == outcome(lambda: _date_by_pattern(value, precision))
+
+
+@settings(max_examples=500, deadline=None)
+@given(date_like | st.integers() | st.none(), st.sampled_from(["year", "month"]))
+def test_bound_date_generaliser_equals_generalise_date(value: Any, precision: str) -> None:
+    """The generated walk's date function (fast path written into the one call) answers as generalise_date."""
+    from gateway.policy.actions import NotGeneralisable, date_generaliser, generalise_date
+
+    def outcome(call: Callable[[], str]) -> Any:
+        try:
+            return call()
+        except NotGeneralisable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(lambda: date_generaliser(precision)(value)) == outcome(lambda: generalise_date(value, precision))
