@@ -34,6 +34,19 @@ def test_scan_with_mac_prefilter_equals_scan_without(text: str) -> None:
         assert freetext.scan(text) == fast
 
 
+marked_texts = st.text(st.sampled_from("ab @+:-.0123456789\u0663"), max_size=24)
+near_identifiers = st.sampled_from(["a@b.c", "x@y", "+1", "+12", "+1234567", "a.b", "1.", "12", "1:2", "1-2", "@", "+",
+                                    ".", "9", "", "aa:bb:cc:dd:ee:ff", "001a.2b3c.4d5e", "490154203237518"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(mac_texts, noise, marked_texts, near_identifiers, st.text(max_size=40),
+                 st.tuples(noise, near_identifiers, noise).map("".join)))
+def test_scan_ascii_precheck_equals_scan_without(text: str) -> None:
+    """scan's ASCII pre-check (fewer than two of '@+:-.' and digits: no identifier) changes no answer."""
+    assert freetext.scan(text) == freetext._scan(text)
+
+
 @settings(max_examples=300, deadline=None)
 @given(mac_texts)
 def test_mac_prefilter_passes_every_mac_the_pattern_finds(text: str) -> None:
