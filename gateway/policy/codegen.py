@@ -34,8 +34,8 @@ from gateway.policy.actions import (
     NotGeneralisable,
     Pseudonymise,
     Reidentify,
+    date_generaliser,
     generalise_age,
-    generalise_date,
     generalise_location,
     mask_value,
 )
@@ -487,8 +487,7 @@ def value_function(action: FieldAction, partner_id: str, bind_forward: Callable[
             decimals = action.location_decimals
             return lambda value: generalise_location(value, decimals)
         if action.date_precision is not None:
-            precision = action.date_precision
-            return lambda value: generalise_date(value, precision)
+            return date_generaliser(action.date_precision)
         band = action.age_band or 1
         return lambda value: generalise_age(value, band)
     if isinstance(action, Keep | Drop):  # pragma: no cover - keep and drop are written out inline

@@ -104,7 +104,7 @@ def _calling_code_by_search(digits: str) -> str | None:
 
 
 # The answer depends on the first three characters only; for ASCII digits it is looked up in one step.
-_CALLING_CODE_OF_PREFIX: dict[str, str | None] = {
+CALLING_CODE_OF_PREFIX: dict[str, str | None] = {
     prefix: _calling_code_by_search(prefix)
     for size in (1, 2, 3) for prefix in (f"{n:0{size}d}" for n in range(10**size))
 }
@@ -114,5 +114,5 @@ def country_calling_code(digits: str) -> str | None:
     """The country calling code that `digits` (an international number without +) starts with."""
     prefix = digits[:3]
     # `prefix` itself as the default marks a miss (not ASCII digits); searching again is exact either way.
-    code = _CALLING_CODE_OF_PREFIX.get(prefix, prefix)
+    code = CALLING_CODE_OF_PREFIX.get(prefix, prefix)
     return _calling_code_by_search(prefix) if code is prefix else code

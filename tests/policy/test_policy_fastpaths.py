@@ -34,6 +34,19 @@ def test_scan_with_mac_prefilter_equals_scan_without(text: str) -> None:
         assert freetext.scan(text) == fast
 
 
+marked_texts = st.text(st.sampled_from("ab @+:-.0123456789\u0663"), max_size=24)
+near_identifiers = st.sampled_from(["a@b.c", "x@y", "+1", "+12", "+1234567", "a.b", "1.", "12", "1:2", "1-2", "@", "+",
+                                    ".", "9", "", "aa:bb:cc:dd:ee:ff", "001a.2b3c.4d5e", "490154203237518"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(mac_texts, noise, marked_texts, near_identifiers, st.text(max_size=40),
+                 st.tuples(noise, near_identifiers, noise).map("".join)))
+def test_scan_ascii_precheck_equals_scan_without(text: str) -> None:
+    """scan's ASCII pre-check (fewer than two of '@+:-.' and digits: no identifier) changes no answer."""
+    assert freetext.scan(text) == freetext._scan(text)
+
+
 @settings(max_examples=300, deadline=None)
 @given(mac_texts)
 def test_mac_prefilter_passes_every_mac_the_pattern_finds(text: str) -> None:
@@ -269,3 +282,18 @@ def test_plain_date_fast_path_equals_the_pattern(value: str, precision: str) -> 
             return ("refused", str(exc))
 
     assert outcome(lambda: generalise_date(value, precision)) == outcome(lambda: _date_by_pattern(value, precision))
+
+
+@settings(max_examples=500, deadline=None)
+@given(date_like | st.integers() | st.none(), st.sampled_from(["year", "month"]))
+def test_bound_date_generaliser_equals_generalise_date(value: Any, precision: str) -> None:
+    """The generated walk's date function (fast path written into the one call) answers as generalise_date."""
+    from gateway.policy.actions import NotGeneralisable, date_generaliser, generalise_date
+
+    def outcome(call: Callable[[], str]) -> Any:
+        try:
+            return call()
+        except NotGeneralisable as exc:
+            return ("refused", str(exc))
+
+    assert outcome(lambda: date_generaliser(precision)(value)) == outcome(lambda: generalise_date(value, precision))

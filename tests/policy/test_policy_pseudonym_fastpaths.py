@@ -13,9 +13,13 @@ from gateway.pseudonyms.formats import (
     _PHONE_NOISE,
     FORMATS,
     _ascii_digits,
+    _digits,
+    _imei_luhn_valid,
     _invalid,
+    _luhn_valid,
     _text,
     _without_separators,
+    keyed_sha256,
     luhn_check_digit,
 )
 from gateway.pseudonyms.tables import COUNTRY_CALLING_CODES, country_calling_code
@@ -91,3 +95,40 @@ def test_phone_pseudonym_is_the_same_for_every_spelling(value: str) -> None:
         bound = PSEUDONYMISER.bind("p", "phone", mode)
         assert outcome(bound, value) == outcome(bound, respelt)
 
+
+
+HMAC_KEY = bytes(range(100, 132))
+valid_imeis = st.text("0123456789", min_size=14, max_size=14).map(lambda body: body + luhn_check_digit(body))
+
+
+def reference_imei_pseudonym(value: str) -> str:
+    """The IMEI's hmac pseudonym as documented: 14 digits drawn from HMAC-SHA256 of the normalised value,
+    then their Luhn digit (the bound function computes the digit on the integer)."""
+    body = _digits(keyed_sha256(HMAC_KEY)(reference_imei(value).encode()), 14)
+    return body + luhn_check_digit(body)
+
+
+def reference_phone_pseudonym(value: str) -> str:
+    number = reference_phone(value)
+    cut = 2 + len(country_calling_code(number[1:]) or "")
+    return number[:cut] + _digits(keyed_sha256(HMAC_KEY)(number.encode()), len(number) - cut)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(valid_imeis, imeis))
+def test_imei_hmac_pseudonym_equals_the_documented_construction(value: str) -> None:
+    bound = FORMATS["imei"].bind_hmac(HMAC_KEY)
+    assert outcome(bound, value) == outcome(reference_imei_pseudonym, value)
+
+
+@settings(max_examples=600, deadline=None)
+@given(phones)
+def test_phone_hmac_pseudonym_equals_the_documented_construction(value: str) -> None:
+    bound = FORMATS["phone"].bind_hmac(HMAC_KEY)
+    assert outcome(bound, value) == outcome(reference_phone_pseudonym, value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text("0123456789", min_size=15, max_size=15))
+def test_imei_luhn_on_the_integer_equals_the_text_test(digits: str) -> None:
+    assert _imei_luhn_valid(digits.encode()) == _luhn_valid(digits)
