@@ -49,7 +49,7 @@ def open_ledger(
     checkpoint_every_seconds: float = 60.0,
     max_batch_records: int = 4096,
     commit_timeout_seconds: float = 15.0,
-    linger_seconds: float = 0.005,
+    linger_seconds: float = 0.01,
     observer: CommitObserver | None = None,
 ) -> Ledger:
     """A ledger on `url` writing chain `chain_id` (default: host name + GATEWAY_LEDGER_CHAIN_SUFFIX).

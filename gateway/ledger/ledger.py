@@ -112,7 +112,7 @@ class Ledger:
         checkpoint_every_seconds: float = 60.0,
         max_batch_records: int = 4096,
         commit_timeout_seconds: float = 15.0,
-        linger_seconds: float = 0.005,
+        linger_seconds: float = 0.01,
         observer: CommitObserver | None = None,
     ) -> None:
         if checkpoint_every_records < 1 or checkpoint_every_seconds <= 0 or max_batch_records < 1:
@@ -190,6 +190,9 @@ class Ledger:
         if self._writer_task is not None:
             await self._writer_task
             self._writer_task = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         try:
             async with self._commit_lock:
                 if self._since_checkpoint or self._head_uncertain:
