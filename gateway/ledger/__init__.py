@@ -49,11 +49,13 @@ def open_ledger(
     checkpoint_every_seconds: float = 60.0,
     max_batch_records: int = 4096,
     commit_timeout_seconds: float = 15.0,
+    linger_seconds: float = 0.01,
     observer: CommitObserver | None = None,
 ) -> Ledger:
     """A ledger on `url` writing chain `chain_id` (default: host name + GATEWAY_LEDGER_CHAIN_SUFFIX).
     Call `await start()` before appending and `await close()` at shutdown. `observer` hears of every
-    commit (size, duration) and every failed append."""
+    commit (size, duration) and every failed append. `linger_seconds` bounds how long a record nobody
+    waits for (`append_unawaited`) waits to share the next commit."""
     return Ledger(
         open_store(url),
         keys,
@@ -62,5 +64,6 @@ def open_ledger(
         checkpoint_every_seconds=checkpoint_every_seconds,
         max_batch_records=max_batch_records,
         commit_timeout_seconds=commit_timeout_seconds,
+        linger_seconds=linger_seconds,
         observer=observer,
     )

@@ -15,6 +15,12 @@ Both stores write their log in order, so the next durable commit, or the final c
 makes them durable too. Their failures are logged and reported like any other. `append_unawaited()` is
 the same for a caller that never reads the result (the proxy): no future, a failure callback instead.
 
+Nobody waits for an `append_unawaited` record, so it does not start a commit of its own: it lingers in
+the queue (at most `linger_seconds`, on one timer) until a record somebody waits for arrives and they
+share that record's commit, or a `flush()`, `close()` or due checkpoint takes it. At low concurrency the
+proxy's outcome record then rides with the next request's disclosure (one fsynced commit per request
+instead of a second, unsynced one, which ran on the loop just before the next request was read).
+
 A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
 gateway's metrics are fed without this module importing them.
 
@@ -106,10 +112,13 @@ class Ledger:
         checkpoint_every_seconds: float = 60.0,
         max_batch_records: int = 4096,
         commit_timeout_seconds: float = 15.0,
+        linger_seconds: float = 0.01,
         observer: CommitObserver | None = None,
     ) -> None:
         if checkpoint_every_records < 1 or checkpoint_every_seconds <= 0 or max_batch_records < 1:
             raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
+        if linger_seconds < 0:
+            raise ConfigError("ledger: linger_seconds must not be negative")
         if not chain_id or len(chain_id) > 200:
             raise ConfigError("ledger: chain id must be 1 to 200 characters")
         if keys.signing_key is None:
@@ -121,7 +130,13 @@ class Ledger:
         self._checkpoint_every_seconds = checkpoint_every_seconds
         self._max_batch = max_batch_records
         self._commit_timeout = commit_timeout_seconds
+        self._linger = linger_seconds
         self._queue: list[_Waiter] = []
+        # Queued records somebody waits for (a durable record or a future): while 0, the queue may linger.
+        self._pressing = 0
+        # The timer that ends a linger; armed by the first unawaited record after a batch was taken.
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_over = False
         self._wakeup: asyncio.Future[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -140,8 +155,10 @@ class Ledger:
         self._settled_total = 0
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._closing: asyncio.Future[None] | None = None
-        # Records in the previous commit: 1 means a lone request (nothing else in flight), see _commit.
-        self._last_batch_records = 0
+        # Records somebody waited for in the previous commit: 1 means a lone request (nothing else in
+        # flight), see _commit.
+        self._last_batch_pressing = 0
+        self._lone = False  # the batch being committed is one record after such a batch
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,6 +190,9 @@ class Ledger:
         if self._writer_task is not None:
             await self._writer_task
             self._writer_task = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         try:
             async with self._commit_lock:
                 if self._since_checkpoint or self._head_uncertain:
@@ -227,15 +247,49 @@ class Ledger:
                         durable: bool, on_failure: Callable[[], None] | None) -> None:
         self._queue.append((prepared, future, durable, on_failure))
         self._queued_total += 1
+        if future is None and not durable:
+            # Nobody waits for it: no wake-up, only a bound on how long it may linger (see _lingers).
+            if self._linger_timer is None:
+                self._linger_timer = asyncio.get_running_loop().call_later(self._linger, self._end_linger)
+            return
+        self._pressing += 1
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+    def _end_linger(self) -> None:
+        self._linger_over = True
+        self._wake()
+
+    def _lingers(self) -> bool:
+        """True while the queue holds only records nobody waits for and nothing asks for a commit."""
+        return (
+            self._pressing == 0
+            and not self._linger_over
+            and self._accepting
+            and not self._flushers
+            and len(self._queue) < self._max_batch
+        )
+
+    def _take_batch(self) -> list[_Waiter]:
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        pressing = sum(1 for _prepared, future, durable, _cb in batch if durable or future is not None)
+        self._pressing -= pressing
+        self._last_batch_pressing, previous = pressing, self._last_batch_pressing
+        self._lone = previous <= 1 and len(batch) == 1
+        if self._linger_timer is not None and not self._queue:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._linger_over = False
+        return batch
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed (or has failed); raises nothing."""
         if self._settled_total < self._queued_total:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._flushers.append((self._queued_total, done))
+            self._wake()  # lingering records are committed now
             await done
 
     def _settled(self, records: int) -> None:
@@ -257,15 +311,14 @@ class Ledger:
 
     async def _run_writer(self) -> None:
         while True:
-            if not self._queue and not self._checkpoint_due:
+            if (not self._queue or self._lingers()) and not self._checkpoint_due:
                 if not self._accepting:
                     return
                 self._wakeup = asyncio.get_running_loop().create_future()
                 await self._wakeup
                 self._wakeup = None
                 continue
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
+            batch = self._take_batch()
             try:
                 async with self._commit_lock:
                     await self._commit(batch, force_checkpoint=False)
@@ -281,6 +334,7 @@ class Ledger:
                 self._fail(self._queue, "the ledger writer stopped")
                 self._settled(len(batch) + len(self._queue))
                 self._queue.clear()
+                self._pressing = 0
                 raise
             self._settled(len(batch))
 
@@ -361,13 +415,13 @@ class Ledger:
         durable = durable or checkpoint_now
         commit_started = time.perf_counter()
         try:
-            # An unsynced batch after a lone record commits inline when the store can: with one request
-            # in flight the thread hop cost more CPU than the commit. Under load (batches of several
-            # records) it stays on the store's thread, which overlaps it with the loop's work on the other
-            # core and lets records queue behind it (inline, throughput at 32 connections fell ~10 %).
-            # asyncio.timeout rather than wait_for: no extra task per commit.
-            lone = self._last_batch_records <= 1 and len(batch) == 1
-            self._last_batch_records = len(batch)
+            # An unsynced batch of one record after a batch that held at most one record somebody waited
+            # for commits inline when the store can: with one request in flight the thread hop cost more
+            # CPU than the commit. Under load (batches of several records) it stays on the store's thread,
+            # which overlaps it with the loop's work on the other core and lets records queue behind it
+            # (inline, throughput at 32 connections fell ~10 %). asyncio.timeout rather than wait_for: no
+            # extra task per commit.
+            lone, self._lone = self._lone, False
             if durable or not lone or not self.store.write_unsynced_now(rows, checkpoints):
                 async with asyncio.timeout(self._commit_timeout):
                     await self.store.write(rows, checkpoints, sync=durable)

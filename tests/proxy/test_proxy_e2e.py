@@ -373,7 +373,10 @@ async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcom
     ledger.store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
     response = await asyncio.wait_for(post_shipment(harness), 10)
     assert response.status == 200
-    assert commits == [True, False]  # the disclosure was fsynced before the partner call
+    # The disclosure was fsynced before the partner call; the outcome's commit (no fsync) lingers for
+    # the next request's disclosure or starts and is held: either way the answer did not wait for it.
+    assert commits[:1] == [True]
+    assert True not in commits[1:]
     with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
         stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
     assert stored == ["disclosure"]  # answered while the outcome was still queued
