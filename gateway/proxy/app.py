@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import orjson
 import yaml
 from aiohttp import web
+from multidict import MultiMapping
 
 from gateway import __version__
 from gateway.auth import CallerAuthenticator
@@ -27,8 +28,8 @@ from gateway.ledger import default_chain_id, open_ledger
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.profiles import ProfileLoadError, ProfileSet, load_profiles
-from gateway.proxy.context import EGRESS_PREFIX, request_id_from, start_context
-from gateway.proxy.httpserver import LeanServer
+from gateway.proxy.context import EGRESS_PREFIX, BodyStream, request_id_from, start_context
+from gateway.proxy.httpserver import LeanServer, RequestBodyTimeout
 from gateway.proxy.pipeline import Pipeline, build_pipeline
 from gateway.proxy.problems import InternalError, problem_response
 from gateway.proxy.services import GatewayServices
@@ -195,15 +196,79 @@ def _routes_of(profiles: ProfileSet) -> list[tuple[str, str]]:
 STATE_KEY = web.AppKey("gateway_state", GatewayState)
 
 
+class DeadlineBody:
+    """A request body that must arrive whole within `seconds` of its first read (408 after), as the lean
+    server's `request_body_timeout_seconds` deadline does: a whole-body bound, not an idle one."""
+
+    __slots__ = ("_deadline", "_inner", "_seconds")
+
+    def __init__(self, inner: BodyStream, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+        self._deadline: float | None = None
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + self._seconds
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await self._inner.read(n)
+        except TimeoutError:
+            raise RequestBodyTimeout("the request body did not arrive in time") from None
+
+
+class _AiohttpEgressRequest:
+    """aiohttp's request as the stages read it (gateway.proxy.context.IncomingRequest), with its body
+    under the body deadline. In a running gateway only a connection the lean server handed to aiohttp
+    (after a request for another endpoint) brings an egress request here; it keeps the same bound."""
+
+    __slots__ = ("_request", "content")
+
+    def __init__(self, request: web.Request, body_timeout: float) -> None:
+        self._request = request
+        self.content = DeadlineBody(request.content, body_timeout)
+
+    @property
+    def method(self) -> str:
+        return self._request.method
+
+    @property
+    def raw_path(self) -> str:
+        return self._request.raw_path
+
+    @property
+    def headers(self) -> MultiMapping[str]:
+        return self._request.headers
+
+    @property
+    def content_type(self) -> str:
+        return self._request.content_type
+
+    @property
+    def charset(self) -> str | None:
+        return self._request.charset
+
+    @property
+    def content_length(self) -> int | None:
+        return self._request.content_length
+
+    @property
+    def body_exists(self) -> bool:
+        return self._request.body_exists
+
+
 async def egress(request: web.Request) -> web.StreamResponse:
     """`{METHOD} /v1/partners/{partner_id}/{path}`: everything happens in the pipeline's stages."""
     state = request.app[STATE_KEY]
-    ctx = start_context(request)
+    ctx = start_context(_AiohttpEgressRequest(request, state.settings.request_body_timeout_seconds))
     try:
         pipeline = state.pipeline
     except GatewayError as exc:
         return problem_response(exc, ctx.request_id)
-    return (await pipeline.handle(ctx)).as_response()
+    response = (await pipeline.handle(ctx)).as_response()
+    if response.status == RequestBodyTimeout.status:
+        response.force_close()  # the rest of the body is not waited for
+    return response
 
 
 @web.middleware

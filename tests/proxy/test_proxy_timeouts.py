@@ -2,7 +2,8 @@
 - a request head that has begun must arrive whole within `request_head_timeout_seconds` (408, close);
 - a body must arrive whole within `request_body_timeout_seconds` of the gateway starting to read it, a
   deadline for the whole body (a client trickling bytes faster than the limit is still cut off): 408,
-  close, nothing forwarded, nothing recorded as a disclosure;
+  close, nothing forwarded, nothing recorded as a disclosure; also for an egress request on a connection
+  already handed to aiohttp;
 - a keep-alive connection idle for `keepalive_timeout_seconds` is closed, on the egress server and on
   aiohttp's for other paths; the idle time counts from the last answer, and an active one stays open."""
 
@@ -137,6 +138,27 @@ async def test_a_trickled_body_gets_408_however_steady_its_bytes(quick_body: Gat
     assert quick_body.partner.received == []
     assert await quick_body.ledger_records(kind="disclosure") == []
     assert [r["status"] for r in await quick_body.ledger_records(kind="refusal")] == [408]
+
+
+async def test_the_body_deadline_holds_on_a_connection_handed_to_aiohttp(quick_body: GatewayHarness) -> None:
+    # A request for another endpoint first hands the connection to aiohttp for good; an egress request
+    # after it there must not escape the deadline by trickling its body.
+    data = json.dumps(shipment_body()).encode()
+    async with Conn(quick_body) as conn:
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        _, status, _, _ = await conn.answer()
+        assert status == 200
+        await conn.send(_head(quick_body, f"Content-Length: {len(data)}"))
+        trickling = asyncio.create_task(_trickle(conn, data))
+        _, status, headers, body = await conn.answer()
+        problem = assert_problem(status, headers, body, 408)
+        assert problem["title"] == "Request body not received in time"
+        assert RAW_PHONE.encode() not in body
+        assert headers["connection"] == "close"
+        assert await conn.closed_by_server()
+        trickling.cancel()
+    assert quick_body.partner.received == []
+    assert await quick_body.ledger_records(kind="disclosure") == []
 
 
 async def test_a_stalled_body_gets_408(quick_body: GatewayHarness) -> None:
