@@ -75,13 +75,19 @@ def run_worker(settings: Settings, index: int, *, reuse_port: bool, supervisor: 
     asyncio.run(_serve(settings, index, reuse_port, supervisor))
 
 
-def _peer_reloader(supervisor: int) -> Callable[[], None]:
-    """Asks the supervisor to relay SIGHUP to every worker; only while it is still this process's parent
-    (an orphaned worker must not signal whatever process adopted it, such as a container's init)."""
+def _peer_reloader(supervisor: int) -> Callable[[], bool]:
+    """Asks the supervisor to relay SIGHUP to every worker, and says whether it could; only while the
+    supervisor is still this process's parent (an orphaned worker must not signal whatever process
+    adopted it, such as a container's init)."""
 
-    def reload_peers() -> None:
-        if os.getppid() == supervisor:
+    def reload_peers() -> bool:
+        if os.getppid() != supervisor:
+            return False
+        try:
             os.kill(supervisor, signal.SIGHUP)
+        except OSError:
+            return False
+        return True
 
     return reload_peers
 
@@ -99,6 +105,9 @@ async def _serve(settings: Settings, index: int, reuse_port: bool, supervisor: i
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
+    # A worker starts with SIGHUP blocked (see _supervise): one relayed before this point is delivered now,
+    # to the handler, instead of killing the process.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     gateway = await start_gateway(settings, reuse_port=reuse_port, worker_index=index)
     if supervisor is not None:
         gateway.state.reload_peers = _peer_reloader(supervisor)
@@ -147,8 +156,14 @@ def _supervise(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     try:
-        for worker in workers:
-            worker.start()
+        # Workers inherit a blocked SIGHUP (the mask survives fork and exec) until their handler is in:
+        # a reload relayed while one is still starting would otherwise end it (SIGHUP's default action).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            for worker in workers:
+                worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         for worker in workers:
             worker.join()
     finally:

@@ -81,8 +81,8 @@ class GatewayState:
         self._reload_lock = asyncio.Lock()
         self.openapi = _openapi_document()
         # Set by a worker under `serve --workers N`: after this process's admin reload succeeded, ask the
-        # supervisor to reload every worker (an admin call reaches one process only).
-        self.reload_peers: Callable[[], None] | None = None
+        # supervisor to reload every worker (an admin call reaches one process only); False if it could not.
+        self.reload_peers: Callable[[], bool] | None = None
 
     @property
     def services(self) -> GatewayServices:
@@ -346,9 +346,13 @@ async def admin_reload(request: web.Request) -> web.Response:
     answer: dict[str, object] = {"result": "ok", "partners": summary.partners, "routes": summary.routes}
     if state.reload_peers is not None:
         # The other workers reload the same folder on the supervisor's SIGHUP (this one once more too:
-        # a repeated reload is harmless, a skipped one could leave a worker on a stale set).
-        state.reload_peers()
-        answer["workers"] = "all signalled"
+        # a repeated reload is harmless, a skipped one could leave a worker on a stale set). Each worker
+        # logs and counts its own result; this answer cannot wait for theirs.
+        if state.reload_peers():
+            answer["workers"] = "all signalled"
+        else:
+            _log.error("profiles_reload_not_relayed", reason="supervisor-unreachable")
+            answer["workers"] = "this worker only"
     return web.json_response(answer)
 
 

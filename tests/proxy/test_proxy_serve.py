@@ -149,6 +149,53 @@ async def _admin_reload_reaches_every_worker(url: str, profiles_dir: Path, gatew
 
 
 @pytest.mark.slow
+async def test_a_reload_while_workers_start_kills_none(
+    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner
+) -> None:
+    """SIGHUPs to the supervisor from its first moment (as an admin reload relays them) reach workers that
+    are still importing: each is held until the worker's handler is in, never its default action."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **partner_environ(fake_partner),
+        "GATEWAY_PROFILES_DIR": str(profiles_dir),
+        "GATEWAY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "GATEWAY_KEYS_DIR": str(keys_dir),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*GATEWAY, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=tmp_path,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as session:
+                # The supervisor's handlers are in before it starts a worker: from its first child on, keep
+                # signalling while the workers start.
+                deadline = time.monotonic() + 30
+                children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+                while not children.read_text().split():
+                    assert process.poll() is None, log_path.read_text()[-3000:]
+                    assert time.monotonic() < deadline, "no worker started"
+                    await asyncio.sleep(0.01)
+                while log_path.read_text().count('"event":"listening"') < 2:
+                    assert process.poll() is None, log_path.read_text()[-3000:]
+                    assert time.monotonic() < deadline, "both workers did not start"
+                    process.send_signal(signal.SIGHUP)
+                    await asyncio.sleep(0.05)
+                await wait_ready(session, url, process)
+            process.send_signal(signal.SIGTERM)
+            # A worker killed by a SIGHUP would make the supervisor exit 1 ("worker(s) exited with an error").
+            assert process.wait(timeout=20) == 0, log_path.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.slow
 def test_demo_runs_on_a_fresh_folder(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PARTNER_URL_"))}
     # Run outside the checkout, as after `pip install`: the demo finds the shipped profiles itself.
