@@ -36,7 +36,7 @@ HTTP behaviour, as aiohttp's server had it unless said otherwise:
   reading has begun within `request_body_timeout_seconds` (a deadline for the whole body, not an idle
   limit between reads, which a trickling client would reset at will); 408 and close after either;
 - a keep-alive connection idle (no request in progress, no answer owed) for `keepalive_timeout_seconds`
-  is closed.
+  is closed, and one whose client has read nothing of a pending answer for as long is aborted.
 Nothing from the request (target, headers, body) goes into a log line or an error body here.
 """
 
@@ -345,6 +345,7 @@ class EgressProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._drain_since = 0.0  # when the current wait for the client to read began
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
@@ -651,6 +652,7 @@ class EgressProtocol(asyncio.Protocol):
                 break
             if self._write_paused:
                 self._drain = self._loop.create_future()
+                self._drain_since = self._loop.time()
                 await self._drain
                 if self._transport is None:
                     break
@@ -733,7 +735,7 @@ class EgressProtocol(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
-        self._linger_timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, _close_or_abort, transport)
 
     def _refuse(self, error: GatewayError) -> None:
         """A request that cannot be read: answer it after the ones ahead of it, then close."""
@@ -840,6 +842,16 @@ class EgressProtocol(asyncio.Protocol):
             return
         limit = self._server.keepalive_timeout
         now = self._loop.time()
+        if self._drain is not None:
+            # An answer waits for the client to read it: one that has read nothing for the whole idle
+            # limit is gone or stalling on purpose, and would hold the answer's memory forever.
+            if now < self._drain_since + limit:
+                self._idle_timer = self._loop.call_at(self._drain_since + limit, self._check_idle)
+                return
+            _log.debug("http_connection_aborted", reason="answer-not-read")
+            self._transport = None
+            transport.abort()
+            return
         if self._queue or self._in_message or self._task is not None:
             # Busy: a request's head or body has its own timer, an answer is the gateway's to give.
             self._idle_timer = self._loop.call_at(now + limit, self._check_idle)
@@ -848,7 +860,7 @@ class EgressProtocol(asyncio.Protocol):
             self._idle_timer = self._loop.call_at(self._last_activity + limit, self._check_idle)
             return
         self._transport = None
-        transport.close()
+        _close_or_abort(transport)
 
     def shutdown(self) -> None:
         """Graceful stop: an idle connection closes now, a busy one after its current answer."""
@@ -864,6 +876,15 @@ class EgressProtocol(asyncio.Protocol):
         for transport in (self._transport, self._lingering):
             if transport is not None:
                 transport.abort()
+
+
+def _close_or_abort(transport: asyncio.Transport) -> None:
+    """Close once the buffered answer is sent, or abort when bytes are still unsent at this deadline: the
+    client stopped reading, and `close()` alone would wait for it forever."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 def _head(version: str, answer: Answer, close: bool) -> bytes:

@@ -168,7 +168,7 @@ class FakePartner:
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
-    mode: str = "ok"  # ok | 5xx | redirect | hang | slow | malformed
+    mode: str = "ok"  # ok | 5xx | redirect | hang | slow | malformed | big (a 4 MB tracking answer)
     runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -184,6 +184,8 @@ class FakePartner:
             await asyncio.sleep(0.5)
         if self.mode == "malformed":
             return web.Response(body=b'{"tracking_number": "T-1",', content_type="application/json")
+        if "/tracking/" in request.path and self.mode == "big":
+            return web.json_response({"status": "x" * 4_000_000})
         if "/tracking/" in request.path:
             return web.json_response({"status": "in_transit", "courier_note": "left at door"})
         if request.path.endswith("/promotions"):

@@ -5,12 +5,14 @@
   close, nothing forwarded, nothing recorded as a disclosure; also for an egress request on a connection
   already handed to aiohttp;
 - a keep-alive connection idle for `keepalive_timeout_seconds` is closed, on the egress server and on
-  aiohttp's for other paths; the idle time counts from the last answer, and an active one stays open."""
+  aiohttp's for other paths; the idle time counts from the last answer, and an active one stays open;
+- an answer the client does not read for that long is dropped with its connection."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -263,3 +265,29 @@ def test_the_timeout_defaults() -> None:
         defaults.request_head_timeout_seconds, defaults.request_body_timeout_seconds,
         defaults.keepalive_timeout_seconds,
     ) == (30.0, 30.0, 75.0)
+
+
+async def test_an_answer_the_client_never_reads_is_dropped_after_the_idle_limit(quick_idle: GatewayHarness) -> None:
+    quick_idle.partner.mode = "big"  # a 4 MB answer: more than the socket buffers hold
+    gateway = quick_idle.gateway
+    assert gateway.lean is not None
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(client, (gateway.host, gateway.port))
+        await loop.sock_sendall(client, (
+            f"GET /v1/partners/carrier-test/tracking/T-1 HTTP/1.1\r\nHost: gw\r\n"
+            f"Authorization: {quick_idle.auth()['Authorization']}\r\nX-Purpose: delivery\r\n\r\n").encode())
+        deadline = loop.time() + 10
+        while not gateway.lean.connections:  # connected; the answer is on its way
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        # Never read: the gateway must let go of the connection (and the answer it buffers) by itself.
+        while gateway.lean.connections:
+            assert loop.time() < deadline, "the unread answer held its connection"
+            await asyncio.sleep(0.05)
+    finally:
+        client.close()
+    assert len(quick_idle.partner.received) == 1
