@@ -345,7 +345,8 @@ class EgressProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self._drain_since = 0.0  # when the current wait for the client to read began
+        self._drain_since = 0.0  # when the client last read some of the answer it is waited on to read
+        self._drain_buffered = 0  # the unsent bytes then
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
@@ -653,6 +654,7 @@ class EgressProtocol(asyncio.Protocol):
             if self._write_paused:
                 self._drain = self._loop.create_future()
                 self._drain_since = self._loop.time()
+                self._drain_buffered = self._transport.get_write_buffer_size()
                 await self._drain
                 if self._transport is None:
                     break
@@ -844,7 +846,11 @@ class EgressProtocol(asyncio.Protocol):
         now = self._loop.time()
         if self._drain is not None:
             # An answer waits for the client to read it: one that has read nothing for the whole idle
-            # limit is gone or stalling on purpose, and would hold the answer's memory forever.
+            # limit is gone or stalling on purpose, and would hold the answer's memory forever. Progress
+            # is seen at each check, so a slow reader that keeps reading is never cut off.
+            buffered = transport.get_write_buffer_size()
+            if buffered < self._drain_buffered:
+                self._drain_buffered, self._drain_since = buffered, now
             if now < self._drain_since + limit:
                 self._idle_timer = self._loop.call_at(self._drain_since + limit, self._check_idle)
                 return

@@ -291,3 +291,4 @@ async def test_an_answer_the_client_never_reads_is_dropped_after_the_idle_limit(
     finally:
         client.close()
     assert len(quick_idle.partner.received) == 1
+
