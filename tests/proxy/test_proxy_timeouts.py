@@ -15,6 +15,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from proxy_harness import RAW_PHONE, FakePartner, GatewayHarness, running_harness, shipment_body
@@ -25,41 +26,23 @@ from gateway.errors import ConfigError
 from gateway.keys import GatewayKeys
 
 
-@pytest.fixture
-async def quick_head(
-    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> AsyncIterator[GatewayHarness]:
-    quick = replace(settings, request_head_timeout_seconds=0.3, request_body_timeout_seconds=5.0)
-    async with running_harness(quick, fake_partner, gateway_keys) as running:
-        yield running
+def _harness_with(name: str, **limits: float) -> Any:
+    """A fixture `name`: the proxy harness with these settings replaced."""
+
+    async def fixture(
+        settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
+    ) -> AsyncIterator[GatewayHarness]:
+        async with running_harness(replace(settings, **limits), fake_partner, gateway_keys) as running:
+            yield running
+
+    return pytest.fixture(fixture, name=name)
 
 
-@pytest.fixture
-async def quick_body(
-    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> AsyncIterator[GatewayHarness]:
-    quick = replace(settings, request_body_timeout_seconds=0.4)
-    async with running_harness(quick, fake_partner, gateway_keys) as running:
-        yield running
-
-
-@pytest.fixture
-async def quick_idle(
-    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> AsyncIterator[GatewayHarness]:
-    quick = replace(settings, keepalive_timeout_seconds=0.3)
-    async with running_harness(quick, fake_partner, gateway_keys) as running:
-        yield running
-
-
-@pytest.fixture
-async def steady_idle(
-    settings: Settings, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> AsyncIterator[GatewayHarness]:
-    """A limit short enough to outlive in a test, with room for a loaded machine between requests."""
-    quick = replace(settings, keepalive_timeout_seconds=1.0)
-    async with running_harness(quick, fake_partner, gateway_keys) as running:
-        yield running
+quick_head = _harness_with("quick_head", request_head_timeout_seconds=0.3, request_body_timeout_seconds=5.0)
+quick_body = _harness_with("quick_body", request_body_timeout_seconds=0.4)
+quick_idle = _harness_with("quick_idle", keepalive_timeout_seconds=0.3)
+# A limit short enough to outlive in a test, with room for a loaded machine between requests.
+steady_idle = _harness_with("steady_idle", keepalive_timeout_seconds=1.0)
 
 
 def _head(harness: GatewayHarness, framing: str, extra: str = "") -> bytes:
@@ -291,4 +274,3 @@ async def test_an_answer_the_client_never_reads_is_dropped_after_the_idle_limit(
     finally:
         client.close()
     assert len(quick_idle.partner.received) == 1
-
