@@ -270,20 +270,7 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes
     if b"null" in out:
         return canonical_dumps(obj)
     for container in unchecked:
-        # `_keys_plainly_canonical(container)` with its first level written out (a kept object is usually
-        # flat): one call fewer per container.
-        if type(container) is dict:
-            try:
-                keys = "".join(container)
-            except TypeError:  # a key that is not a string (orjson refused those already if they are in obj)
-                return canonical_dumps(obj)
-            if not keys.isascii() or (keys != keys.lower() and len(set(map(str.lower, container))) != len(container)):
-                return canonical_dumps(obj)
-            for item in container.values():
-                kind = type(item)
-                if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
-                    return canonical_dumps(obj)
-        elif not _keys_plainly_canonical(container):
+        if not _keys_plainly_canonical(container):
             return canonical_dumps(obj)
     return out
 
