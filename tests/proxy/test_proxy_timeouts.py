@@ -100,6 +100,22 @@ async def _trickle(conn: Conn, data: bytes) -> None:
         return
 
 
+async def _trickled_body_is_cut_off(conn: Conn, head: bytes, data: bytes) -> None:
+    """Sends `head`, then `data` a few bytes at a time; the answer is the body deadline's 408, without a
+    personal value, and the server closes the connection."""
+    await conn.send(head)
+    # Never more than 0.05 s between bytes, yet the whole body would take seconds: a deadline for the
+    # whole body cuts it off where an idle limit between reads would not.
+    trickling = asyncio.create_task(_trickle(conn, data))
+    _, status, headers, body = await conn.answer()
+    problem = assert_problem(status, headers, body, 408)
+    assert problem["title"] == "Request body not received in time"
+    assert RAW_PHONE.encode() not in body
+    assert headers["connection"] == "close"
+    assert await conn.closed_by_server()
+    trickling.cancel()
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_trickled_body_gets_408_however_steady_its_bytes(quick_body: GatewayHarness, framing: str) -> None:
     data = json.dumps(shipment_body()).encode()  # carries RAW_PHONE
@@ -109,17 +125,7 @@ async def test_a_trickled_body_gets_408_however_steady_its_bytes(quick_body: Gat
     else:
         head = _head(quick_body, f"Content-Length: {len(data)}")
     async with Conn(quick_body) as conn:
-        await conn.send(head)
-        # Never more than 0.05 s between bytes, yet the whole body would take seconds: a deadline for the
-        # whole body cuts it off where an idle limit between reads would not.
-        trickling = asyncio.create_task(_trickle(conn, data))
-        _, status, headers, body = await conn.answer()
-        problem = assert_problem(status, headers, body, 408)
-        assert problem["title"] == "Request body not received in time"
-        assert RAW_PHONE.encode() not in body
-        assert headers["connection"] == "close"
-        assert await conn.closed_by_server()
-        trickling.cancel()
+        await _trickled_body_is_cut_off(conn, head, data)
     assert quick_body.partner.received == []
     assert await quick_body.ledger_records(kind="disclosure") == []
     assert [r["status"] for r in await quick_body.ledger_records(kind="refusal")] == [408]
@@ -133,15 +139,7 @@ async def test_the_body_deadline_holds_on_a_connection_handed_to_aiohttp(quick_b
         await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
         _, status, _, _ = await conn.answer()
         assert status == 200
-        await conn.send(_head(quick_body, f"Content-Length: {len(data)}"))
-        trickling = asyncio.create_task(_trickle(conn, data))
-        _, status, headers, body = await conn.answer()
-        problem = assert_problem(status, headers, body, 408)
-        assert problem["title"] == "Request body not received in time"
-        assert RAW_PHONE.encode() not in body
-        assert headers["connection"] == "close"
-        assert await conn.closed_by_server()
-        trickling.cancel()
+        await _trickled_body_is_cut_off(conn, _head(quick_body, f"Content-Length: {len(data)}"), data)
     assert quick_body.partner.received == []
     assert await quick_body.ledger_records(kind="disclosure") == []
 
