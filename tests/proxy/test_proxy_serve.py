@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -46,10 +48,12 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, process: subproce
     raise AssertionError("the gateway did not become ready")
 
 
-@pytest.mark.slow
-async def test_serve_with_two_workers_reload_and_drain(
-    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> None:
+@contextmanager
+def two_workers(
+    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`gateway serve --workers 2` on a free port with the harness's profiles, keys and partner, logging to
+    a file: (process, URL, log path). Stopped on exit if a test left it running (SIGTERM, then kill)."""
     port = free_port()
     env = {
         **os.environ,
@@ -61,21 +65,40 @@ async def test_serve_with_two_workers_reload_and_drain(
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "gateway.log"
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [*GATEWAY, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=tmp_path,
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [*GATEWAY, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=tmp_path,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process, f"http://127.0.0.1:{port}", log_path
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def workers_listening(log_path: Path) -> int:
+    return log_path.read_text().count('"event":"listening"')
+
+
+@pytest.mark.slow
+async def test_serve_with_two_workers_reload_and_drain(
+    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
+) -> None:
     assert gateway_keys.jwt_dev_private is not None
     token = mint_token(gateway_keys.jwt_dev_private, subject="order-service",
                        scopes=[f"disclose:{PARTNER_ID}:delivery"], issuer="partner-data-gateway-dev",
                        audience="partner-data-gateway", ttl_seconds=300)
-    try:
+    with two_workers(tmp_path, keys_dir, profiles_dir, fake_partner) as (process, url, log_path):
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, url, process)
             deadline = time.monotonic() + 30
-            while log_path.read_text().count('"event":"listening"') < 2:
+            while workers_listening(log_path) < 2:
                 assert time.monotonic() < deadline, "both workers did not start"
                 await asyncio.sleep(0.2)
             data = json.dumps(shipment_body()).encode()
@@ -104,15 +127,6 @@ async def test_serve_with_two_workers_reload_and_drain(
             await _admin_reload_reaches_every_worker(url, profiles_dir, gateway_keys)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log_file.close()
     assert len(fake_partner.received) == 12
 
 
@@ -154,45 +168,25 @@ async def test_a_reload_while_workers_start_kills_none(
 ) -> None:
     """SIGHUPs to the supervisor from its first moment (as an admin reload relays them) reach workers that
     are still importing: each is held until the worker's handler is in, never its default action."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **partner_environ(fake_partner),
-        "GATEWAY_PROFILES_DIR": str(profiles_dir),
-        "GATEWAY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-        "GATEWAY_KEYS_DIR": str(keys_dir),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = tmp_path / "gateway.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*GATEWAY, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=tmp_path,
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            async with aiohttp.ClientSession() as session:
-                # The supervisor's handlers are in before it starts a worker: from its first child on, keep
-                # signalling while the workers start.
-                deadline = time.monotonic() + 30
-                children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-                while not children.read_text().split():
-                    assert process.poll() is None, log_path.read_text()[-3000:]
-                    assert time.monotonic() < deadline, "no worker started"
-                    await asyncio.sleep(0.01)
-                while log_path.read_text().count('"event":"listening"') < 2:
-                    assert process.poll() is None, log_path.read_text()[-3000:]
-                    assert time.monotonic() < deadline, "both workers did not start"
-                    process.send_signal(signal.SIGHUP)
-                    await asyncio.sleep(0.05)
-                await wait_ready(session, url, process)
-            process.send_signal(signal.SIGTERM)
-            # A worker killed by a SIGHUP would make the supervisor exit 1 ("worker(s) exited with an error").
-            assert process.wait(timeout=20) == 0, log_path.read_text()[-3000:]
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with two_workers(tmp_path, keys_dir, profiles_dir, fake_partner) as (process, url, log_path):
+        async with aiohttp.ClientSession() as session:
+            # The supervisor's handlers are in before it starts a worker: from its first child on, keep
+            # signalling while the workers start.
+            deadline = time.monotonic() + 30
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            while not children.read_text().split():
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no worker started"
+                await asyncio.sleep(0.01)
+            while workers_listening(log_path) < 2:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "both workers did not start"
+                process.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.05)
+            await wait_ready(session, url, process)
+        process.send_signal(signal.SIGTERM)
+        # A worker killed by a SIGHUP would make the supervisor exit 1 ("worker(s) exited with an error").
+        assert process.wait(timeout=20) == 0, log_path.read_text()[-3000:]
 
 
 @pytest.mark.slow
