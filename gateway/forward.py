@@ -289,6 +289,25 @@ class PartnerLimiter:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def retune(self, rate_per_second: float | None, burst: int | None, max_concurrency: int | None) -> None:
+        """Apply a reloaded profile's limits without forgetting what this partner has already been sent.
+
+        A fresh limiter would start with a full bucket and no calls in flight, so every reload that touched
+        a partner's settings (a rotated credential, a new timeout) would let a burst and a second set of
+        concurrent calls through. The bucket is settled at the old rate up to now, then kept, capped at the
+        new burst; calls in flight stay counted because they leave through this same object.
+        """
+        if self._rate is not None:
+            now = time.monotonic()
+            tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        else:
+            tokens = math.inf  # no rate before: nothing was counted, so the new bucket starts full
+        self._rate = rate_per_second
+        self._max_concurrency = max_concurrency
+        self._burst = float(burst if burst is not None else max(1, math.ceil(rate_per_second or 1)))
+        self._tokens = min(self._burst, tokens)
+        self._updated = time.monotonic()
+
     async def __aenter__(self) -> None:
         if self._max_concurrency is not None and self._in_flight >= self._max_concurrency:
             raise RateLimited("partner concurrency limit reached", reason="concurrency-limit")
@@ -607,7 +626,7 @@ class _PartnerChannel:
         "upstream",
     )
 
-    def __init__(self, profile: ProfileLike) -> None:
+    def __init__(self, profile: ProfileLike, limiter: PartnerLimiter | None = None) -> None:
         upstream, limits = profile.upstream, profile.limits
         self.upstream = upstream
         self.limits = limits
@@ -622,7 +641,11 @@ class _PartnerChannel:
         if self.credential is not None and _FORBIDDEN_IN_VALUE.search(self.credential[1]):
             raise ConfigError("upstream credential contains a control character")
         self.stripped = _STRIPPED_HEADERS | ({self.credential[0].lower()} if self.credential else set())
-        self.limiter = PartnerLimiter(limits.rate_per_second, limits.burst, limits.max_concurrency)
+        if limiter is None:
+            limiter = PartnerLimiter(limits.rate_per_second, limits.burst, limits.max_concurrency)
+        else:
+            limiter.retune(limits.rate_per_second, limits.burst, limits.max_concurrency)
+        self.limiter = limiter
         self.max_connections = limits.max_concurrency or DEFAULT_MAX_CONCURRENCY
         # LIFO: the most recently used connection is the least likely to have been closed by the partner.
         self._idle: list[_Connection] = []
@@ -727,6 +750,11 @@ class _PartnerChannel:
         connection.abort()
         self._connections.discard(connection)
 
+    @property
+    def busy(self) -> bool:
+        """Some call still holds one of this channel's connections."""
+        return bool(self._connections)
+
     def close_when_idle(self) -> None:
         """Stop reusing connections: idle ones close now, busy ones when their call ends."""
         self._closed = True
@@ -778,10 +806,14 @@ class UpstreamPool:
             return channel
         if not self._started:
             raise UpstreamError("the upstream pool is not running", reason="pool-closed")
-        if channel is not None:
-            channel.close_when_idle()
-            self._retired.append(channel)
-        channel = _PartnerChannel(profile)
+        # Channels whose last call has ended hold nothing more; forget them so reloads do not accumulate.
+        self._retired = [old for old in self._retired if old.busy]
+        # The partner's admission state carries over: a reload must not reopen its budget.
+        channel = _PartnerChannel(profile, channel.limiter if channel is not None else None)
+        previous = self._channels.get(profile.id)
+        if previous is not None:
+            previous.close_when_idle()
+            self._retired.append(previous)
         self._channels[profile.id] = channel
         return channel
 

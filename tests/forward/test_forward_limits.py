@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from forward_fakes import OK_RESPONSE, Limits, Profile, RawPartner, Responder, Route, Upstream
+from forward_fakes import OK_RESPONSE, Auth, Limits, Profile, RawPartner, Responder, Route, Upstream
 
 from gateway.errors import RateLimited
 from gateway.forward import PartnerLimiter, UpstreamPool
@@ -104,7 +104,7 @@ async def test_pool_limiter_is_per_partner_and_caps_real_in_flight_calls(
         pass
 
 
-async def test_reload_with_same_limits_keeps_the_limiter_and_new_limits_replace_it(pool: UpstreamPool) -> None:
+async def test_reload_with_same_limits_keeps_the_limiter_and_new_limits_retune_it(pool: UpstreamPool) -> None:
     first = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=1.0, burst=1))
     async with pool.limiter(first):
         pass
@@ -113,5 +113,86 @@ async def test_reload_with_same_limits_keeps_the_limiter_and_new_limits_replace_
         async with pool.limiter(same):
             pass
     raised = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=100.0, burst=5))
-    async with pool.limiter(raised):
+    with pytest.raises(RateLimited):  # a raised limit does not hand out a fresh bucket...
+        async with pool.limiter(raised):
+            pass
+    await asyncio.sleep(0.03)
+    async with pool.limiter(raised):  # ...it refills at the new rate (100/s: a token per 10 ms)
         pass
+
+
+async def test_a_reload_that_changes_only_the_upstream_keeps_the_bucket(pool: UpstreamPool) -> None:
+    # A rotated credential or a new timeout must not reopen the partner's budget.
+    limits = Limits(rate_per_second=1.0, burst=2)
+    before = Profile("p", Upstream("http://127.0.0.1:9", Auth("bearer", "Authorization", "Bearer one")), limits)
+    for _ in range(2):
+        async with pool.limiter(before):
+            pass
+    rotated = Profile("p", Upstream("http://127.0.0.1:9", Auth("bearer", "Authorization", "Bearer two")), limits)
+    with pytest.raises(RateLimited) as info:
+        async with pool.limiter(rotated):
+            pass
+    assert info.value.reason == "rate-limit"
+
+
+async def test_a_lowered_burst_caps_the_carried_bucket_and_a_first_rate_starts_full(pool: UpstreamPool) -> None:
+    unlimited = Profile("p", Upstream("http://127.0.0.1:9", None), Limits())
+    for _ in range(10):
+        async with pool.limiter(unlimited):
+            pass
+    limited = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=0.5, burst=3))
+    for _ in range(3):  # no rate was counted before, so the new bucket starts full
+        async with pool.limiter(limited):
+            pass
+    with pytest.raises(RateLimited):
+        async with pool.limiter(limited):
+            pass
+    big = Profile("p", Upstream("http://127.0.0.1:9", None), Limits(rate_per_second=0.5, burst=50))
+    with pytest.raises(RateLimited):  # an empty bucket stays empty when the burst grows
+        async with pool.limiter(big):
+            pass
+    lowered = PartnerLimiter(0.5, 50, None)
+    lowered.retune(0.5, 2, None)
+    for _ in range(2):
+        async with lowered:
+            pass
+    with pytest.raises(RateLimited):  # a full bucket of 50 is cut to the new burst of 2
+        async with lowered:
+            pass
+
+
+async def test_calls_in_flight_stay_counted_across_a_reload_that_changes_the_limits(
+    pool: UpstreamPool, raw_partner_factory: MakePartner
+) -> None:
+    release = asyncio.Event()
+    partner = await raw_partner_factory(lambda _: OK_RESPONSE)
+    route = Route("/x/{id}")
+    before = Profile("p", Upstream(partner.url, None), Limits(max_concurrency=1))
+
+    async def held_call() -> int:
+        async with pool.limiter(before):
+            response = await pool.send(before, route, "GET", {"id": "1"}, [], {}, None)
+            await release.wait()
+            return response.status
+
+    task = asyncio.create_task(held_call())
+    while pool.limiter(before).in_flight == 0:
+        await asyncio.sleep(0.001)
+    reloaded = Profile("p", Upstream(partner.url, None, total_timeout=5.0), Limits(max_concurrency=1))
+    with pytest.raises(RateLimited) as info:  # the call admitted before the reload still holds the slot
+        async with pool.limiter(reloaded):
+            pass
+    assert info.value.reason == "concurrency-limit"
+    release.set()
+    assert await task == 200
+    assert pool.limiter(reloaded).in_flight == 0
+    async with pool.limiter(reloaded):
+        assert (await pool.send(reloaded, route, "GET", {"id": "2"}, [], {}, None)).status == 200
+
+
+async def test_reloads_do_not_accumulate_retired_channels(pool: UpstreamPool) -> None:
+    for timeout in range(1, 50):
+        profile = Profile("p", Upstream("http://127.0.0.1:9", None, total_timeout=float(timeout)), Limits())
+        async with pool.limiter(profile):
+            pass
+    assert len(pool._retired) <= 1  # channels with nothing in flight are forgotten at the next swap
