@@ -174,23 +174,22 @@ class Pipeline:
             reason = _reason_label(error)
             if not ctx.forwarded:
                 series.refusals(partner, reason).inc()
-        _log.info(
-            "request",
-            request_id=ctx.request_id,
-            caller=ctx.caller.service if ctx.caller is not None else None,
-            partner=partner,
-            route=route,
-            purpose=ctx.purpose,
-            status=status,
-            outcome=outcome,
-            reason=reason,
-            latency_ms=round(elapsed * 1000.0, 3),
-            attempts=ctx.attempt if ctx.forwarded else 0,
-            fields_kept=kept,
-            fields_transformed=transformed,
-            fields_dropped=dropped,
-            response_fields_dropped=ctx.fields_response_dropped,
-        )
+        _log.info_line("request", {
+            "request_id": ctx.request_id,
+            "caller": ctx.caller.service if ctx.caller is not None else None,
+            "partner": partner,
+            "route": route,
+            "purpose": ctx.purpose,
+            "status": status,
+            "outcome": outcome,
+            "reason": reason,
+            "latency_ms": round(elapsed * 1000.0, 3),
+            "attempts": ctx.attempt if ctx.forwarded else 0,
+            "fields_kept": kept,
+            "fields_transformed": transformed,
+            "fields_dropped": dropped,
+            "response_fields_dropped": ctx.fields_response_dropped,
+        })
 
 
 def build_pipeline(services: GatewayServices, profiles: ProfileSet) -> Pipeline:
