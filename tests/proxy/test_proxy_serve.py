@@ -86,6 +86,32 @@ def workers_listening(log_path: Path) -> int:
     return log_path.read_text().count('"event":"listening"')
 
 
+# In a fresh interpreter, so the test process's own collector is left alone.
+_FREEZE_SCRIPT = """
+import gc, weakref
+from gateway.cli.serve import GEN0_THRESHOLD, freeze_heap, refreeze_heap
+class Node:
+    pass
+old = Node(); old.me = old  # a cycle, like a replaced pipeline's objects
+gone = weakref.ref(old)
+freeze_heap()
+assert gc.get_threshold()[0] == GEN0_THRESHOLD == 7000, gc.get_threshold()
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+del old
+gc.collect()
+assert gone() is not None  # frozen: a collection does not free it
+refreeze_heap()
+assert gone() is None  # the reload's unfreeze and collect did
+assert gc.get_freeze_count() > 1000 and gc.get_threshold()[0] == 7000
+print("ok")
+"""
+
+
+def test_the_heap_is_frozen_after_start_and_refrozen_on_reload() -> None:
+    done = subprocess.run([sys.executable, "-c", _FREEZE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 @pytest.mark.slow
 async def test_serve_with_two_workers_reload_and_drain(
     tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
@@ -101,6 +127,8 @@ async def test_serve_with_two_workers_reload_and_drain(
             while workers_listening(log_path) < 2:
                 assert time.monotonic() < deadline, "both workers did not start"
                 await asyncio.sleep(0.2)
+            listening = [json.loads(line) for line in log_path.read_text().splitlines() if '"listening"' in line]
+            assert all(line["gc_frozen"] > 1000 for line in listening), listening  # each worker froze its heap
             data = json.dumps(shipment_body()).encode()
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             for _ in range(12):
