@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--instructions", type=int, metavar="N", default=0,
                         help="count instructions per request over N requests under callgrind instead")
+    parser.add_argument("--after", type=Path, metavar="TREE",
+                        help="another checkout as the after tree (default: this one)")
     args = parser.parse_args(argv)
     if not (args.before_tree / "gateway" / "__init__.py").is_file():
         parser.error(f"{args.before_tree} holds no gateway package")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.instructions:
-        return count_instructions(args.before_tree, concurrencies, args.instructions)
+        return count_instructions(args.before_tree, concurrencies, args.instructions, args.after)
     results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with ExitStack() as stack:
         _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 del os.environ["PYTHONPATH"]
             else:
                 os.environ["PYTHONPATH"] = saved
-        (after,) = pb.start_targets(stack, ["gateway"], partner_url, True)
+        if args.after is None:
+            (after,) = pb.start_targets(stack, ["gateway"], partner_url, True)
+        else:
+            with _tree_environ(args.after):
+                (after,) = pb.start_targets(stack, ["gateway"], partner_url, True)
         (baseline,) = pb.start_targets(stack, ["baseline"], partner_url, True)
         targets = {"before": before, "after": after, "baseline": baseline}
         body = pb.request_body()
@@ -202,14 +208,14 @@ def _count_tree(name: str, tree: Path | None, partner_url: str, concurrencies: l
             return result
 
 
-def count_instructions(before_tree: Path, concurrencies: list[int], n: int) -> int:
+def count_instructions(before_tree: Path, concurrencies: list[int], n: int, after_tree: Path | None = None) -> int:
     """Instructions per request of the before tree's gateway and this one's, each over `n` requests."""
     body = pb.request_body()
     with ExitStack() as stack:
         _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
         partner_url = f"http://127.0.0.1:{partner_port}"
         before = _count_tree("before", before_tree, partner_url, concurrencies, n, body)
-        after = _count_tree("after", None, partner_url, concurrencies, n, body)
+        after = _count_tree("after", after_tree, partner_url, concurrencies, n, body)
     print(f"instructions per request over {n} requests (callgrind, all threads of the gateway process):")
     for concurrency in concurrencies:
         old, new = before[concurrency], after[concurrency]
