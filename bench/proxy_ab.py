@@ -15,8 +15,15 @@ proxy_bench.py (wrk when installed, else the Python load generator).
 counts instead the instructions per request of each gateway process (all its threads) under valgrind's
 callgrind: each tree's `gateway serve` runs under callgrind with instrumentation off, gets a warm-up, then
 instrumentation is switched on for exactly N requests at each concurrency (callgrind_control), and the count
-over N is printed. Independent of load on the machine (same tree, same hash seed: within ~0.5 %), so it
-needs no bench lock; about a minute per 1000 requests and tree.
+over N is printed. The count does not depend on load on the machine (same tree, same hash seed), though
+the run itself loads it (take the bench lock for other people's timings); about a minute per 1000 requests
+and tree. Spread between runs of one tree: ~0.3 % at
+concurrency 1, ~1.5 % at 32 (how requests batch per loop iteration varies).
+
+    .venv/bin/python bench/proxy_ab.py /tmp/before --syscalls 2000 --concurrency 1,32
+
+counts system calls per request the same way (strace -c attached to every thread for exactly N requests).
+`--after TREE` puts another checkout in this one's place in every mode.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--instructions", type=int, metavar="N", default=0,
                         help="count instructions per request over N requests under callgrind instead")
+    parser.add_argument("--syscalls", type=int, metavar="N", default=0,
+                        help="count system calls per request over N requests under strace -c instead")
     parser.add_argument("--after", type=Path, metavar="TREE",
                         help="another checkout as the after tree (default: this one)")
     args = parser.parse_args(argv)
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.instructions:
         return count_instructions(args.before_tree, concurrencies, args.instructions, args.after)
+    if args.syscalls:
+        return count_syscalls(args.before_tree, concurrencies, args.syscalls, args.after)
     results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     with ExitStack() as stack:
         _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
@@ -220,6 +231,65 @@ def count_instructions(before_tree: Path, concurrencies: list[int], n: int, afte
     for concurrency in concurrencies:
         old, new = before[concurrency], after[concurrency]
         print(f"  conc {concurrency:3d}: before {old / 1000:9.1f} k, after {new / 1000:9.1f} k ({new / old - 1:+.1%})")
+    return 0
+
+
+
+# -- system calls per request (strace -c) ---------------------------------------------------------------
+
+
+def _strace_calls(summary: str) -> int:
+    """The call count of strace -c's total line ("100.00  0.01  1  8000  123 total")."""
+    for line in reversed(summary.splitlines()):
+        fields = line.split()
+        if fields and fields[-1] == "total":
+            return int(fields[3])
+    raise RuntimeError("strace wrote no summary")
+
+
+def _syscalls_of_tree(name: str, tree: Path | None, partner_url: str, concurrencies: list[int], n: int,
+                      body: bytes) -> dict[int, float]:
+    command = pb.gateway_command()
+    if command is None:
+        raise SystemExit("`gateway serve` is not installed in this virtualenv")
+    result: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gateway-strace-") as out, _tree_environ(tree), \
+            pb.started_gateway(command, partner_url) as (process, port, token):
+        url = f"http://127.0.0.1:{port}{pb.PATH}"
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        for concurrency in concurrencies:
+            asyncio.run(_exactly(url, body, headers, concurrency, _WARM_UP))
+            summary = Path(out) / f"strace-{concurrency}.txt"
+            # -f with -p attaches every thread of the process (the ledger's writer thread too).
+            strace = subprocess.Popen(["strace", "-f", "-c", "-o", str(summary), "-p", str(process.pid)],
+                                      stderr=subprocess.PIPE, text=True)
+            assert strace.stderr is not None
+            if "attached" not in strace.stderr.readline():
+                strace.kill()
+                raise RuntimeError("strace did not attach")
+            time.sleep(0.5)
+            asyncio.run(_exactly(url, body, headers, concurrency, n))
+            strace.send_signal(2)  # SIGINT: detach and write the summary
+            strace.communicate(timeout=60)
+            result[concurrency] = _strace_calls(summary.read_text()) / n
+            print(f"{name:8s} conc {concurrency:3d}: {result[concurrency]:6.1f} system calls/request", flush=True)
+    return result
+
+
+def count_syscalls(before_tree: Path, concurrencies: list[int], n: int, after_tree: Path | None = None) -> int:
+    """System calls per request of the before tree's gateway and this one's (all threads), over `n` requests."""
+    if shutil.which("strace") is None:
+        raise SystemExit("--syscalls needs strace (apt-get install strace)")
+    body = pb.request_body()
+    with ExitStack() as stack:
+        _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
+        partner_url = f"http://127.0.0.1:{partner_port}"
+        before = _syscalls_of_tree("before", before_tree, partner_url, concurrencies, n, body)
+        after = _syscalls_of_tree("after", after_tree, partner_url, concurrencies, n, body)
+    print(f"system calls per request over {n} requests (strace -c, all threads of the gateway process):")
+    for concurrency in concurrencies:
+        old, new = before[concurrency], after[concurrency]
+        print(f"  conc {concurrency:3d}: before {old:6.1f}, after {new:6.1f} ({new / old - 1:+.1%})")
     return 0
 
 
