@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError
 from gateway.ledger import RecordDraft
@@ -40,6 +40,7 @@ from gateway.proxy.stages import (
     RecordDisclosure,
     RecordOutcome,
     Stage,
+    SyncStage,
     Validate,
     record_outcome,
 )
@@ -86,6 +87,11 @@ class Pipeline:
         self.services = services
         self.profiles = profiles
         self.stages = tuple(stages)
+        # What the runner calls per stage: a SyncStage's `apply` directly (returns None), any other stage
+        # itself (returns the coroutine to await).
+        self._steps: tuple[Callable[[RequestContext], Awaitable[None] | None], ...] = tuple(
+            stage.apply if isinstance(stage, SyncStage) else stage for stage in self.stages
+        )
         self.partner_ids = frozenset(profiles.profiles)
         self._writer = LedgerWriter(services)
         self._metrics = services.metrics
@@ -97,8 +103,10 @@ class Pipeline:
         error: GatewayError | None = None
         try:
             try:
-                for stage in self.stages:
-                    await stage(ctx)
+                for step in self._steps:
+                    waiting = step(ctx)
+                    if waiting is not None:
+                        await waiting
             finally:
                 if ctx.admitted is not None:
                     await ctx.admitted.__aexit__(None, None, None)
