@@ -100,8 +100,11 @@ def started(command: list[str], *, env: dict[str, str] | None = None) -> Iterato
 
 
 @contextmanager
-def started_gateway(command: list[str], partner_url: str) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
-    """`gateway serve` on a free port with the bench profile, fresh keys and a fresh SQLite ledger, and a token."""
+def started_gateway(
+    command: list[str], partner_url: str, *, wrapper: tuple[str, ...] = (), ready_seconds: float = 30.0
+) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
+    """`gateway serve` on a free port with the bench profile, fresh keys and a fresh SQLite ledger, and a token.
+    `wrapper` goes before the serve command only (valgrind, say), not before the token command."""
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         port = free_port()
         env = dict(os.environ)
@@ -122,10 +125,10 @@ def started_gateway(command: list[str], partner_url: str) -> Iterator[tuple[subp
             check=True,
         ).stdout.strip()
         log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([*wrapper, *command], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             try:
-                wait_ready(f"http://127.0.0.1:{port}/readyz", 30.0)
+                wait_ready(f"http://127.0.0.1:{port}/readyz", ready_seconds)
             except RuntimeError:
                 log.flush()
                 raise RuntimeError(

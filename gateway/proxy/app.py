@@ -83,6 +83,9 @@ class GatewayState:
         # Set by a worker under `serve --workers N`: after this process's admin reload succeeded, ask the
         # supervisor to reload every worker (an admin call reaches one process only); False if it could not.
         self.reload_peers: Callable[[], bool] | None = None
+        # Set by `gateway serve`: run after a reload swapped a new pipeline in (it refreezes the heap, so the
+        # replaced pipeline's objects are not kept in the permanent generation).
+        self.after_reload: Callable[[], None] | None = None
 
     @property
     def services(self) -> GatewayServices:
@@ -172,6 +175,8 @@ class GatewayState:
                 pipeline = build_pipeline(services, profiles)
                 self._pipeline = pipeline
                 result = "ok"
+                if self.after_reload is not None:
+                    self.after_reload()
         finally:
             services.metrics.profile_reloads.labels(result=result).inc()
         services.metrics.prime(_routes_of(profiles))

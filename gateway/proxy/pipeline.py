@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError
 from gateway.ledger import RecordDraft
@@ -40,6 +40,7 @@ from gateway.proxy.stages import (
     RecordDisclosure,
     RecordOutcome,
     Stage,
+    SyncStage,
     Validate,
     record_outcome,
 )
@@ -86,16 +87,26 @@ class Pipeline:
         self.services = services
         self.profiles = profiles
         self.stages = tuple(stages)
+        # What the runner calls per stage: a SyncStage's `apply` directly (returns None), any other stage
+        # itself (returns the coroutine to await).
+        self._steps: tuple[Callable[[RequestContext], Awaitable[None] | None], ...] = tuple(
+            stage.apply if isinstance(stage, SyncStage) else stage for stage in self.stages
+        )
         self.partner_ids = frozenset(profiles.profiles)
         self._writer = LedgerWriter(services)
         self._metrics = services.metrics
+        # Built on the loop that runs it (start-up and reload both run there): kept rather than looked up
+        # for every request.
+        self._loop = asyncio.get_running_loop()
 
     async def handle(self, ctx: RequestContext) -> Answer:
         error: GatewayError | None = None
         try:
             try:
-                for stage in self.stages:
-                    await stage(ctx)
+                for step in self._steps:
+                    waiting = step(ctx)
+                    if waiting is not None:
+                        await waiting
             finally:
                 if ctx.admitted is not None:
                     await ctx.admitted.__aexit__(None, None, None)
@@ -121,7 +132,7 @@ class Pipeline:
         # Metrics and the log line are written just after the answer: call_soon runs once this task next
         # yields, which is after the server has handed the answer to the socket, so the caller does not
         # wait for them (about 25 µs at concurrency 1).
-        asyncio.get_running_loop().call_soon(self._observe, ctx, response.status, error, elapsed)
+        self._loop.call_soon(self._observe, ctx, response.status, error, elapsed)
         return response
 
     def _record_error(self, ctx: RequestContext, error: GatewayError) -> None:
@@ -171,23 +182,22 @@ class Pipeline:
             reason = _reason_label(error)
             if not ctx.forwarded:
                 series.refusals(partner, reason).inc()
-        _log.info(
-            "request",
-            request_id=ctx.request_id,
-            caller=ctx.caller.service if ctx.caller is not None else None,
-            partner=partner,
-            route=route,
-            purpose=ctx.purpose,
-            status=status,
-            outcome=outcome,
-            reason=reason,
-            latency_ms=round(elapsed * 1000.0, 3),
-            attempts=ctx.attempt if ctx.forwarded else 0,
-            fields_kept=kept,
-            fields_transformed=transformed,
-            fields_dropped=dropped,
-            response_fields_dropped=ctx.fields_response_dropped,
-        )
+        _log.info_line("request", {
+            "request_id": ctx.request_id,
+            "caller": ctx.caller.service if ctx.caller is not None else None,
+            "partner": partner,
+            "route": route,
+            "purpose": ctx.purpose,
+            "status": status,
+            "outcome": outcome,
+            "reason": reason,
+            "latency_ms": round(elapsed * 1000.0, 3),
+            "attempts": ctx.attempt if ctx.forwarded else 0,
+            "fields_kept": kept,
+            "fields_transformed": transformed,
+            "fields_dropped": dropped,
+            "response_fields_dropped": ctx.fields_response_dropped,
+        })
 
 
 def build_pipeline(services: GatewayServices, profiles: ProfileSet) -> Pipeline:

@@ -3,7 +3,9 @@
 Every stage has a `name`, a `configure(services, profiles)` that takes or compiles what it needs once
 (at startup and at each reload; it raises on a bad value, and the pipeline being built is then
 discarded, so the running one stays), and an async `__call__(ctx)` that does its step for one request,
-raising a `GatewayError` to refuse. The order lives in gateway.proxy.pipeline.STAGES, nowhere else.
+raising a `GatewayError` to refuse. A stage whose step never waits is a `SyncStage`: it writes the step as
+`apply(ctx)`, which the runner calls directly (no coroutine per request and stage). The order lives in
+gateway.proxy.pipeline.STAGES, nowhere else.
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ class Stage(Protocol):
     async def __call__(self, ctx: RequestContext) -> None: ...
 
 
+class SyncStage:
+    """A stage whose step never waits. The pipeline runner calls `apply` directly; awaiting the stage (the
+    `Stage` protocol) runs the same `apply`."""
+
+    def apply(self, ctx: RequestContext) -> None:
+        raise NotImplementedError
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        self.apply(ctx)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A path segment that needs no decoding or folding (ASCII unreserved characters only): decode_tail's
 # checks cannot refuse it unless it is a dot segment, so it skips them (about 4 of its 5 µs).
@@ -116,7 +129,7 @@ def decode_tail(raw_tail: str) -> str:
     return "/" + "/".join(decoded)
 
 
-class MatchRoute:
+class MatchRoute(SyncStage):
     """Finds the partner's profile and the route for method and path; 404 when none matches."""
 
     name: ClassVar[str] = "match_route"
@@ -124,7 +137,7 @@ class MatchRoute:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._profiles = profiles
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         ctx.profile = self._profiles.profiles.get(ctx.partner_id)
         if ctx.profile is None:
             raise NotFound("no such partner", reason="unknown-partner")
@@ -160,10 +173,9 @@ class ReadBody:
                 [Violation("Content-Type", "not allowed for this route")],
             )
         limit = self._limits.get(ctx.partner_id, self._cap)
-        too_large = PayloadTooLarge(f"the body exceeds {limit} bytes", reason="payload-too-large")
         declared = request.content_length
         if declared is not None and declared > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         content = request.content
@@ -174,11 +186,16 @@ class ReadBody:
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         ctx.raw_body = b"".join(chunks)
 
 
-class Parse:
+def _too_large(limit: int) -> PayloadTooLarge:
+    # Built only when refusing: an exception with its formatted message cost every accepted request.
+    return PayloadTooLarge(f"the body exceeds {limit} bytes", reason="payload-too-large")
+
+
+class Parse(SyncStage):
     """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed."""
 
     name: ClassVar[str] = "parse"
@@ -186,7 +203,7 @@ class Parse:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._max_depth = services.settings.max_json_depth
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         ctx.body = parse_json(ctx.raw_body, max_depth=self._max_depth) if ctx.raw_body else None
         raw_path = ctx.request.raw_path
         query_string = raw_path.partition("?")[2]
@@ -214,7 +231,7 @@ class Parse:
         ctx.headers = headers
 
 
-class Validate:
+class Validate(SyncStage):
     """The route's JSON Schema (422 with the failing paths)."""
 
     name: ClassVar[str] = "validate"
@@ -222,14 +239,14 @@ class Validate:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         return None
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
         # The schema check and the allowlist walk run as one generated pass; policy refusals (a bad
         # identifier, a field outside the allowlist) still surface only from Minimise, after the scope check.
         ctx.validated = ctx.route.policy.validate_request(ctx.body)
 
 
-class Authorize:
+class Authorize(SyncStage):
     """Picks the purpose (X-Purpose, required when the route serves several) and checks the caller's
     scope `disclose:{partner}:{purpose}` (403)."""
 
@@ -238,7 +255,7 @@ class Authorize:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         return None
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
         assert ctx.caller is not None
         purposes = ctx.route.purposes
@@ -303,7 +320,7 @@ class CheckSubject:
         check_subject(route, status, transfer)
 
 
-class Minimise:
+class Minimise(SyncStage):
     """Applies the route's request policy to body, query, path parameters and headers."""
 
     name: ClassVar[str] = "minimise"
@@ -312,7 +329,7 @@ class Minimise:
         self._digest = services.keys.ledger.body_digest
         self._metrics = services.metrics
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
         policy = ctx.route.policy
         if ctx.validated is not None:
@@ -461,7 +478,7 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-class FilterResponse:
+class FilterResponse(SyncStage):
     """Passes the partner's answer through the route's response policy (re-identifying `fpe` tokens);
     a body that is not valid JSON is a partner error (502); a non-JSON body cannot be filtered field by
     field and is withheld."""
@@ -471,7 +488,7 @@ class FilterResponse:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._max_depth = services.settings.max_json_depth
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         answer, route = ctx.upstream, ctx.route
         assert answer is not None
         assert route is not None
@@ -539,7 +556,7 @@ def record_outcome(
     )
 
 
-class RecordOutcome:
+class RecordOutcome(SyncStage):
     """Queues the outcome record (partner status and latency)."""
 
     name: ClassVar[str] = "record_outcome"
@@ -547,6 +564,6 @@ class RecordOutcome:
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._writer = LedgerWriter(services)
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def apply(self, ctx: RequestContext) -> None:
         assert ctx.upstream is not None
         record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None)

@@ -24,6 +24,8 @@ from proxy_harness import (
 )
 
 from gateway.config import sqlite_path
+from gateway.errors import PayloadTooLarge
+from gateway.proxy.stages import SyncStage
 
 SHIPMENT = f"/v1/partners/{PARTNER_ID}/shipments/S-1"
 RAW_VALUES = (RAW_PHONE, RAW_IMEI, RAW_CUSTOMER, "kim@example.com", "450051234567890", "call me")
@@ -183,6 +185,47 @@ async def test_body_one_byte_over_the_limit_with_content_length(harness: Gateway
     response = await post_shipment(harness, data=data[:-2] + b'"}'[1:])
     assert response.status != 413
     assert harness.partner.received == []
+
+
+async def test_the_413_problem_is_built_only_when_refusing(
+    harness: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+
+    class CountedTooLarge(PayloadTooLarge):
+        def __init__(self, detail: str, *args: Any, **kwargs: Any) -> None:
+            built.append(detail)
+            super().__init__(detail, *args, **kwargs)
+
+    monkeypatch.setattr("gateway.proxy.stages.PayloadTooLarge", CountedTooLarge)
+    response = await post_shipment(harness)
+    assert response.status == 200, await response.text()
+    assert built == []  # an accepted body builds no refusal
+    response = await post_shipment(harness, data=b'{"order_id":"' + b"x" * 2048 + b'"}')
+    problem = assert_problem(
+        response.status, {k.lower(): v for k, v in response.headers.items()}, await response.read(), 413)
+    assert problem["detail"] == "the body exceeds 2048 bytes"
+    assert built == ["the body exceeds 2048 bytes"]
+
+
+async def test_stages_that_never_wait_are_called_without_a_coroutine(
+    harness: GatewayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = harness.gateway.state.pipeline.stages
+    sync = [stage for stage in stages if isinstance(stage, SyncStage)]
+    assert [stage.name for stage in sync] == [
+        "match_route", "parse", "validate", "authorize", "minimise", "filter_response", "record_outcome"]
+
+    async def awaited(self: SyncStage, ctx: object) -> None:
+        raise AssertionError(f"{type(self).__name__} was awaited")
+
+    for stage in sync:  # the runner must call their apply() directly
+        monkeypatch.setattr(type(stage), "__call__", awaited)
+    response = await post_shipment(harness)
+    assert response.status == 200, await response.text()
+    # A refusal raised by a synchronous step is answered as before.
+    response = await post_shipment(harness, data=b'{"order_id": ')
+    assert_problem(response.status, {k.lower(): v for k, v in response.headers.items()}, await response.read(), 400)
 
 
 async def test_body_one_byte_over_the_limit_chunked(harness: GatewayHarness) -> None:

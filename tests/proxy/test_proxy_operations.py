@@ -32,6 +32,8 @@ async def reload(harness: GatewayHarness, scopes: list[str]) -> tuple[int, dict[
 
 
 async def test_reload_swaps_a_good_set_and_refuses_a_bad_one(harness: GatewayHarness, profiles_dir: Path) -> None:
+    refreezes: list[int] = []
+    harness.gateway.state.after_reload = lambda: refreezes.append(1)  # `gateway serve` refreezes the heap here
     status, body = await reload(harness, [f"disclose:{PARTNER_ID}:delivery"])
     assert status == 403
     assert body["type"] == "urn:partner-data-gateway:problem:scope-missing"
@@ -43,6 +45,7 @@ async def test_reload_swaps_a_good_set_and_refuses_a_bad_one(harness: GatewayHar
                        encoding="utf-8")
     status, body = await reload(harness, ["gateway:admin"])
     assert (status, body) == (200, {"result": "ok", "partners": 1, "routes": 3})
+    assert refreezes == [1]
     assert await send_shipment(harness) == 200
     assert "name" not in json.loads(harness.partner.received[-1].body)["recipient"]
 
@@ -52,6 +55,7 @@ async def test_reload_swaps_a_good_set_and_refuses_a_bad_one(harness: GatewayHar
     status, body = await reload(harness, ["gateway:admin"])
     assert status == 422
     assert body["type"] == "urn:partner-data-gateway:problem:profiles-rejected"
+    assert refreezes == [1]  # a refused set swaps nothing in
     assert any(f"{PARTNER_ID}.yaml" in v["path"] for v in body["violations"])  # type: ignore[union-attr]
     assert await send_shipment(harness) == 200
     assert "name" not in json.loads(harness.partner.received[-1].body)["recipient"]

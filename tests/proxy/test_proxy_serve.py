@@ -86,6 +86,32 @@ def workers_listening(log_path: Path) -> int:
     return log_path.read_text().count('"event":"listening"')
 
 
+# In a fresh interpreter, so the test process's own collector is left alone.
+_FREEZE_SCRIPT = """
+import gc, weakref
+from gateway.cli.serve import GEN0_THRESHOLD, freeze_heap, refreeze_heap
+class Node:
+    pass
+old = Node(); old.me = old  # a cycle, like a replaced pipeline's objects
+gone = weakref.ref(old)
+freeze_heap()
+assert gc.get_threshold()[0] == GEN0_THRESHOLD == 7000, gc.get_threshold()
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+del old
+gc.collect()
+assert gone() is not None  # frozen: a collection does not free it
+refreeze_heap()
+assert gone() is None  # the reload's unfreeze and collect did
+assert gc.get_freeze_count() > 1000 and gc.get_threshold()[0] == 7000
+print("ok")
+"""
+
+
+def test_the_heap_is_frozen_after_start_and_refrozen_on_reload() -> None:
+    done = subprocess.run([sys.executable, "-c", _FREEZE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 @pytest.mark.slow
 async def test_serve_with_two_workers_reload_and_drain(
     tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
@@ -101,6 +127,8 @@ async def test_serve_with_two_workers_reload_and_drain(
             while workers_listening(log_path) < 2:
                 assert time.monotonic() < deadline, "both workers did not start"
                 await asyncio.sleep(0.2)
+            listening = [json.loads(line) for line in log_path.read_text().splitlines() if '"listening"' in line]
+            assert all(line["gc_frozen"] > 1000 for line in listening), listening  # each worker froze its heap
             data = json.dumps(shipment_body()).encode()
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             for _ in range(12):
@@ -128,6 +156,55 @@ async def test_serve_with_two_workers_reload_and_drain(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     assert len(fake_partner.received) == 12
+
+
+def _subject_cli(tmp_path: Path, keys_dir: Path, *args: str) -> None:
+    """`gateway subject ...` as its own process, on the gateway's database."""
+    env = {**os.environ, "GATEWAY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+           "GATEWAY_KEYS_DIR": str(keys_dir)}
+    env.pop("GATEWAY_CONFIG", None)
+    done = subprocess.run([*GATEWAY, "subject", *args], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+async def test_a_change_made_by_the_cli_applies_to_the_next_request_in_every_worker(
+    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
+) -> None:
+    assert gateway_keys.jwt_dev_private is not None
+    token = mint_token(gateway_keys.jwt_dev_private, subject="order-service",
+                       scopes=[f"disclose:{PARTNER_ID}:marketing"], issuer="partner-data-gateway-dev",
+                       audience="partner-data-gateway", ttl_seconds=300)
+    headers = {"Authorization": f"Bearer {token}"}
+    subject = "CUSTOMER-42"
+
+    async def statuses(url: str) -> list[tuple[int, str]]:
+        """Eight requests on fresh connections (the kernel spreads them over both workers)."""
+        found = []
+        for _ in range(8):
+            async with aiohttp.ClientSession() as fresh, fresh.post(
+                url + f"/v1/partners/{PARTNER_ID}/promotions", json={"customer_id": subject, "segment": "a"},
+                headers=headers,
+            ) as response:
+                problem = await response.json(content_type=None)
+                found.append((response.status, str(problem.get("type", "")).rpartition(":")[2]))
+        return found
+
+    with two_workers(tmp_path, keys_dir, profiles_dir, fake_partner) as (process, url, log_path):
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, url, process)
+            deadline = time.monotonic() + 30
+            while workers_listening(log_path) < 2:
+                assert time.monotonic() < deadline, "both workers did not start"
+                await asyncio.sleep(0.2)
+        _subject_cli(tmp_path, keys_dir, "consent", "grant", subject, "marketing")
+        assert await statuses(url) == [(200, "")] * 8  # both workers now hold the status in their caches
+        _subject_cli(tmp_path, keys_dir, "consent", "withdraw", subject, "marketing")
+        assert await statuses(url) == [(403, "consent-required")] * 8
+        _subject_cli(tmp_path, keys_dir, "consent", "grant", subject, "marketing")
+        assert await statuses(url) == [(200, "")] * 8
+        _subject_cli(tmp_path, keys_dir, "hold", "place", subject, "--reason", "correction_pending")
+        assert await statuses(url) == [(403, "subject-on-hold")] * 8
 
 
 async def _reloads_ok(session: aiohttp.ClientSession, url: str) -> float:

@@ -1,0 +1,42 @@
+"""Generated request ids: 128 random bits in hex, cut from a pooled os.urandom buffer, never repeated
+across the pool's refills nor between a forked child and its parent."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from gateway.proxy.context import new_request_id, request_id_from
+
+_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def test_ids_are_hex_and_distinct_across_refills() -> None:
+    ids = [new_request_id() for _ in range(2000)]  # several pools of 256
+    assert all(_HEX_ID.match(i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_safe_caller_id_is_kept_and_an_unsafe_one_replaced() -> None:
+    assert request_id_from("req-abc.1") == "req-abc.1"
+    assert _HEX_ID.match(request_id_from("bad id"))
+    assert _HEX_ID.match(request_id_from(None))
+
+
+def test_a_forked_child_starts_with_a_fresh_pool() -> None:
+    new_request_id()  # the parent's pool holds ids not yet handed out
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids to the parent, then leave without running pytest's clean-up
+        try:
+            os.write(write_end, " ".join(new_request_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent_ids = [new_request_id() for _ in range(300)]  # the rest of the parent's pool and beyond
+    assert len(child_ids) == 3
+    assert all(_HEX_ID.match(i) for i in child_ids)
+    assert not set(child_ids) & set(parent_ids)
