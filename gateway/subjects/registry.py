@@ -366,15 +366,14 @@ class SqliteSubjectRegistry(SubjectRegistry):
         self._exact.clear()
 
     async def status(self, subject_ref: str, consent_purpose: str | None) -> SubjectStatus:
+        require_subject_ref(subject_ref)
         # The counter before the read: a change committed after this point moves it, so what is read now is
         # never used once a later change exists. An odd value (a change under way) is never stored.
         generation = self._changes.value()
         key = (subject_ref, consent_purpose)
-        # Only checked references are ever stored, so a hit needs no check (a str of anything else misses).
-        hit = self._exact.get(key) if type(subject_ref) is str else None
+        hit = self._exact.get(key)
         if hit is not None and hit[0] == generation:
             return hit[1]
-        require_subject_ref(subject_ref)
         status = await self._read_status(subject_ref, consent_purpose)
         if not generation & 1:
             if len(self._exact) >= _CACHE_MAX_SUBJECTS:
