@@ -53,8 +53,7 @@ class Settings:
     request_body_timeout_seconds: float = 30.0
     # An idle keep-alive connection (no request in progress) is closed after this many seconds.
     keepalive_timeout_seconds: float = 75.0
-    # PostgreSQL: 0 reads the registry on every request (no stale consent). SQLite's cache is exact, always.
-    subject_cache_seconds: float = 0.0
+    subject_cache_seconds: float = 0.0  # 0: every request reads the registry (no stale consent)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

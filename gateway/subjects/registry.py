@@ -11,14 +11,10 @@ Tables (created idempotently by `start()`, next to the ledger's own tables):
 Rows are keyed by the keyed subject reference (`LedgerKeys.subject_ref`): the raw subject id never
 reaches the database, and the API refuses anything that is not a 64-hex reference.
 
-Freshness: a change that has returned is seen by every status() that starts afterwards, in every process.
-- SQLite: statuses are cached exactly. Every writer of subject state moves the database's shared change
-  counter (gateway.subjects.changes) around its transaction, and a cached status is used only while the
-  counter has not moved since it was read; any change, from any process (the gateway's workers, the
-  `gateway subject` CLI, the admin API), drops every process's cache before its call returns.
-- PostgreSQL: `status()` reads the database on every call (one query) unless `cache_seconds` > 0; with a
-  cache, another replica may serve a stale status for at most `cache_seconds` (this replica drops its own
-  entries on every change it makes).
+Freshness: `status()` reads the database on every call (one query) unless `cache_seconds` > 0, so a
+withdrawal that has returned is seen by every request that starts afterwards, on every replica that reads
+the same database. With a cache, another replica may serve a stale status for at most `cache_seconds`
+(this replica drops its own entries on every change it makes).
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ from typing import Any
 from gateway.config import sqlite_path
 from gateway.errors import ConfigError, MalformedRequest, Violation
 from gateway.keys import LedgerKeys
-from gateway.subjects.changes import SubjectChangeCounter
 from gateway.subjects.model import (
     ConsentState,
     EventKind,
@@ -320,9 +315,8 @@ def _status_of_row(row: tuple[Any, ...]) -> SubjectStatus:
 
 class SqliteSubjectRegistry(SubjectRegistry):
     """SQLite backend. Reads run on the event loop (an indexed point read in WAL mode does not wait for
-    writers and takes tens of microseconds) and are cached exactly (see the module docstring; so
-    `cache_seconds` does not apply); writes run in a worker thread on their own connection, `BEGIN
-    IMMEDIATE`, inside the change counter's lock, so writers in other processes are serialised."""
+    writers and takes tens of microseconds); writes run in a worker thread on their own connection,
+    `BEGIN IMMEDIATE`, so writers in other processes are serialised by SQLite itself."""
 
     def __init__(self, path: Path, keys: LedgerKeys, *, cache_seconds: float = 0.0, clock: Clock = utc_now) -> None:
         super().__init__(keys, cache_seconds=cache_seconds, clock=clock)
@@ -330,9 +324,6 @@ class SqliteSubjectRegistry(SubjectRegistry):
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._changes = SubjectChangeCounter(path)
-        # (subject_ref, consent purpose) -> (the change counter's value before the read, status)
-        self._exact: dict[tuple[str, str | None], tuple[int, SubjectStatus]] = {}
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -350,11 +341,7 @@ class SqliteSubjectRegistry(SubjectRegistry):
             await asyncio.to_thread(writer.executescript, _SQLITE_SCHEMA)
             self._writer = writer
             self._reader = await asyncio.to_thread(self._connect)
-            await asyncio.to_thread(self._changes.open)
-        except (OSError, sqlite3.Error, ConfigError) as exc:
-            await self.close()
-            if isinstance(exc, ConfigError):
-                raise
+        except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"subject registry at {self.path}: cannot open: {exc}") from exc
 
     async def close(self) -> None:
@@ -362,24 +349,6 @@ class SqliteSubjectRegistry(SubjectRegistry):
             if conn is not None:
                 conn.close()
         self._reader = self._writer = None
-        self._changes.close()
-        self._exact.clear()
-
-    async def status(self, subject_ref: str, consent_purpose: str | None) -> SubjectStatus:
-        require_subject_ref(subject_ref)
-        # The counter before the read: a change committed after this point moves it, so what is read now is
-        # never used once a later change exists. An odd value (a change under way) is never stored.
-        generation = self._changes.value()
-        key = (subject_ref, consent_purpose)
-        hit = self._exact.get(key)
-        if hit is not None and hit[0] == generation:
-            return hit[1]
-        status = await self._read_status(subject_ref, consent_purpose)
-        if not generation & 1:
-            if len(self._exact) >= _CACHE_MAX_SUBJECTS:
-                self._exact.clear()  # crude bound; a full cache only costs extra reads
-            self._exact[key] = (generation, status)
-        return status
 
     def _need(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
         if conn is None:
@@ -396,11 +365,7 @@ class SqliteSubjectRegistry(SubjectRegistry):
     async def _apply(self, event: RegistryEvent) -> bool:
         writer = self._need(self._writer)
         async with self._write_lock:
-            return await asyncio.to_thread(self._apply_counted, writer, event)
-
-    def _apply_counted(self, conn: sqlite3.Connection, event: RegistryEvent) -> bool:
-        with self._changes.changing():
-            return self._apply_sync(conn, event)
+            return await asyncio.to_thread(self._apply_sync, writer, event)
 
     @staticmethod
     def _apply_sync(conn: sqlite3.Connection, event: RegistryEvent) -> bool:

@@ -158,55 +158,6 @@ async def test_serve_with_two_workers_reload_and_drain(
     assert len(fake_partner.received) == 12
 
 
-def _subject_cli(tmp_path: Path, keys_dir: Path, *args: str) -> None:
-    """`gateway subject ...` as its own process, on the gateway's database."""
-    env = {**os.environ, "GATEWAY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-           "GATEWAY_KEYS_DIR": str(keys_dir)}
-    env.pop("GATEWAY_CONFIG", None)
-    done = subprocess.run([*GATEWAY, "subject", *args], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-
-@pytest.mark.slow
-async def test_a_change_made_by_the_cli_applies_to_the_next_request_in_every_worker(
-    tmp_path: Path, keys_dir: Path, profiles_dir: Path, fake_partner: FakePartner, gateway_keys: GatewayKeys
-) -> None:
-    assert gateway_keys.jwt_dev_private is not None
-    token = mint_token(gateway_keys.jwt_dev_private, subject="order-service",
-                       scopes=[f"disclose:{PARTNER_ID}:marketing"], issuer="partner-data-gateway-dev",
-                       audience="partner-data-gateway", ttl_seconds=300)
-    headers = {"Authorization": f"Bearer {token}"}
-    subject = "CUSTOMER-42"
-
-    async def statuses(url: str) -> list[tuple[int, str]]:
-        """Eight requests on fresh connections (the kernel spreads them over both workers)."""
-        found = []
-        for _ in range(8):
-            async with aiohttp.ClientSession() as fresh, fresh.post(
-                url + f"/v1/partners/{PARTNER_ID}/promotions", json={"customer_id": subject, "segment": "a"},
-                headers=headers,
-            ) as response:
-                problem = await response.json(content_type=None)
-                found.append((response.status, str(problem.get("type", "")).rpartition(":")[2]))
-        return found
-
-    with two_workers(tmp_path, keys_dir, profiles_dir, fake_partner) as (process, url, log_path):
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session, url, process)
-            deadline = time.monotonic() + 30
-            while workers_listening(log_path) < 2:
-                assert time.monotonic() < deadline, "both workers did not start"
-                await asyncio.sleep(0.2)
-        _subject_cli(tmp_path, keys_dir, "consent", "grant", subject, "marketing")
-        assert await statuses(url) == [(200, "")] * 8  # both workers now hold the status in their caches
-        _subject_cli(tmp_path, keys_dir, "consent", "withdraw", subject, "marketing")
-        assert await statuses(url) == [(403, "consent-required")] * 8
-        _subject_cli(tmp_path, keys_dir, "consent", "grant", subject, "marketing")
-        assert await statuses(url) == [(200, "")] * 8
-        _subject_cli(tmp_path, keys_dir, "hold", "place", subject, "--reason", "correction_pending")
-        assert await statuses(url) == [(403, "subject-on-hold")] * 8
-
-
 async def _reloads_ok(session: aiohttp.ClientSession, url: str) -> float:
     async with session.get(url + "/metrics") as response:
         found = re.search(r'gateway_profile_reloads_total\{result="ok"\} ([0-9.]+)', await response.text())
