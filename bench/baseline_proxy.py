@@ -114,19 +114,27 @@ async def _run(host: str, port: int, handler: object) -> None:
     app.router.add_route("*", "/v1/partners/{partner}/{path:.*}", handler)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    # SO_REUSEPORT lets `proxy_bench.py --targets baseline-w2` run two copies on one port, as
+    # `gateway serve --workers 2` does.
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=REUSE_PORT)
     await site.start()
     print(f"ready {runner.addresses[0][1]}", flush=True)
     await asyncio.Event().wait()
 
 
+REUSE_PORT = False
+
+
 def main() -> None:
+    global REUSE_PORT
     parser = argparse.ArgumentParser(description="bare aiohttp pass-through proxy (benchmark baseline)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True, help="partner base URL, e.g. http://127.0.0.1:9201")
     parser.add_argument("--forwarder", choices=("aiohttp", "gateway"), default="aiohttp")
+    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (several copies, one port)")
     args = parser.parse_args()
+    REUSE_PORT = args.reuse_port
     serve = serve_baseline if args.forwarder == "aiohttp" else serve_gateway_forwarder
     try:
         uvloop.run(serve(args.host, args.port, args.upstream))

@@ -17,6 +17,7 @@ Until `gateway serve` exists, the gateway target is skipped with a note and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -77,6 +78,20 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def cpu_seconds_tree(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (a `--workers` supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):  # the child exited between the listing and the read
+                total += cpu_seconds_tree(int(child))
+    return total
 
 
 @contextmanager
@@ -187,6 +202,11 @@ class Target:
     pid: int
     url: str
     headers: dict[str, str]
+    # Further processes serving the same port (the second copy of `baseline-w2`); their CPU counts too.
+    other_pids: tuple[int, ...] = ()
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds_tree(pid) for pid in (self.pid, *self.other_pids))
 
 
 @dataclass(frozen=True)
@@ -208,12 +228,21 @@ def start_targets(stack: ExitStack, names: list[str], partner_url: str, strict: 
                 command += ["--forwarder", "gateway"]
             proc, port = stack.enter_context(started(command))
             targets.append(Target(name, proc.pid, f"http://127.0.0.1:{port}{PATH}", json_headers))
-        elif name == "gateway":
+        elif name == "baseline-w2":
+            # Two copies of the baseline on one port: the fair partner of `gateway-w2`.
+            port = free_port()
+            command = [python, str(BENCH_DIR / "baseline_proxy.py"), "--upstream", partner_url, "--port", str(port)]
+            first, _ = stack.enter_context(started([*command, "--reuse-port"]))
+            second, _ = stack.enter_context(started([*command, "--reuse-port"]))
+            targets.append(Target(name, first.pid, f"http://127.0.0.1:{port}{PATH}", json_headers, (second.pid,)))
+        elif name in ("gateway", "gateway-w2"):
             serve = gateway_command()
             if serve is None:
                 print("note: `gateway serve` is not available yet; the gateway target is skipped (baseline only)")
                 continue
             try:
+                if name == "gateway-w2":
+                    serve = [*serve, "--workers", "2"]
                 gw, port, token = stack.enter_context(started_gateway(serve, partner_url))
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 if strict:
@@ -224,7 +253,7 @@ def start_targets(stack: ExitStack, names: list[str], partner_url: str, strict: 
             headers = {**json_headers, "Authorization": f"Bearer {token}"}
             targets.append(Target(name, gw.pid, f"http://127.0.0.1:{port}{PATH}", headers))
         else:
-            raise SystemExit(f"unknown target {name!r} (baseline, forwarder, gateway)")
+            raise SystemExit(f"unknown target {name!r} (baseline, baseline-w2, forwarder, gateway, gateway-w2)")
     return targets
 
 
@@ -239,9 +268,9 @@ def measure(
 ) -> Measurement:
     if warmup_s > 0:
         run_load(target.url, body, target.headers, concurrency, warmup_s, use_wrk=use_wrk)
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = target.cpu_seconds()
     load = run_load(target.url, body, target.headers, concurrency, duration_s, use_wrk=use_wrk)
-    cpu_used = cpu_seconds(target.pid) - cpu_before
+    cpu_used = target.cpu_seconds() - cpu_before
     return Measurement(target.name, round_no, load, cpu_used / max(load.requests, 1) * 1e6)
 
 
@@ -274,7 +303,7 @@ def summarise(results: list[Measurement], concurrency: int) -> list[dict[str, ob
 
 def print_table(rows: list[dict[str, object]]) -> None:
     header = (
-        f"{'target':<10} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
+        f"{'target':<12} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
         f"{'errors':>6} {'ratio':>6} {'p50 +ms':>8}"
     )
     print(header)
@@ -282,7 +311,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
         ratio = row["rps_ratio_vs_baseline"]
         delta = row["p50_delta_ms_vs_baseline"]
         print(
-            f"{row['target']:<10} {row['concurrency']:>4} {row['rps']:>9.0f} {row['p50_ms']:>8.3f} "
+            f"{row['target']:<12} {row['concurrency']:>4} {row['rps']:>9.0f} {row['p50_ms']:>8.3f} "
             f"{row['p99_ms']:>8.3f} {row['cpu_us_per_req']:>10.0f} {row['errors']:>6} "
             f"{'' if ratio is None else f'{ratio:.2f}x':>6} {'' if delta is None else f'{delta:+.3f}':>8}"
         )
@@ -294,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run (wrk: whole seconds)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated connection counts")
-    parser.add_argument("--targets", default="baseline,gateway", help="comma-separated: baseline, forwarder, gateway")
+    parser.add_argument(
+        "--targets",
+        default="baseline,gateway",
+        help="comma-separated: baseline, baseline-w2, forwarder, gateway, gateway-w2 (-w2: two processes, one port)",
+    )
     parser.add_argument("--python-loadgen", action="store_true", help="use the Python load generator even with wrk")
     parser.add_argument("--strict", action="store_true", help="fail when the gateway cannot be started")
     parser.add_argument("--json", type=Path, help="also write every measurement and the summary to this file")
