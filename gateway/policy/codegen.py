@@ -409,12 +409,23 @@ def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:
         w.record(depth, "dropped", path_expr, once)
 
 
+# The builtins the generated source calls; they are bound as closure variables like the constants.
+_BUILTINS: dict[str, Any] = {"type": type, "len": len, "str": str, "int": int, "float": float, "dict": dict,
+                             "list": list, "bool": bool}
+
+
 def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
-    source = "\n".join(w.lines)
+    """Compile the function `name` inside a maker whose parameters are the constants and builtins it reads:
+    the generated code then loads them as closure cells (LOAD_DEREF) rather than through the globals and
+    builtins dictionaries (LOAD_GLOBAL's version checks), on every value it visits."""
+    bound = {**_BUILTINS, **w.namespace}
+    maker = f"make_{name}"
+    source = "\n".join([f"def {maker}({', '.join(bound)}):", *("    " + line for line in w.lines),
+                        f"    return {name}"])
     code = compile(source, f"<route policy {name}>", "exec")
-    namespace = dict(w.namespace)
+    namespace: dict[str, Any] = {}
     exec(code, namespace)  # noqa: S102 - the source holds only profile-defined names, as repr() literals
-    function: Callable[[Any], Any] = namespace[name]
+    function: Callable[[Any], Any] = namespace[maker](**bound)
     return function
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -242,7 +243,7 @@ def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> 
         minimised = policy.minimise_request(body, (), {}, {})
         assert minimised.body == {"a": {"b": 1}}
         assert minimised.report.dropped == tuple(f"a.{name}" for name in names) + tuple(names)
-    caches = [value.__self__ for name, value in policy.generated.walk.__globals__.items()
+    caches = [value.__self__ for name, value in inspect.getclosurevars(policy.generated.walk).nonlocals.items()
               if name.startswith("unknown_path")]
     assert len(caches) == 2
     assert all(len(cache.known) == codegen._MAX_UNKNOWN_PATHS for cache in caches)
