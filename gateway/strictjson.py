@@ -14,7 +14,7 @@ string, the echo has as many colons as the input exactly when no key was lost (a
 byte for byte the echo, nothing was lost or rounded at all); a 20-digit literal
 (maybe an integer orjson turned into a float) or an escaped colon also sends the body to the exact
 stdlib path, which finds and names the problem. Depth is walked only when the document has more
-brackets than the limit.
+brackets than the limit (counted after replacing `[` by `{`: one count).
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 # orjson makes floats of integer literals above 2**64-1 (20 digits) or below -2**63 (a minus and 19).
 _LONG_DIGITS = b"0" * 20
 _LONG_NEGATIVE = b"-" + b"0" * 19
-# Deleting every other byte leaves the opening brackets: one pass, where two counts take two.
-_ALL_BUT_OPENING_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{")
+
+
+def opening_brackets(data: bytes) -> int:
+    """How many `[` and `{` bytes `data` holds. Replacing one byte by another is a memchr-driven copy and a
+    one-byte count a tight loop: about 11 k instructions for a 1.6 KB body, where deleting every other
+    byte with translate took 18 k and two counts 18 k."""
+    return data.replace(b"[", b"{").count(b"{")
 
 
 def _refuse(reason: str, path: str = ROOT) -> MalformedRequest:
@@ -96,7 +101,7 @@ def parse_json(data: bytes, *, max_depth: int = 32) -> Any:
                          or _LONG_DIGITS in (digits := data.translate(_DIGITS_AS_ZERO)) or _LONG_NEGATIVE in digits):
         # A 20-digit literal may be an integer beyond 64 bits that orjson silently made a float.
         _slow_check(data)
-    if (len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) > max_depth
+    if (opening_brackets(data) > max_depth
             and (refusal := _located_refusal(value, 1, max_depth, ROOT)) is not None):
         raise refusal
     return value

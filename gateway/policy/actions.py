@@ -180,15 +180,19 @@ def generalise_date(value: Any, precision: str) -> str:
     return match.group(1) if precision == "year" else f"{match.group(1)}-{match.group(2)}"
 
 
+# The plain `YYYY-MM-DD` spelling generalise_date answers by slicing (ASCII digits, month 01-12), as one
+# regex call: cheaper than the eight tests it replaces (property-tested against generalise_date).
+_plain_date = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])-[0-9]{2}").fullmatch
+
+
 def date_generaliser(precision: str) -> Callable[[Any], str]:
     """`generalise_date` with `precision` bound, for the generated walk: the plain `YYYY-MM-DD` case is
-    answered in the one call (the same test as generalise_date's), anything else goes to generalise_date."""
+    answered by one regex call (the same values as generalise_date's written-out test), anything else goes
+    to generalise_date."""
     cut = 4 if precision == "year" else 7
 
     def generalise(value: Any) -> str:
-        if (type(value) is str and len(value) == 10 and value.isascii() and value[4] == "-" and value[7] == "-"
-                and value[:4].isdigit() and value[8:].isdigit() and "01" <= (month := value[5:7]) <= "12"
-                and month.isdigit()):
+        if type(value) is str and _plain_date(value) is not None:
             return value[:cut]
         return generalise_date(value, precision)
 

@@ -14,12 +14,18 @@ a container, unknown fields under `reject`) it returns None and the caller runs 
 which stays the authority: its violations and refusals are what the caller sees. Agreement with the
 reference engine is property-tested (tests/policy/test_policy_codegen.py).
 
+Arrays of like objects: after the first element the general loop served whole, an element with the same
+key set (same count, every name present: one itemgetter call) is checked on its declared values only and
+its kept values become a new object in declared order (the canonical form sorts keys anyway); it makes no
+records, since the first element of that key set made them all in this call.
+
 Three variants come from one generator: the schema check alone (`validate`), the walk alone
 (`minimise_request`) and both fused in one pass (`validate_request`).
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -338,12 +344,25 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
         if rest is None:
             w.emit(depth, f"if type({var}) is not list: return None")
         out, item = w.name("a"), w.name("e")
-        w.emit(depth, f"{out} = []")
-        w.emit(depth, f"for {item} in {var}:")
         element = node.items
-        _emit_walk(w, depth + 1, item, None if rest is None else rest.get("items"), element,
-                   lambda expr: f"{out}.append({expr})", True)
+        element_schema = None if rest is None else rest.get("items")
+        plan = None if w.reject_unknown else _like_elements_plan(element, element_schema)
+        w.emit(depth, f"{out} = []")
+        if plan is not None:
+            shape, others = w.name("shape"), w.name("others")
+            w.emit(depth, f"{shape} = 0")
+        w.emit(depth, f"for {item} in {var}:")
+        if plan is not None:
+            _emit_like_element(w, depth + 1, item, out, shape, others, plan)
+        _emit_walk(w, depth + 1, item, element_schema, element, lambda expr: f"{out}.append({expr})", True)
         w.emit(depth + 1, "pass")
+        if plan is not None:
+            # The first element the general code above served whole, holding every declared name, becomes
+            # the shape: it made every record an element with its key set makes (records are per call).
+            names = w.constant(frozenset(plan.checks), "names")
+            w.emit(depth + 1, f"if not {shape} and {item}.keys() >= {names}:")
+            presence = w.constant(_presence, "presence")
+            w.emit(depth + 2, f"{shape} = len({item}); {others} = {presence}({item}.keys() - {names})")
         w.emit(depth, store(out))
         return
     rest = _emit_container_schema(w, depth, var, schema, "object")
@@ -382,6 +401,67 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
     w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
 
 
+@dataclass(frozen=True, slots=True)
+class _LikeElements:
+    """An array element the generated code can serve by shape: every declared name (policy or schema)
+    has a scalar schema, each policy action is a plain keep or a drop, undeclared keys are dropped."""
+
+    checks: dict[str, Any]  # declared name -> its schema
+    kept: frozenset[str]
+
+
+def _like_elements_plan(element: PolicyNode, schema: Any) -> _LikeElements | None:
+    if element.action is not None or element.items is not None or _native_type(schema) != "object":
+        return None
+    properties: Mapping[str, Any] = schema.get("properties") or {}
+    if schema.get("additionalProperties", True) is not True:
+        return None
+    checks: dict[str, Any] = {}
+    kept: set[str] = set()
+    for name in dict.fromkeys([*element.fields, *properties]):
+        child = element.fields.get(name)
+        sub = properties.get(name)
+        if _native_type(sub) not in ("string", "number", "integer", "boolean", "null"):
+            return None
+        if child is not None:
+            action = child.action
+            if isinstance(action, Keep) and not action.free_text:
+                kept.add(name)
+            elif not isinstance(action, Drop):
+                return None
+        checks[name] = sub
+    return _LikeElements(checks, frozenset(kept)) if kept else None
+
+
+def _presence(names: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """A function raising KeyError unless its argument has every one of `names` (one C call)."""
+    return operator.itemgetter(*names) if names else len
+
+
+def _emit_like_element(w: _Writer, depth: int, item: str, out: str, shape: str, others: str,
+                       plan: _LikeElements) -> None:
+    """An element with the key set of the array's learned shape (as many keys, every declared name and
+    every other name of the shape present): the schema checks of its declared names on values fetched
+    in one call, then the kept values as a new object (declared order; the canonical form sorts keys).
+    No records: the shape's element made them all already, and a repeated record changes nothing."""
+    names = list(plan.checks)
+    values = [w.name("q") for _ in names]
+    getter = w.constant(operator.itemgetter(*names), "getter")
+    w.emit(depth, f"if {shape} and type({item}) is dict and len({item}) == {shape}:")
+    w.emit(depth + 1, "try:")
+    w.emit(depth + 2, f"{', '.join(values)}{',' if len(values) == 1 else ''} = "
+                      f"{getter}({item}){',' if len(values) == 1 else ''}")
+    w.emit(depth + 2, f"{others}({item})")
+    w.emit(depth + 1, "except KeyError:")
+    w.emit(depth + 2, "pass")
+    w.emit(depth + 1, "else:")
+    for value, name in zip(values, names, strict=True):
+        _emit_check(w, depth + 2, value, plan.checks[name])
+    kept = ", ".join(f"{name!r}: {value}" for value, name in zip(values, names, strict=True) if name in plan.kept)
+    w.emit(depth + 2, f"{out}.append({{{kept}}})")
+    w.emit(depth + 2, "continue")
+
+
 # How many undeclared key names (chosen by callers) one object of a route remembers the path of.
 _MAX_UNKNOWN_PATHS = 256
 
@@ -409,12 +489,23 @@ def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:
         w.record(depth, "dropped", path_expr, once)
 
 
+# The builtins the generated source calls; they are bound as closure variables like the constants.
+_BUILTINS: dict[str, Any] = {"type": type, "len": len, "str": str, "int": int, "float": float, "dict": dict,
+                             "list": list, "bool": bool}
+
+
 def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
-    source = "\n".join(w.lines)
+    """Compile the function `name` inside a maker whose parameters are the constants and builtins it reads:
+    the generated code then loads them as closure cells (LOAD_DEREF) rather than through the globals and
+    builtins dictionaries (LOAD_GLOBAL's version checks), on every value it visits."""
+    bound = {**_BUILTINS, **w.namespace}
+    maker = f"make_{name}"
+    source = "\n".join([f"def {maker}({', '.join(bound)}):", *("    " + line for line in w.lines),
+                        f"    return {name}"])
     code = compile(source, f"<route policy {name}>", "exec")
-    namespace = dict(w.namespace)
+    namespace: dict[str, Any] = {}
     exec(code, namespace)  # noqa: S102 - the source holds only profile-defined names, as repr() literals
-    function: Callable[[Any], Any] = namespace[name]
+    function: Callable[[Any], Any] = namespace[maker](**bound)
     return function
 
 

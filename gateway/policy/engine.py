@@ -562,10 +562,26 @@ def _check_body_actions(policy: Mapping[str, FieldAction], section: tuple[str, .
 class CompiledRoutePolicy:
     """One route's policy, compiled: schema validation, request minimisation and response filtering."""
 
-    __slots__ = ("_free_text_reject", "_generated", "_path", "_plain_request_names", "_query", "_reject_unknown",
-                 "_request_body", "_request_header_names", "_request_headers", "_response_body",
-                 "_response_header_names", "_response_headers", "_schema", "free_text", "partner_id", "spec",
-                 "unknown_fields")
+    __slots__ = (
+        "_free_text_reject",
+        "_generated",
+        "_kept_header_paths",
+        "_path",
+        "_plain_request_names",
+        "_query",
+        "_reject_unknown",
+        "_request_body",
+        "_request_header_names",
+        "_request_headers",
+        "_response_body",
+        "_response_header_names",
+        "_response_headers",
+        "_schema",
+        "free_text",
+        "partner_id",
+        "spec",
+        "unknown_fields",
+    )
 
     def __init__(self, spec: RoutePolicySpec, *, partner_id: str, pseudonymiser: PseudonymBinder) -> None:
         self.spec = spec
@@ -592,6 +608,12 @@ class CompiledRoutePolicy:
                                     ("request", "path"), fold_case=False)
         self._request_headers = _compile_names(spec.request_headers, "header:", partner_id, pseudonymiser,
                                                ("request", "headers"), fold_case=True)
+        # When every declared request header is a plain keep, minimise_validated finishes inline: declared
+        # name -> its report path. None: some header has another action (the general finish serves).
+        self._kept_header_paths: dict[str, str] | None = {
+            name: f"header:{name}" for name in spec.request_headers}
+        if not all(isinstance(action, Keep) and not action.free_text for action in spec.request_headers.values()):
+            self._kept_header_paths = None
         self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
                                                 ("response", "headers"), fold_case=True)
 
@@ -643,6 +665,9 @@ class CompiledRoutePolicy:
             walked = None
         if walked is None:  # no walk, another route's, or already taken by an earlier call
             return self._minimise(validated.body, None, query, path_params, headers)
+        kept_header_paths = self._kept_header_paths
+        if kept_header_paths is not None and not query and not path_params:
+            return self._finish_plain(walked, headers, kept_header_paths)
         run: _Run = _new(_Run)
         body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
         run.errors = []
@@ -694,6 +719,34 @@ class CompiledRoutePolicy:
         unchecked = tuple(run.verbatim) if self._plain_request_names else None
         return _new_minimised(out_body, tuple(out_query), out_path, out_headers, run.report(), unchecked)
 
+    def _finish_plain(self, walked: WalkResult, headers: Mapping[str, str],
+                      kept_header_paths: dict[str, str]) -> MinimisedRequest:
+        """`_finish` for a generated walk's outcome, no query or path parameters and only plain-keep
+        headers: nothing can be refused, so the records go straight into the walk's containers (no `_Run`)
+        in the order `_finish` makes them. Property-tested against `_finish`."""
+        body, kept, transformed, dropped, counts, verbatim = walked
+        out_headers: dict[str, str] = {}
+        resolved = self._request_header_names
+        for name, value in headers.items():
+            entry = resolved.get(name)
+            if entry is None:
+                entry = _resolve_header(self._request_headers, name, resolved)
+            if type(entry) is str:
+                dropped[entry] = None
+                continue
+            declared = entry[0]
+            kept[kept_header_paths[declared]] = None
+            kind: Any = type(value)  # a str in practice; the keep leaf's record for any other value
+            if kind is dict or kind is list:
+                verbatim.append(value)
+            out_headers[declared] = value
+        # A path both kept (a null) and transformed (a value, in another array element) counts as transformed.
+        for path in transformed:
+            kept.pop(path, None)
+        report = _new_report(tuple(kept), tuple(transformed), tuple(dropped), counts)
+        unchecked = tuple(verbatim) if self._plain_request_names else None
+        return _new_minimised(body, (), {}, out_headers, report, unchecked)
+
     def filter_response(self, body: Any | None, headers: Mapping[str, str]) -> FilteredResponse:
         """The partner's answer as the caller may see it. Undeclared fields are dropped (never refused: the
         caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`."""
@@ -727,10 +780,7 @@ def _apply_headers(policy: Mapping[str, tuple[str, Apply]], headers: Mapping[str
     for name, value in headers.items():
         entry = resolved.get(name)
         if entry is None:
-            lowered = name.lower()
-            entry = policy.get(lowered) or f"header:{lowered}"
-            if len(resolved) < _NAME_CACHE_MAX:
-                resolved[name] = entry
+            entry = _resolve_header(policy, name, resolved)
         if isinstance(entry, str):
             # Undeclared headers (Authorization, cookies, tracing) never pass and never refuse a request.
             dropped[entry] = None
@@ -739,3 +789,14 @@ def _apply_headers(policy: Mapping[str, tuple[str, Apply]], headers: Mapping[str
         if result is not MISSING:
             out[entry[0]] = result
     return out
+
+
+def _resolve_header(policy: Mapping[str, tuple[str, Apply]], name: str,
+                    resolved: dict[str, tuple[str, Apply] | str]) -> tuple[str, Apply] | str:
+    """The declared entry of header `name` as sent, or (undeclared) the path its drop is reported under;
+    remembered in `resolved` while it holds fewer than _NAME_CACHE_MAX names."""
+    lowered = name.lower()
+    entry = policy.get(lowered) or f"header:{lowered}"
+    if len(resolved) < _NAME_CACHE_MAX:
+        resolved[name] = entry
+    return entry

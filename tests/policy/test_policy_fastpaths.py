@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -222,10 +223,10 @@ def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | st.text("[]{}\"a:,", max_size=80).map(str.encode))
 def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
-    """parse_json's depth pre-check counts both opening brackets in one translate."""
-    from gateway.strictjson import _ALL_BUT_OPENING_BRACKETS
+    """parse_json's depth pre-check counts both opening brackets in one count, after a replace."""
+    from gateway.strictjson import opening_brackets
 
-    assert len(data.translate(None, _ALL_BUT_OPENING_BRACKETS)) == data.count(b"[") + data.count(b"{")
+    assert opening_brackets(data) == data.count(b"[") + data.count(b"{")
 
 
 def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> None:
@@ -242,7 +243,7 @@ def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> 
         minimised = policy.minimise_request(body, (), {}, {})
         assert minimised.body == {"a": {"b": 1}}
         assert minimised.report.dropped == tuple(f"a.{name}" for name in names) + tuple(names)
-    caches = [value.__self__ for name, value in policy.generated.walk.__globals__.items()
+    caches = [value.__self__ for name, value in inspect.getclosurevars(policy.generated.walk).nonlocals.items()
               if name.startswith("unknown_path")]
     assert len(caches) == 2
     assert all(len(cache.known) == codegen._MAX_UNKNOWN_PATHS for cache in caches)
@@ -297,3 +298,52 @@ def test_bound_date_generaliser_equals_generalise_date(value: Any, precision: st
             return ("refused", str(exc))
 
     assert outcome(lambda: date_generaliser(precision)(value)) == outcome(lambda: generalise_date(value, precision))
+
+
+_FINISH_SPEC_BODY = {"a": parse_action("keep"), "n[].x": parse_action("keep"), "n[].y": parse_action("drop"),
+                     "n[].w": parse_action({"pseudonymise": {"type": "phone"}}),
+                     "p": parse_action({"pseudonymise": {"type": "phone"}}),
+                     "q": parse_action({"keep": {"free_text": True}}),
+                     "Ü": parse_action("keep")}
+_FINISH_HEADERS = ({}, {"Idempotency-Key": parse_action("keep")},
+                   {"Idempotency-Key": parse_action("keep"), "X-Ref": parse_action("keep")})
+finish_bodies = st.fixed_dictionaries({}, optional={
+    "a": st.none() | st.integers() | st.dictionaries(st.sampled_from(["k", "K", "m"]), st.integers(), max_size=2),
+    "n": st.lists(st.fixed_dictionaries({}, optional={"x": st.none() | st.text(max_size=3) | st.lists(st.integers(),
+                                                                                                          max_size=2),
+                                                      "y": st.integers(), "z": st.integers(),
+                                                      "w": st.none() | st.just("+886912345678")}), max_size=3),
+    "p": st.none() | st.sampled_from(["+886912345678", "+14155550123"]),
+    "q": st.sampled_from(["call +886912345678", "plain note"]), "Ü": st.integers(), "extra": st.integers()})
+finish_headers = st.dictionaries(st.sampled_from(["Idempotency-Key", "idempotency-key", "X-Ref", "x-ref",
+                                                  "Authorization", "User-Agent"]) | st.text(max_size=4),
+                                 st.text(max_size=4), max_size=5)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(finish_bodies, finish_headers, st.sampled_from(range(len(_FINISH_HEADERS))), st.booleans())
+def test_plain_finish_equals_the_general_finish(body: dict[str, Any], headers: dict[str, str], which: int,
+                                                 ascii_only: bool) -> None:
+    """minimise_validated's inline finish (a generated walk's outcome, no query or path parameters, only
+    plain-keep headers) gives exactly what the general `_finish` gives: body, headers, report (order
+    included), the caller-supplied containers and the canonical bytes."""
+    declared = {k: v for k, v in _FINISH_SPEC_BODY.items() if not (ascii_only and not k.isascii())}
+    spec = RoutePolicySpec(request_body=declared, request_headers=_FINISH_HEADERS[which], free_text="redact")
+    fast = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+    general = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=PSEUDONYMISER)
+    general._kept_header_paths = None  # the general finish only
+    assert fast._kept_header_paths is not None
+
+    def outcome(policy: CompiledRoutePolicy) -> Any:
+        validated = policy.validate_request(body)
+        assert validated.walked  # the generated walk served this body
+        got = policy.minimise_validated(validated, (), {}, headers)
+        unchecked = None if got.unchecked_containers is None else list(got.unchecked_containers)
+        try:
+            canonical: Any = got.canonical_body()
+        except GatewayError as exc:
+            canonical = (type(exc).__name__, [(v.path, v.reason) for v in exc.violations])
+        return (got.body, got.query, got.path_params, got.headers, got.report, unchecked, canonical)
+
+    for _ in range(2):  # the second time with the header names remembered
+        assert outcome(fast) == outcome(general)
