@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -219,20 +219,30 @@ def _count_tree(name: str, tree: Path | None, partner_url: str, concurrencies: l
             return result
 
 
-def count_instructions(before_tree: Path, concurrencies: list[int], n: int, after_tree: Path | None = None) -> int:
-    """Instructions per request of the before tree's gateway and this one's, each over `n` requests."""
+TreeMeasure = Callable[[str, Path | None, str, list[int], int, bytes], dict[int, float]]
+
+
+def _compare_trees(measure_tree: TreeMeasure, before_tree: Path, after_tree: Path | None, concurrencies: list[int],
+                   n: int, title: str, unit: Callable[[float], str]) -> int:
+    """Run `measure_tree` on the before tree, then the after tree, against one fake partner; print both."""
     body = pb.request_body()
     with ExitStack() as stack:
         _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
         partner_url = f"http://127.0.0.1:{partner_port}"
-        before = _count_tree("before", before_tree, partner_url, concurrencies, n, body)
-        after = _count_tree("after", after_tree, partner_url, concurrencies, n, body)
-    print(f"instructions per request over {n} requests (callgrind, all threads of the gateway process):")
+        before = measure_tree("before", before_tree, partner_url, concurrencies, n, body)
+        after = measure_tree("after", after_tree, partner_url, concurrencies, n, body)
+    print(title)
     for concurrency in concurrencies:
         old, new = before[concurrency], after[concurrency]
-        print(f"  conc {concurrency:3d}: before {old / 1000:9.1f} k, after {new / 1000:9.1f} k ({new / old - 1:+.1%})")
+        print(f"  conc {concurrency:3d}: before {unit(old)}, after {unit(new)} ({new / old - 1:+.1%})")
     return 0
 
+
+def count_instructions(before_tree: Path, concurrencies: list[int], n: int, after_tree: Path | None = None) -> int:
+    """Instructions per request of the before tree's gateway and this one's, each over `n` requests."""
+    return _compare_trees(_count_tree, before_tree, after_tree, concurrencies, n,
+                          f"instructions per request over {n} requests (callgrind, all threads of the gateway):",
+                          lambda value: f"{value / 1000:9.1f} k")
 
 
 # -- system calls per request (strace -c) ---------------------------------------------------------------
@@ -280,17 +290,9 @@ def count_syscalls(before_tree: Path, concurrencies: list[int], n: int, after_tr
     """System calls per request of the before tree's gateway and this one's (all threads), over `n` requests."""
     if shutil.which("strace") is None:
         raise SystemExit("--syscalls needs strace (apt-get install strace)")
-    body = pb.request_body()
-    with ExitStack() as stack:
-        _, partner_port = stack.enter_context(pb.started([sys.executable, str(pb.BENCH_DIR / "fake_partner.py")]))
-        partner_url = f"http://127.0.0.1:{partner_port}"
-        before = _syscalls_of_tree("before", before_tree, partner_url, concurrencies, n, body)
-        after = _syscalls_of_tree("after", after_tree, partner_url, concurrencies, n, body)
-    print(f"system calls per request over {n} requests (strace -c, all threads of the gateway process):")
-    for concurrency in concurrencies:
-        old, new = before[concurrency], after[concurrency]
-        print(f"  conc {concurrency:3d}: before {old:6.1f}, after {new:6.1f} ({new / old - 1:+.1%})")
-    return 0
+    return _compare_trees(_syscalls_of_tree, before_tree, after_tree, concurrencies, n,
+                          f"system calls per request over {n} requests (strace -c, all threads of the gateway):",
+                          lambda value: f"{value:6.1f}")
 
 
 if __name__ == "__main__":
