@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import threading
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from proxy_harness import (
 )
 
 from gateway.config import sqlite_path
+from gateway.ledger.sqlite_store import SqliteStore
 
 SHIPMENT = f"/v1/partners/{PARTNER_ID}/shipments/S-1"
 RAW_VALUES = (RAW_PHONE, RAW_IMEI, RAW_CUSTOMER, "kim@example.com", "450051234567890", "call me")
@@ -357,30 +359,35 @@ async def test_ledger_not_writable_is_503_and_nothing_is_forwarded(harness: Gate
 
 
 async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcome(harness: GatewayHarness) -> None:
-    ledger = harness.gateway.state.services.ledger
-    real_write = ledger.store.write
-    release = asyncio.Event()
+    store = harness.gateway.state.services.ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
+    release = threading.Event()
     commits: list[bool] = []
 
-    async def held_write(rows: Any, checkpoints: Any, *, sync: bool = True) -> None:
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        # On the store's writer thread: the outcome's own commit (no fsync) is held until the answer has
+        # arrived; the disclosure's (fsynced) commit goes through.
         commits.append(sync)
-        if not sync:  # the outcome's own commit (no fsync) is held until the answer has arrived
-            await release.wait()
-        await real_write(rows, checkpoints, sync=sync)
+        if not sync:
+            release.wait()
+        real_write(rows, checkpoints, sync)
 
-    ledger.store.write = held_write  # type: ignore[method-assign]
+    store._write_on_thread = held_write  # type: ignore[method-assign]
     # Decline the inline (no thread hop) unsynced commit, so that the outcome's commit can be held.
-    ledger.store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
-    response = await asyncio.wait_for(post_shipment(harness), 10)
-    assert response.status == 200
-    # The disclosure was fsynced before the partner call; the outcome's commit (no fsync) lingers for
-    # the next request's disclosure or starts and is held: either way the answer did not wait for it.
-    assert commits[:1] == [True]
-    assert True not in commits[1:]
-    with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
-        stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
-    assert stored == ["disclosure"]  # answered while the outcome was still queued
-    release.set()
+    store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
+    try:
+        response = await asyncio.wait_for(post_shipment(harness), 10)
+        assert response.status == 200
+        # The disclosure was fsynced before the partner call; the outcome's commit (no fsync) lingers for
+        # the next request's disclosure or starts and is held: either way the answer did not wait for it.
+        assert commits[:1] == [True]
+        assert True not in commits[1:]
+        with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
+            stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
+        assert stored == ["disclosure"]  # answered while the outcome was still queued or held
+    finally:
+        release.set()  # never leave the writer thread blocked, whatever failed
     outcomes = await harness.ledger_records(kind="outcome")
     assert [o["disclosure_id"] for o in outcomes] == [response.headers["X-Disclosure-Id"]]
 
