@@ -108,7 +108,7 @@ class _Submission:
     results: list[tuple[asyncio.Future[AppendedRecord], AppendedRecord]]
     rows: int
     checkpointed: bool
-    watchdog: asyncio.TimerHandle | None = None
+    deadline: float = 0.0  # loop time by which the store must have reported it (the commit watchdog)
     settled: bool = False
 
 
@@ -139,6 +139,8 @@ class Ledger:
             raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
         if linger_seconds < 0:
             raise ConfigError("ledger: linger_seconds must not be negative")
+        if not commit_timeout_seconds > 0:
+            raise ConfigError("ledger: commit_timeout_seconds must be positive")
         if not chain_id or len(chain_id) > 200:
             raise ConfigError("ledger: chain id must be 1 to 200 characters")
         if keys.signing_key is None:
@@ -183,6 +185,8 @@ class Ledger:
         # Submitted to the store and not yet reported, in submission order (the store reports in order).
         self._in_flight: deque[_Submission] = deque()
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # One timer for the oldest submission's deadline (not one per submission): see _check_watchdog.
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -225,6 +229,9 @@ class Ledger:
                     await self._drained()
         finally:
             self._writable = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             await self.store.close()
 
     def writable(self) -> bool:
@@ -392,13 +399,15 @@ class Ledger:
     def _fail(self, batch: Sequence[_Waiter], why: str, cause: BaseException | None = None) -> None:
         if batch and self._observer is not None:
             self._observer.failed(len(batch))
+        # The watchdog's own error names the timeout; any other cause is a failed commit.
+        reason = cause.reason if isinstance(cause, LedgerUnavailable) else "ledger-commit-failed"
         for _prepared, future, _durable, on_failure, _stamp in batch:
             if future is not None:
                 if not future.done():
                     future.set_exception(
                         StoreBroken(f"{why}; nothing may be sent", reason="ledger-store-broken")
                         if isinstance(cause, StoreBroken) else
-                        LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
+                        LedgerUnavailable(f"{why}; nothing may be sent", reason=reason))
             elif on_failure is not None:
                 try:
                     on_failure()
@@ -455,6 +464,7 @@ class Ledger:
             checkpoints.append(_checkpoint_row(sealed))
             prev_hash = sealed.hash
         if not rows:
+            self._checkpoint_due = False  # nothing unsigned to sign: a due checkpoint must not spin the writer
             return
         # A signed checkpoint is always fsynced: it is what a truncated tail is checked against.
         durable = durable or checkpoint_now
@@ -483,9 +493,11 @@ class Ledger:
             if inline:
                 self._settle(submission, None, time.perf_counter() - commit_started)
                 return
+        loop = asyncio.get_running_loop()
+        submission.deadline = loop.time() + self._commit_timeout
         self._in_flight.append(submission)
-        submission.watchdog = asyncio.get_running_loop().call_later(
-            self._commit_timeout, self._commit_hung, submission)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(submission.deadline, self._check_watchdog)
         self.store.submit(submission, rows, checkpoints, durable, self._written)
 
     def _written(self, tokens: Sequence[Any], error: BaseException | None, seconds: float) -> None:
@@ -499,8 +511,6 @@ class Ledger:
                 self._in_flight.popleft()
             else:
                 self._in_flight.remove(submission)
-            if submission.watchdog is not None:
-                submission.watchdog.cancel()
             self._settle(submission, error, seconds, observed=True)
         self._after_settling()
 
@@ -514,8 +524,10 @@ class Ledger:
             self._head_uncertain = True
             self._writable = False
             if submission.checkpointed:
-                self._checkpoint_due = True
-            if not isinstance(error, StoreBroken):
+                # The next batch with records carries the checkpoint again (not a retry of its own: a
+                # store that keeps failing must not spin the writer).
+                self._last_checkpoint_at = float("-inf")
+            if not isinstance(error, LedgerUnavailable):  # the store's refusal, or the watchdog (logged)
                 log.warning("ledger commit failed (%d records): %s", len(batch), type(error).__name__)
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:
@@ -538,11 +550,17 @@ class Ledger:
         elif self._head_uncertain:
             self._wake()
 
-    def _commit_hung(self, submission: _Submission) -> None:
-        """The watchdog: no answer within commit_timeout_seconds. Its waiters (and those of everything
-        submitted after it, chained onto it) are refused now; the store writes nothing more until the
-        head is re-read, which waits for the hung commit."""
-        if submission.settled:
+    def _check_watchdog(self) -> None:
+        """The commit watchdog: the oldest submission not reported by its deadline (commit_timeout_seconds)
+        has its waiters refused now, and so has everything submitted after it (chained onto it); the
+        store writes nothing more until the head is re-read, which waits for the hung commit."""
+        self._watchdog = None
+        if not self._in_flight:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self._in_flight[0]
+        if oldest.deadline > loop.time():
+            self._watchdog = loop.call_at(oldest.deadline, self._check_watchdog)
             return
         log.warning("ledger commit took longer than %.1f s; its requests are refused", self._commit_timeout)
         self.store.abandon()
@@ -552,10 +570,7 @@ class Ledger:
     def _abandon_in_flight(self, why: str) -> None:
         error = LedgerUnavailable(why, reason="ledger-commit-timeout")
         while self._in_flight:
-            submission = self._in_flight.popleft()
-            if submission.watchdog is not None:
-                submission.watchdog.cancel()
-            self._settle(submission, error, 0.0)
+            self._settle(self._in_flight.popleft(), error, 0.0)
 
     def _seal_checkpoint(self, sequence: int, stamp: str, prev_hash: str, *, covered: int) -> SealedRecord:
         if self._keys.signing_key is None:
