@@ -2,10 +2,17 @@
 in one dedicated thread (a transaction is durable when COMMIT returns), read through a second connection
 in a second thread so queries never wait behind a commit.
 
-A `write(..., sync=False)` commits with `synchronous=NORMAL`: its WAL frames are written but not fsynced.
-WAL frames are appended in order and each carries a checksum chained to the previous ones, so the fsync
-of the next FULL commit makes every earlier frame durable as well; a crash before it may lose the
-unsynced commits, never a later durable one.
+The writer thread takes every submission queued while its previous transaction ran as the next
+transaction, at once (no round trip through the event loop), writes its rows as multi-row INSERTs (one
+bind pass and one GIL release per statement instead of one per row), and tells the loop once per
+transaction. A batch that fits one INSERT is that statement's own transaction; a larger one, or one with
+checkpoint copies, is one BEGIN IMMEDIATE ... COMMIT: either way it lands whole or not at all. A failed
+write leaves the store broken (StoreBroken for every later submission) until `load_head()`.
+
+A transaction of `sync=False` submissions only commits with `synchronous=NORMAL`: its WAL frames are
+written but not fsynced. WAL frames are appended in order and each carries a checksum chained to the
+previous ones, so the fsync of the next FULL commit makes every earlier frame durable as well; a crash
+before it may lose the unsynced commits, never a later durable one.
 
 Such an unsynced commit runs on the caller's thread (the event loop) when the writer thread is idle
 (`write_unsynced_now`): it only writes WAL frames to the page cache (tens of microseconds), while a hop
