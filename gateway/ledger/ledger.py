@@ -187,6 +187,9 @@ class Ledger:
         self._drain_waiters: list[asyncio.Future[None]] = []
         # One timer for the oldest submission's deadline (not one per submission): see _check_watchdog.
         self._watchdog: asyncio.TimerHandle | None = None
+        # One bound method for every submission: the stores group a transaction's submissions by their
+        # callback, and `self._written` read anew is a new object each time.
+        self._on_written = self._written
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -498,7 +501,7 @@ class Ledger:
         self._in_flight.append(submission)
         if self._watchdog is None:
             self._watchdog = loop.call_at(submission.deadline, self._check_watchdog)
-        self.store.submit(submission, rows, checkpoints, durable, self._written)
+        self.store.submit(submission, rows, checkpoints, durable, self._on_written)
 
     def _written(self, tokens: Sequence[Any], error: BaseException | None, seconds: float) -> None:
         """The store's report of one transaction (on the loop): the submissions it held, in order."""

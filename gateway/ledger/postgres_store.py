@@ -296,7 +296,7 @@ def _report(items: Sequence[tuple[Any, Sequence[Row], Sequence[Row], bool, Write
     while start < len(items):
         done = items[start][4]
         end = start + 1
-        while end < len(items) and items[end][4] is done:
+        while end < len(items) and items[end][4] == done:  # == : bound methods compare equal, not identical
             end += 1
         done([item[0] for item in items[start:end]], error, seconds)
         start = end

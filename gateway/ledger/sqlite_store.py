@@ -249,7 +249,7 @@ def _deliver(thread: _SerialThread, batch: list[_Write], error: BaseException | 
     while start < len(batch):
         done = batch[start].done
         end = start + 1
-        while end < len(batch) and batch[end].done is done:
+        while end < len(batch) and batch[end].done == done:  # == : bound methods compare equal, not identical
             end += 1
         done([w.token for w in batch[start:end]], error, seconds)
         start = end
