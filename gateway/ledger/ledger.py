@@ -501,7 +501,14 @@ class Ledger:
         self._in_flight.append(submission)
         if self._watchdog is None:
             self._watchdog = loop.call_at(submission.deadline, self._check_watchdog)
-        self.store.submit(submission, rows, checkpoints, durable, self._on_written)
+        try:
+            self.store.submit(submission, rows, checkpoints, durable, self._on_written)
+        except Exception as exc:
+            # Never reached the store, so no report will come: settle it here, once, rather than leave it
+            # for the watchdog (which would fail its waiters a second time).
+            self._in_flight.remove(submission)
+            self._settle(submission, exc, 0.0)
+            self._after_settling()
 
     def _written(self, tokens: Sequence[Any], error: BaseException | None, seconds: float) -> None:
         """The store's report of one transaction (on the loop): the submissions it held, in order."""
@@ -519,6 +526,8 @@ class Ledger:
 
     def _settle(self, submission: _Submission, error: BaseException | None, seconds: float, *,
                 observed: bool = False) -> None:
+        if submission.settled:  # each submission's waiters are told, and counted, exactly once
+            return
         submission.settled = True
         batch = submission.batch
         if error is not None:

@@ -7,8 +7,10 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
 from ledger_helpers import RecordingObserver, disclosure_draft
 
+from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
 from gateway.ledger import open_ledger
 from gateway.ledger.sqlite_store import SqliteStore
@@ -51,3 +53,36 @@ async def test_one_transaction_of_several_submissions_is_reported_once(sqlite_ur
     assert transactions[:2] == [1, 5]
     # The final checkpoint at close is a transaction of its own (one row).
     assert observer.batches == [1, 5, 1]
+
+
+async def test_a_submission_the_store_refused_to_take_is_settled_once(sqlite_url: str,
+                                                                      gateway_keys: GatewayKeys) -> None:
+    """F3: store.submit() raising fails the batch once; the watchdog does not fail it again, and the
+    settled count does not run ahead of the queued count (flush() and query() rely on it)."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.3)
+    await ledger.start()
+    store = ledger.store
+    real = store.submit
+    calls = 0
+
+    def submit(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the store could not take it")
+        real(*args)
+
+    store.submit = submit  # type: ignore[method-assign]
+    failures: list[int] = []
+    refusal = disclosure_draft(1, gateway_keys)._replace(
+        kind="refusal", fields_sent=None, fields_transformed=None, fields_dropped=None, body_digest=None,
+        latency_ms=None, status=503, reason="ledger-commit-failed")
+    ledger.append_unawaited(refusal, on_failure=lambda: failures.append(1))
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(disclosure_draft(2, gateway_keys))
+    assert not ledger._in_flight
+    # close() drains: without the fix it waits for the watchdog, which fails the batch a second time.
+    await ledger.close()
+    assert failures == [1]
+    assert ledger._settled_total == ledger._queued_total
