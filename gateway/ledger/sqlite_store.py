@@ -115,6 +115,12 @@ _ROWS_PER_INSERT = 128
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES (?, ?, ?)"  # noqa: S608
 
 
+class LeftoverTransactionError(RuntimeError):
+    """The writer connection was inside a transaction the write did not start (a ROLLBACK that raised,
+    say). An autocommit INSERT would silently join it and not commit, yet be reported durable, so the
+    write is refused instead."""
+
+
 def _settle_result(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -353,6 +359,10 @@ class SqliteStore:
 
     def _load_head(self, chain: str) -> ChainHead:
         conn = self._writer_conn()
+        if conn.in_transaction:
+            # Uncommitted rows of a leftover transaction must not become the head: drop them (a ROLLBACK
+            # that raises leaves the store broken and the head unread).
+            conn.execute("ROLLBACK")
         last = conn.execute(
             f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = ? "  # noqa: S608
             "ORDER BY sequence DESC LIMIT 1",
@@ -448,6 +458,12 @@ class SqliteStore:
             self._writer_sync = sync
         if not rows and not checkpoints:
             return
+        if conn.in_transaction:
+            # Nothing this store left open may be committed by, or hide, this write: roll it back, refuse
+            # the write (the store is then broken until load_head) and let the waiters hear of it.
+            self._broken = True
+            conn.execute("ROLLBACK")
+            raise LeftoverTransactionError("the ledger writer connection was inside a transaction")
         step = self._rows_per_insert
         if not checkpoints and len(rows) <= step:
             # One statement is its own transaction (autocommit), as atomic as BEGIN ... COMMIT, and takes

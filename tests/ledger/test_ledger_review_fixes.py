@@ -4,16 +4,25 @@ drives a real SQLite file into the case the review found and checks the ledger's
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from typing import Any
 
 import pytest
 from ledger_helpers import RecordingObserver, disclosure_draft
 
+from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
 from gateway.ledger import open_ledger
 from gateway.ledger.sqlite_store import SqliteStore
+
+
+def stored_sequences(url: str, chain: str = "w0") -> list[int]:
+    """What another connection sees as committed."""
+    with sqlite3.connect(sqlite_path(url)) as conn:
+        rows = conn.execute("SELECT sequence FROM ledger_records WHERE chain = ? ORDER BY sequence", (chain,))
+        return [sequence for (sequence,) in rows]
 
 
 async def test_one_transaction_of_several_submissions_is_reported_once(sqlite_url: str,
@@ -86,3 +95,30 @@ async def test_a_submission_the_store_refused_to_take_is_settled_once(sqlite_url
     await ledger.close()
     assert failures == [1]
     assert ledger._settled_total == ledger._queued_total
+
+
+async def test_a_write_refuses_a_transaction_left_open_on_the_writer_connection(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """F4: an autocommit INSERT inside a leftover transaction would not commit, yet be reported durable.
+    The write is refused (503), the leftover transaction rolled back, and the chain goes on at head + 1."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    writer = store._writer
+    assert writer is not None
+    await store._on(store._writer_thread, writer.execute, "BEGIN IMMEDIATE")
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(disclosure_draft(1, gateway_keys))
+    assert not writer.in_transaction
+    assert stored_sequences(sqlite_url) == [1]
+    after = await ledger.append(disclosure_draft(2, gateway_keys))
+    assert after.sequence == 2
+    assert stored_sequences(sqlite_url) == [1, 2]
+    # The head read rolls a leftover transaction back too: its rows are not the durable head.
+    await store._on(store._writer_thread, writer.execute, "BEGIN IMMEDIATE")
+    head = await store.load_head("w0")
+    assert head.sequence == 2
+    assert not writer.in_transaction
+    await ledger.close()
