@@ -28,8 +28,9 @@ share that record's commit, or a `flush()`, `close()` or due checkpoint takes it
 proxy's outcome record then rides with the next request's disclosure (one fsynced commit per request
 instead of a second, unsynced one, which ran on the loop just before the next request was read).
 
-A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
-gateway's metrics are fed without this module importing them.
+A `CommitObserver` (optional) hears of every commit (records, seconds), every failed record, and every
+record a commit the watchdog had failed wrote after all (logged too: see _landed_late), so the gateway's
+metrics are fed without this module importing them.
 
 Every `checkpoint_every_records` records, after `checkpoint_every_seconds` with unsigned records, and at
 close, the writer adds an Ed25519-signed checkpoint record to the batch it is committing.
@@ -53,6 +54,7 @@ import orjson
 from gateway.errors import ConfigError, LedgerUnavailable, StoreBroken
 from gateway.keys import LedgerKeys
 from gateway.ledger.records import (
+    COLUMNS,
     AppendedRecord,
     PreparedRecord,
     RecordDraft,
@@ -66,6 +68,10 @@ from gateway.ledger.records import (
 from gateway.ledger.store import ChainBounds, ChainHead, LedgerQuery, LedgerStore, Row
 
 log = logging.getLogger("gateway.ledger")
+
+# Where a sealed row holds its record id and sequence (the stored column order).
+_ID = COLUMNS.index("id")
+_SEQUENCE = COLUMNS.index("sequence")
 
 CHAIN_SUFFIX_ENV = "GATEWAY_LEDGER_CHAIN_SUFFIX"
 
@@ -93,6 +99,10 @@ class CommitObserver(Protocol):
     def failed(self, records: int) -> None:
         """`records` appends failed (their batch's commit failed, or the ledger refused them)."""
 
+    def landed_late(self, records: int) -> None:
+        """`records` rows the commit watchdog had already failed (their requests refused) were committed
+        after all: they are in the ledger although their appends were reported as failed."""
+
 
 # A queued record, the future its appender holds (None for append_unawaited records), whether its batch
 # must be fsynced before it counts as committed (False for nowait records), what to call if it fails
@@ -108,6 +118,7 @@ class _Submission:
     results: list[tuple[asyncio.Future[AppendedRecord], AppendedRecord]]
     rows: int
     checkpointed: bool
+    sealed: Sequence[Row] = ()  # its rows, for the report of a commit that lands after the watchdog
     deadline: float = 0.0  # loop time by which the store must have reported it (the commit watchdog)
     settled: bool = False
 
@@ -480,7 +491,7 @@ class Ledger:
             self._checkpoint_due = False
         else:
             self._since_checkpoint = since
-        submission = _Submission(batch, results, len(rows), checkpoint_now)
+        submission = _Submission(batch, results, len(rows), checkpoint_now, rows)
         # An unsynced batch of one record after a batch that held at most one record somebody waited for
         # commits inline when the store can (nothing in flight): with one request in flight the thread
         # hop cost more CPU than the commit. Under load it stays on the store's writer, which overlaps it
@@ -512,10 +523,13 @@ class Ledger:
 
     def _written(self, tokens: Sequence[Any], error: BaseException | None, seconds: float) -> None:
         """The store's report of one transaction (on the loop): the submissions it held, in order."""
-        if error is None and self._observer is not None:
-            self._observer.committed(sum(t.rows for t in tokens if not t.settled), seconds)
+        fresh = sum(t.rows for t in tokens if not t.settled)
+        if error is None and fresh and self._observer is not None:
+            self._observer.committed(fresh, seconds)
         for submission in tokens:
             if submission.settled:
+                if error is None:
+                    self._landed_late(submission)
                 continue  # the watchdog already failed it
             if self._in_flight and self._in_flight[0] is submission:
                 self._in_flight.popleft()
@@ -523,6 +537,21 @@ class Ledger:
                 self._in_flight.remove(submission)
             self._settle(submission, error, seconds, observed=True)
         self._after_settling()
+
+    def _landed_late(self, submission: _Submission) -> None:
+        """A commit the watchdog failed landed after all: its requests were refused (503, nothing sent),
+        yet its records are in the ledger. Said loudly, with only the chain, sequences and record ids;
+        the proxy's refusal record for each such request follows in the chain (docs/ledger.md)."""
+        rows = submission.sealed
+        if not rows:
+            return
+        log.warning(
+            "ledger commit failed by the watchdog landed after all: chain %s sequences %d-%d, records %s; "
+            "their requests were refused",
+            self.chain_id, rows[0][_SEQUENCE], rows[-1][_SEQUENCE], ",".join(str(row[_ID]) for row in rows),
+        )
+        if self._observer is not None:
+            self._observer.landed_late(len(rows))
 
     def _settle(self, submission: _Submission, error: BaseException | None, seconds: float, *,
                 observed: bool = False) -> None:

@@ -104,9 +104,12 @@ _INSERT_RECORD = (
 # Commits between the writer thread's WAL checkpoints; ~SQLite's default autocheckpoint of 1000 pages
 # at the few pages a small commit writes.
 _CHECKPOINT_AFTER_COMMITS = 256
-# The writer thread waits this long for another connection's write lock (the connection's own timeout);
-# an inline commit on the loop does not wait at all.
+# The writer thread waits at most this long for another connection's write lock (the connection's own
+# timeout); an inline commit on the loop does not wait at all. With a commit timeout it waits less (see
+# SqliteStore): a lock wait must end in a rollback before the ledger's watchdog gives up on the commit,
+# or the commit could land after its requests were refused.
 _BUSY_TIMEOUT_MS = 30_000
+_BUSY_SHARE_OF_COMMIT_TIMEOUT = 0.8
 _SQLITE_BUSY = 5  # primary result code; extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) share the low byte
 # Rows per multi-row INSERT: one statement (one bind pass, one step with the GIL released) instead of
 # executemany's step per row, which took the GIL back for every row while the loop wanted it. 128 rows
@@ -270,14 +273,16 @@ def _insert_sql(rows: int) -> str:
 class SqliteStore:
     """A ledger in one SQLite file. `create=False` refuses a missing file (verify, query, export)."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, commit_timeout_seconds: float | None = None) -> None:
         self.path = path
+        self._busy_timeout_ms = _BUSY_TIMEOUT_MS if commit_timeout_seconds is None else max(
+            1, min(_BUSY_TIMEOUT_MS, int(commit_timeout_seconds * _BUSY_SHARE_OF_COMMIT_TIMEOUT * 1000)))
         self.max_batch_rows = 4096
         self._create = create
         self._writer_thread = _SerialThread("ledger-sqlite-writer", self._write_batch)
         self._reader_thread = _SerialThread("ledger-sqlite-reader")
         self._writer: sqlite3.Connection | None = None
-        self._writer_waits = True  # the writer's busy timeout: _BUSY_TIMEOUT_MS (True) or 0 (inline commits)
+        self._writer_waits = True  # the writer's busy timeout: _busy_timeout_ms (True) or 0 (inline commits)
         self.inline_busy_declines = 0  # inline commits declined because another connection held the lock
         self._reader: sqlite3.Connection | None = None
         self._writer_sync = True  # the writer connection's current synchronous mode (FULL)
@@ -298,7 +303,7 @@ class SqliteStore:
         # isolation_level=None: transactions are spelled out (BEGIN IMMEDIATE ... COMMIT), never implied.
         # cached_statements: one prepared multi-row INSERT per batch size up to _ROWS_PER_INSERT.
         conn = sqlite3.connect(
-            self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=check_same_thread,
+            self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000, check_same_thread=check_same_thread,
             cached_statements=_ROWS_PER_INSERT + 32,
         )
         conn.execute("PRAGMA journal_mode=WAL")
@@ -350,7 +355,7 @@ class SqliteStore:
         if self._writer is None:
             raise RuntimeError("ledger store is not open")
         if not self._writer_waits:
-            self._writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._writer.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             self._writer_waits = True
         return self._writer
 

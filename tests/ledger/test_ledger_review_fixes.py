@@ -4,6 +4,8 @@ drives a real SQLite file into the case the review found and checks the ledger's
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import threading
 from typing import Any
@@ -14,7 +16,7 @@ from ledger_helpers import RecordingObserver, disclosure_draft
 from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
-from gateway.ledger import open_ledger
+from gateway.ledger import LedgerQuery, open_ledger
 from gateway.ledger.sqlite_store import SqliteStore
 
 
@@ -122,3 +124,78 @@ async def test_a_write_refuses_a_transaction_left_open_on_the_writer_connection(
     assert head.sequence == 2
     assert not writer.in_transaction
     await ledger.close()
+
+
+async def test_a_commit_the_watchdog_failed_that_lands_later_is_logged_and_counted(
+        sqlite_url: str, gateway_keys: GatewayKeys, caplog: pytest.LogCaptureFixture) -> None:
+    """F1: the watchdog refuses a hung commit's request; when the commit lands after all, the ledger says
+    so (a warning naming chain, sequences and record ids, and the observer's late count) and reports no
+    empty commit; the chain goes on after it."""
+    caplog.set_level(logging.WARNING, logger="gateway.ledger")
+    observer = RecordingObserver()
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.3, observer=observer)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    real = store._write_on_thread
+    release = threading.Event()
+
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        release.wait()  # a commit that hangs (an I/O stall) and then lands
+        real(rows, checkpoints, sync)
+
+    store._write_on_thread = held_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LedgerUnavailable) as refused:
+            await ledger.append(disclosure_draft(1, gateway_keys))
+        assert refused.value.reason == "ledger-commit-timeout"
+    finally:
+        release.set()
+    # Queued behind the hung write on the writer thread: answered once it has landed and been reported.
+    await store._on(store._writer_thread, lambda: None)
+    del store._write_on_thread
+    assert stored_sequences(sqlite_url) == [1, 2]
+    late = [r.getMessage() for r in caplog.records if "landed after all" in r.getMessage()]
+    assert len(late) == 1
+    assert "chain w0 sequences 2-2" in late[0]
+    landed = await ledger.query(LedgerQuery(chain="w0"))
+    assert landed[-1]["id"] in late[0]
+    assert observer.late == [1]
+    assert 0 not in observer.batches
+    after = await ledger.append(disclosure_draft(2, gateway_keys))
+    assert after.sequence == 3
+    await ledger.close()
+
+
+async def test_a_lock_held_past_the_watchdog_ends_in_a_rollback_not_a_late_commit(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """F1: another connection (a prune, the subject registry, another worker) holds the write lock past
+    the commit timeout, then lets go. The writer's busy timeout is below the commit timeout, so its wait
+    ends in a rollback: the refused request's record never lands later."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.5)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    other = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(1, gateway_keys))
+        # The writer thread is free once its lock wait has ended; the bound only keeps a regression (a
+        # 30 s busy timeout) from holding the test: the lock is let go either way, then the write may land.
+        idle = asyncio.ensure_future(store._on(store._writer_thread, lambda: None))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(idle), 5)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await idle
+    assert stored_sequences(sqlite_url) == [1]
+    after = await ledger.append(disclosure_draft(2, gateway_keys))
+    assert after.sequence == 2
+    await ledger.close()
+    assert stored_sequences(sqlite_url) == [1, 2, 3]  # and the final checkpoint

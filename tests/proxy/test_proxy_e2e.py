@@ -358,6 +358,33 @@ async def test_ledger_not_writable_is_503_and_nothing_is_forwarded(harness: Gate
     assert metric_value(text, "gateway_ledger_errors_total") == 1.0
 
 
+async def test_a_failed_disclosure_commit_leaves_a_refusal_in_the_ledger(harness: GatewayHarness) -> None:
+    """A disclosure commit that failed (or timed out, and may land later) is answered 503 and followed in
+    the ledger by a refusal for the same request: the ledger itself shows it was not forwarded."""
+    store = harness.gateway.state.services.ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
+    failed: list[bool] = []
+
+    def failing_once(rows: Any, checkpoints: Any, sync: bool) -> None:
+        if not failed:
+            failed.append(sync)
+            raise sqlite3.OperationalError("disk I/O error")
+        real_write(rows, checkpoints, sync)
+
+    store._write_on_thread = failing_once  # type: ignore[method-assign]
+    response = await post_shipment(harness)
+    problem = assert_problem(response.status, {k.lower(): v for k, v in response.headers.items()},
+                             await response.read(), 503)
+    assert problem["type"].endswith("ledger-unavailable")
+    assert failed == [True]
+    assert harness.partner.received == []
+    refusals = await harness.ledger_records(kind="refusal")
+    assert [(r["request_id"], r["status"], r["reason"]) for r in refusals] == [
+        (response.headers["X-Request-Id"], 503, "ledger-commit-failed")]
+    assert await harness.ledger_records(kind="disclosure") == []
+
+
 async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcome(harness: GatewayHarness) -> None:
     store = harness.gateway.state.services.ledger.store
     assert isinstance(store, SqliteStore)
@@ -424,7 +451,7 @@ async def test_ops_endpoints_and_metric_names(harness: GatewayHarness) -> None:
         "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
         "gateway_disclosures_total", "gateway_fields_dropped_total", "gateway_pseudonymised_total",
         "gateway_refusals_total", "gateway_ledger_commit_seconds", "gateway_ledger_batch_size",
-        "gateway_ledger_errors_total", "gateway_profile_reloads_total",
+        "gateway_ledger_errors_total", "gateway_ledger_late_commits_total", "gateway_profile_reloads_total",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert f'gateway_requests_total{{outcome="forwarded",partner="{PARTNER_ID}",route="create-shipment"}} 1.0' in text
