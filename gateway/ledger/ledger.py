@@ -177,6 +177,10 @@ class Ledger:
         self._commit_lock = asyncio.Lock()
         self._head = ChainHead()
         self._head_uncertain = False
+        # After a failed head re-read the next attempt waits (loop time), doubling up to the commit
+        # timeout: a store that refuses at once (PostgreSQL down) must not be hammered by the writer.
+        self._reload_backoff = 0.0
+        self._reload_after = 0.0
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._checkpoint_due = False
@@ -405,6 +409,23 @@ class Ledger:
                 self._checkpoint_due = True
                 self._wake()
 
+    async def _head_reloaded(self) -> bool:
+        """Re-read the head unless a recent attempt failed and its back-off has not run out (while the
+        ledger takes records; closing, it tries once more for the final checkpoint). False if not read."""
+        loop = asyncio.get_running_loop()
+        if self._accepting and loop.time() < self._reload_after:
+            return False
+        try:
+            await self._reload_head()
+        except Exception as exc:
+            self._writable = False
+            self._reload_backoff = min(self._commit_timeout, max(0.01, 2 * self._reload_backoff))
+            self._reload_after = loop.time() + self._reload_backoff
+            log.warning("ledger head could not be re-read: %s", type(exc).__name__)
+            return False
+        self._reload_backoff = 0.0
+        return True
+
     async def _reload_head(self) -> None:
         self._head = await asyncio.wait_for(self.store.load_head(self.chain_id), self._commit_timeout)
         self._since_checkpoint = self._head.sequence - self._head.checkpoint_sequence
@@ -431,12 +452,14 @@ class Ledger:
     async def _submit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
         """Seal `batch` onto the chain (plus a checkpoint when due) and hand it to the store as one unit,
         without waiting for the commit; `_written` settles it."""
-        try:
-            if self._head_uncertain:
-                await self._reload_head()
-        except Exception as exc:
-            self._writable = False
-            log.warning("ledger head could not be re-read: %s", type(exc).__name__)
+        if self._head_uncertain and not await self._head_reloaded():
+            # Nothing can be sealed: refuse the batch (a due checkpoint waits for the timer to ask again,
+            # so the writer does not spin). Once closing, refuse everything queued too: close() returns.
+            self._checkpoint_due = False
+            if not self._accepting:
+                batch = [*batch, *self._queue]
+                self._queue.clear()
+                self._pressing = 0
             self._fail(batch, "the disclosure ledger is unavailable")
             self._settled(len(batch))
             return

@@ -199,3 +199,44 @@ async def test_a_lock_held_past_the_watchdog_ends_in_a_rollback_not_a_late_commi
     assert after.sequence == 2
     await ledger.close()
     assert stored_sequences(sqlite_url) == [1, 2, 3]  # and the final checkpoint
+
+
+async def test_a_head_that_cannot_be_re_read_is_retried_with_back_off_and_close_returns(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """F2: after a failed commit the head cannot be re-read (the store refuses at once, as PostgreSQL does
+    when it is down) while checkpoints fall due and requests keep coming. The writer neither spins on the
+    re-read nor keeps close() from returning; requests are refused (503) meanwhile."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_seconds=0.2,
+                         checkpoint_every_records=10_000, commit_timeout_seconds=1)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    loads = 0
+
+    def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def failing_load(chain: str) -> Any:
+        nonlocal loads
+        loads += 1
+        raise sqlite3.OperationalError("unable to open database file")
+
+    store._write_on_thread = failing_write  # type: ignore[method-assign]
+    store._load_head = failing_load  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(1, gateway_keys))
+        for i in range(2, 22):
+            with pytest.raises(LedgerUnavailable):
+                await ledger.append(disclosure_draft(i, gateway_keys))
+        # Several checkpoint timer periods with a checkpoint due and the head unreadable.
+        await asyncio.sleep(1.0)
+        # Before the fix: thousands of re-reads a second, and close() never returned.
+        assert loads < 50
+        await asyncio.wait_for(asyncio.shield(ledger.close()), 10)
+    finally:
+        del store._write_on_thread
+        del store._load_head
+        await ledger.close()
+    assert stored_sequences(sqlite_url) == [1]
