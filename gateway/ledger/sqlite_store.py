@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -62,6 +63,7 @@ from gateway.ledger.store import (
 )
 
 _T = TypeVar("_T")
+log = logging.getLogger("gateway.ledger")
 _COLUMN_TYPES = {"sequence": "INTEGER", "cross_border": "INTEGER", "status": "INTEGER", "attempt": "INTEGER",
                  "latency_ms": "REAL"}
 _NOT_NULL = frozenset({"id", "chain", "sequence", "time", "kind", "prev_hash", "hash"})
@@ -242,12 +244,13 @@ class _SerialThread:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
                 loop.call_soon_threadsafe(self._settled, settle, future, outcome)
 
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the thread and wait for it."""
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Run what is queued, then stop the thread; wait for it unless `wait` is False (a hung call)."""
         self._stopped = True
         if self._thread is not None:
             self._calls.put(None)
-            self._thread.join()
+            if wait:
+                self._thread.join()
             self._thread = None
 
 
@@ -277,6 +280,8 @@ class SqliteStore:
         self.path = path
         self._busy_timeout_ms = _BUSY_TIMEOUT_MS if commit_timeout_seconds is None else max(
             1, min(_BUSY_TIMEOUT_MS, int(commit_timeout_seconds * _BUSY_SHARE_OF_COMMIT_TIMEOUT * 1000)))
+        # How long close() waits for the writer thread to close its connection (behind a hung commit).
+        self._close_timeout = _BUSY_TIMEOUT_MS / 1000 if commit_timeout_seconds is None else commit_timeout_seconds
         self.max_batch_rows = 4096
         self._create = create
         self._writer_thread = _SerialThread("ledger-sqlite-writer", self._write_batch)
@@ -345,9 +350,17 @@ class SqliteStore:
                 self._reader.close()
                 self._reader = None
 
-        await self._on(self._writer_thread, close_writer)
+        try:
+            await asyncio.wait_for(self._on(self._writer_thread, close_writer), self._close_timeout)
+        except TimeoutError:
+            # A commit that hangs (an I/O stall) holds the thread: shutdown must not hang with it. The
+            # thread is a daemon; it closes the connection once the commit ends, or dies with the process.
+            log.warning("ledger writer thread still busy after %.1f s; left to finish on its own",
+                        self._close_timeout)
+            self._writer_thread.shutdown(wait=False)
+        else:
+            self._writer_thread.shutdown()
         await self._on(self._reader_thread, close_reader)
-        self._writer_thread.shutdown()
         self._reader_thread.shutdown()
 
     def _writer_conn(self) -> sqlite3.Connection:

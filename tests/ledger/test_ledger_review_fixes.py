@@ -240,3 +240,36 @@ async def test_a_head_that_cannot_be_re_read_is_retried_with_back_off_and_close_
         del store._load_head
         await ledger.close()
     assert stored_sequences(sqlite_url) == [1]
+
+
+async def test_close_returns_while_a_hung_commit_holds_the_writer_thread(sqlite_url: str,
+                                                                          gateway_keys: GatewayKeys) -> None:
+    """F7: a commit hangs (an I/O stall) past the watchdog; close() (SIGTERM) still returns, leaving the
+    daemon writer thread to finish on its own."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.3)
+    await ledger.start()
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    real = store._write_on_thread
+    release = threading.Event()
+    thread = None
+
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        release.wait()
+        real(rows, checkpoints, sync)
+
+    store._write_on_thread = held_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(0, gateway_keys))
+        thread = store._writer_thread._thread
+        # Before the fix close() waited for the thread behind the hung commit, i.e. until release.
+        await asyncio.wait_for(asyncio.shield(ledger.close()), 10)
+        assert thread is not None
+        assert thread.is_alive()
+    finally:
+        release.set()
+    assert thread is not None
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
