@@ -405,7 +405,9 @@ class Ledger:
     async def _run_checkpoint_timer(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_every_seconds)
-            if self._since_checkpoint and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds:
+            if not self._writable or (
+                    self._since_checkpoint
+                    and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds):
                 self._checkpoint_due = True
                 self._wake()
 
@@ -487,12 +489,15 @@ class Ledger:
                 results.append((future, AppendedRecord(record_id, chain, sequence, stamp, prev_hash)))
         since = self._since_checkpoint + len(batch)
         checkpoints: list[Row] = []
-        checkpoint_now = since > 0 and (
+        # After a failure, a due checkpoint is written even with nothing unsigned: it is the probe that
+        # tells, without traffic, that the store commits again (/readyz), once per timer period.
+        probe = self._checkpoint_due and not self._writable
+        checkpoint_now = probe or (since > 0 and (
             force_checkpoint
             or self._checkpoint_due
             or since >= self._checkpoint_every_records
             or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds
-        )
+        ))
         if checkpoint_now:
             sequence += 1
             stamp = max(stamp, now_text())

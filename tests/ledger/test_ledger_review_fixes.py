@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from ledger_helpers import RecordingObserver, disclosure_draft
 
+from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
@@ -273,3 +274,38 @@ async def test_close_returns_while_a_hung_commit_holds_the_writer_thread(sqlite_
     assert thread is not None
     await asyncio.to_thread(thread.join, 10)
     assert not thread.is_alive()
+
+
+async def test_readiness_comes_back_without_traffic_after_a_failure(sqlite_url: str,
+                                                                     gateway_keys: GatewayKeys) -> None:
+    """F8: the durable head is a checkpoint (nothing unsigned), a commit fails, the disk recovers and no
+    request comes (a load balancer keeps traffic away from a not-ready gateway). The checkpoint timer
+    probes with a checkpoint of its own, so /readyz comes back, and the chain still verifies."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=1,
+                         checkpoint_every_seconds=0.2)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))  # the record and its checkpoint
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+
+    def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store._write_on_thread = failing_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(1, gateway_keys))
+        assert not ledger.writable()
+    finally:
+        del store._write_on_thread  # the disk is fine again; no more traffic
+
+    async def ready() -> None:
+        while not ledger.writable():
+            await asyncio.sleep(0.05)
+
+    # A bound only so that a regression fails instead of hanging (before the fix: never ready again).
+    await asyncio.wait_for(ready(), 10)
+    await ledger.close()
+    assert stored_sequences(sqlite_url)[:2] == [1, 2]
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
