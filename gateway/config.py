@@ -44,6 +44,8 @@ class Settings:
     max_json_depth: int = 32
     checkpoint_every_records: int = 1000
     checkpoint_every_seconds: float = 60.0
+    # A ledger commit not durable within this many seconds fails its requests (503, nothing forwarded).
+    ledger_commit_timeout_seconds: float = 15.0
     workers: int = 1
     log_level: str = "info"
     shutdown_grace_seconds: float = 10.0
@@ -112,7 +114,8 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_body_bytes", "max_json_depth", "checkpoint_every_records", "workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"setting {name}: must be at least 1")
-    for name in ("request_head_timeout_seconds", "request_body_timeout_seconds", "keepalive_timeout_seconds"):
+    for name in ("request_head_timeout_seconds", "request_body_timeout_seconds", "keepalive_timeout_seconds",
+                 "ledger_commit_timeout_seconds"):
         value = getattr(settings, name)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"setting {name}: must be a positive number of seconds")

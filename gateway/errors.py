@@ -174,6 +174,15 @@ class LedgerUnavailable(GatewayError):
     title = "Disclosure ledger not durable; nothing was sent"
 
 
+class StoreBroken(LedgerUnavailable):
+    """A write refused because an earlier write of the same store failed or timed out: the records were
+    chained onto one that may not exist, so nothing is written until the store has re-read the durable
+    head (the chain never forks or skips). Maps to 503 like any other ledger failure; nothing was sent."""
+
+    slug = "ledger-store-broken"
+    title = "Disclosure ledger refuses writes until it has re-read its head; nothing was sent"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     slug = "upstream-timeout"

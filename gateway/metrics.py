@@ -78,6 +78,11 @@ class GatewayMetrics:
             "gateway_ledger_errors_total", "Ledger appends that failed (refused, or their commit failed).",
             registry=reg,
         )
+        self.ledger_late_commits = Counter(
+            "gateway_ledger_late_commits_total",
+            "Ledger records committed after the commit watchdog had failed them (their requests were refused).",
+            registry=reg,
+        )
         self.profile_reloads = Counter(
             "gateway_profile_reloads_total", "Profile reloads by result.", ("result",), registry=reg,
         )
@@ -86,8 +91,9 @@ class GatewayMetrics:
         self.series = RequestSeries(self)
 
     def ledger_observer(self) -> LedgerCommitMetrics:
-        """The observer to pass to gateway.ledger.open_ledger, feeding the three ledger metrics."""
-        return LedgerCommitMetrics(self.ledger_batch_size, self.ledger_commit, self.ledger_errors)
+        """The observer to pass to gateway.ledger.open_ledger, feeding the four ledger metrics."""
+        return LedgerCommitMetrics(self.ledger_batch_size, self.ledger_commit, self.ledger_errors,
+                                   self.ledger_late_commits)
 
     def prime(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create the zero-valued series of every known (partner, route), so dashboards see them at once."""
@@ -143,11 +149,12 @@ class RequestSeries:
 @dataclass(frozen=True, slots=True)
 class LedgerCommitMetrics:
     """A gateway.ledger.CommitObserver (the ledger does not import this module): each commit's size and
-    duration, and every failed append."""
+    duration, every failed append, and records committed after the watchdog had failed them."""
 
     batch_size: Histogram
     commit_seconds: Histogram
     errors: Counter
+    late_commits: Counter
 
     def committed(self, records: int, seconds: float) -> None:
         self.batch_size.observe(records)
@@ -155,6 +162,9 @@ class LedgerCommitMetrics:
 
     def failed(self, records: int) -> None:
         self.errors.inc(records)
+
+    def landed_late(self, records: int) -> None:
+        self.late_commits.inc(records)
 
 
 def partner_label(partner_id: str | None, known: Iterable[str] | frozenset[str]) -> str:

@@ -27,12 +27,13 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, create: bool = True) -> LedgerStore:
-    """The store a ledger URL names; `create=False` refuses to create a missing SQLite file."""
+def open_store(url: str, *, create: bool = True, commit_timeout_seconds: float | None = None) -> LedgerStore:
+    """The store a ledger URL names; `create=False` refuses to create a missing SQLite file. A SQLite
+    writer waits for another connection's lock for less than `commit_timeout_seconds`."""
     if url.startswith("sqlite://"):
         from gateway.ledger.sqlite_store import SqliteStore
 
-        return SqliteStore(sqlite_path(url), create=create)
+        return SqliteStore(sqlite_path(url), create=create, commit_timeout_seconds=commit_timeout_seconds)
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.ledger.postgres_store import PostgresStore
 
@@ -57,7 +58,7 @@ def open_ledger(
     commit (size, duration) and every failed append. `linger_seconds` bounds how long a record nobody
     waits for (`append_unawaited`) waits to share the next commit."""
     return Ledger(
-        open_store(url),
+        open_store(url, commit_timeout_seconds=commit_timeout_seconds),
         keys,
         chain_id=chain_id or default_chain_id(),
         checkpoint_every_records=checkpoint_every_records,

@@ -1,11 +1,18 @@
-"""The ledger writer: one task, one queue, adaptive group commit, one hash chain per process.
+"""The ledger writer: one task, one queue, pipelined adaptive group commit, one hash chain per process.
 
-`append()` queues a record and waits. The writer task never sleeps on a timer: when a record arrives and
-no commit is running it commits at once (a lone request pays one fsync and no added wait); while a
-commit is in flight new records queue, and the next commit takes everything queued, so batches grow with
-load by themselves. Each waiter is released when its own batch is durable, and a failed or uncertain
-commit fails exactly that batch with LedgerUnavailable; the next batch first re-reads the chain head from
-the store, so the chain continues correctly whether the failed commit landed or not.
+`append()` stamps a record with the time of its append, queues it and waits. The writer task never
+sleeps on a timer: each time records arrive it seals them on the loop (chain position, hash, row) and
+submits the rows to the store at once, also while an earlier commit is still running. The store's
+writer takes everything submitted during its previous commit as one transaction the moment that commit
+ends, without a round trip through the event loop (gateway.ledger.store), so a lone request pays one
+fsync and no added wait, and batches grow with load by themselves. Each waiter is released when its own
+transaction is durable.
+
+A failed or uncertain commit (an error, or the commit watchdog: no answer within
+`commit_timeout_seconds`) fails its waiters with LedgerUnavailable, and every record sealed after it
+fails too (StoreBroken: they were chained onto it, and the store refuses them); the writer then waits
+until nothing is in flight and re-reads the chain head from the store before sealing anything more, so
+the chain continues correctly whether the failed commit landed or not and never forks or skips.
 
 `append_nowait()` is for records whose loss in a crash the design accepts (an outcome or a refusal: a
 crash may leave a disclosure without its outcome, never a forward without a disclosure). They queue
@@ -21,8 +28,9 @@ share that record's commit, or a `flush()`, `close()` or due checkpoint takes it
 proxy's outcome record then rides with the next request's disclosure (one fsynced commit per request
 instead of a second, unsynced one, which ran on the loop just before the next request was read).
 
-A `CommitObserver` (optional) hears of every commit (records, seconds) and every failed record, so the
-gateway's metrics are fed without this module importing them.
+A `CommitObserver` (optional) hears of every commit (records, seconds), every failed record, and every
+record a commit the watchdog had failed wrote after all (logged too: see _landed_late), so the gateway's
+metrics are fed without this module importing them.
 
 Every `checkpoint_every_records` records, after `checkpoint_every_seconds` with unsigned records, and at
 close, the writer adds an Ed25519-signed checkpoint record to the batch it is committing.
@@ -35,6 +43,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,9 +51,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import ConfigError, LedgerUnavailable
+from gateway.errors import ConfigError, LedgerUnavailable, StoreBroken
 from gateway.keys import LedgerKeys
 from gateway.ledger.records import (
+    COLUMNS,
     AppendedRecord,
     PreparedRecord,
     RecordDraft,
@@ -58,6 +68,10 @@ from gateway.ledger.records import (
 from gateway.ledger.store import ChainBounds, ChainHead, LedgerQuery, LedgerStore, Row
 
 log = logging.getLogger("gateway.ledger")
+
+# Where a sealed row holds its record id and sequence (the stored column order).
+_ID = COLUMNS.index("id")
+_SEQUENCE = COLUMNS.index("sequence")
 
 CHAIN_SUFFIX_ENV = "GATEWAY_LEDGER_CHAIN_SUFFIX"
 
@@ -85,11 +99,28 @@ class CommitObserver(Protocol):
     def failed(self, records: int) -> None:
         """`records` appends failed (their batch's commit failed, or the ledger refused them)."""
 
+    def landed_late(self, records: int) -> None:
+        """`records` rows the commit watchdog had already failed (their requests refused) were committed
+        after all: they are in the ledger although their appends were reported as failed."""
+
 
 # A queued record, the future its appender holds (None for append_unawaited records), whether its batch
-# must be fsynced before it counts as committed (False for nowait records), and what to call if it
-# fails (append_unawaited only).
-_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord] | None", bool, "Callable[[], None] | None"]
+# must be fsynced before it counts as committed (False for nowait records), what to call if it fails
+# (append_unawaited only), and the time of its append.
+_Waiter = tuple[PreparedRecord, "asyncio.Future[AppendedRecord] | None", bool, "Callable[[], None] | None", str]
+
+
+@dataclass(slots=True, eq=False)
+class _Submission:
+    """Sealed records handed to the store and not yet reported: what to release or fail when they are."""
+
+    batch: Sequence[_Waiter]
+    results: list[tuple[asyncio.Future[AppendedRecord], AppendedRecord]]
+    rows: int
+    checkpointed: bool
+    sealed: Sequence[Row] = ()  # its rows, for the report of a commit that lands after the watchdog
+    deadline: float = 0.0  # loop time by which the store must have reported it (the commit watchdog)
+    settled: bool = False
 
 
 def _retrieve(future: asyncio.Future[AppendedRecord]) -> None:
@@ -119,6 +150,8 @@ class Ledger:
             raise ConfigError("ledger: checkpoint intervals and batch size must be positive")
         if linger_seconds < 0:
             raise ConfigError("ledger: linger_seconds must not be negative")
+        if not commit_timeout_seconds > 0:
+            raise ConfigError("ledger: commit_timeout_seconds must be positive")
         if not chain_id or len(chain_id) > 200:
             raise ConfigError("ledger: chain id must be 1 to 200 characters")
         if keys.signing_key is None:
@@ -129,6 +162,7 @@ class Ledger:
         self._checkpoint_every_records = checkpoint_every_records
         self._checkpoint_every_seconds = checkpoint_every_seconds
         self._max_batch = max_batch_records
+        store.max_batch_rows = max_batch_records
         self._commit_timeout = commit_timeout_seconds
         self._linger = linger_seconds
         self._queue: list[_Waiter] = []
@@ -143,6 +177,10 @@ class Ledger:
         self._commit_lock = asyncio.Lock()
         self._head = ChainHead()
         self._head_uncertain = False
+        # After a failed head re-read the next attempt waits (loop time), doubling up to the commit
+        # timeout: a store that refuses at once (PostgreSQL down) must not be hammered by the writer.
+        self._reload_backoff = 0.0
+        self._reload_after = 0.0
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._checkpoint_due = False
@@ -159,6 +197,14 @@ class Ledger:
         # flight), see _commit.
         self._last_batch_pressing = 0
         self._lone = False  # the batch being committed is one record after such a batch
+        # Submitted to the store and not yet reported, in submission order (the store reports in order).
+        self._in_flight: deque[_Submission] = deque()
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # One timer for the oldest submission's deadline (not one per submission): see _check_watchdog.
+        self._watchdog: asyncio.TimerHandle | None = None
+        # One bound method for every submission: the stores group a transaction's submissions by their
+        # callback, and `self._written` read anew is a new object each time.
+        self._on_written = self._written
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,10 +241,15 @@ class Ledger:
             self._linger_timer = None
         try:
             async with self._commit_lock:
+                await self._drained()
                 if self._since_checkpoint or self._head_uncertain:
-                    await self._commit([], force_checkpoint=True)
+                    await self._submit([], force_checkpoint=True)
+                    await self._drained()
         finally:
             self._writable = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             await self.store.close()
 
     def writable(self) -> bool:
@@ -245,7 +296,8 @@ class Ledger:
 
     def _queue_prepared(self, prepared: PreparedRecord, future: asyncio.Future[AppendedRecord] | None,
                         durable: bool, on_failure: Callable[[], None] | None) -> None:
-        self._queue.append((prepared, future, durable, on_failure))
+        # The record's time is that of its append (not of the commit that takes it).
+        self._queue.append((prepared, future, durable, on_failure, now_text()))
         self._queued_total += 1
         if future is None and not durable:
             # Nobody waits for it: no wake-up, only a bound on how long it may linger (see _lingers).
@@ -274,7 +326,7 @@ class Ledger:
     def _take_batch(self) -> list[_Waiter]:
         batch = self._queue[: self._max_batch]
         del self._queue[: self._max_batch]
-        pressing = sum(1 for _prepared, future, durable, _cb in batch if durable or future is not None)
+        pressing = sum(1 for _prepared, future, durable, _cb, _t in batch if durable or future is not None)
         self._pressing -= pressing
         self._last_batch_pressing, previous = pressing, self._last_batch_pressing
         self._lone = previous <= 1 and len(batch) == 1
@@ -311,8 +363,12 @@ class Ledger:
 
     async def _run_writer(self) -> None:
         while True:
-            if (not self._queue or self._lingers()) and not self._checkpoint_due:
-                if not self._accepting:
+            # After a failure nothing is sealed until every submission has been reported and the head
+            # re-read (in _submit): what is in flight was chained onto the failed commit.
+            blocked = self._head_uncertain and bool(self._in_flight)
+            idle = (not self._queue or self._lingers()) and not self._checkpoint_due
+            if blocked or idle:
+                if idle and not self._accepting and not self._in_flight:
                     return
                 self._wakeup = asyncio.get_running_loop().create_future()
                 await self._wakeup
@@ -321,63 +377,96 @@ class Ledger:
             batch = self._take_batch()
             try:
                 async with self._commit_lock:
-                    await self._commit(batch, force_checkpoint=False)
+                    await self._submit(batch, force_checkpoint=False)
             except Exception as exc:
                 # A bug while sealing must not kill the writer and leave later appends waiting forever.
                 log.error("ledger writer failed on a batch: %s", type(exc).__name__)
                 self._head_uncertain = True
                 self._writable = False
                 self._fail(batch, "the disclosure ledger failed")
+                self._settled(len(batch))
             except BaseException:
-                # Cancelled mid-commit: nobody may be left waiting for an answer that will not come.
+                # Cancelled: nobody may be left waiting for an answer that will not come.
                 self._fail(batch, "the ledger writer stopped")
                 self._fail(self._queue, "the ledger writer stopped")
                 self._settled(len(batch) + len(self._queue))
                 self._queue.clear()
                 self._pressing = 0
+                self._abandon_in_flight("the ledger writer stopped")
                 raise
-            self._settled(len(batch))
+
+    async def _drained(self) -> None:
+        """Wait until every submission has been reported (or failed by the watchdog)."""
+        while self._in_flight:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(done)
+            await done
 
     async def _run_checkpoint_timer(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_every_seconds)
-            if self._since_checkpoint and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds:
+            if not self._writable or (
+                    self._since_checkpoint
+                    and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds):
                 self._checkpoint_due = True
                 self._wake()
+
+    async def _head_reloaded(self) -> bool:
+        """Re-read the head unless a recent attempt failed and its back-off has not run out (while the
+        ledger takes records; closing, it tries once more for the final checkpoint). False if not read."""
+        loop = asyncio.get_running_loop()
+        if self._accepting and loop.time() < self._reload_after:
+            return False
+        try:
+            await self._reload_head()
+        except Exception as exc:
+            self._writable = False
+            self._reload_backoff = min(self._commit_timeout, max(0.01, 2 * self._reload_backoff))
+            self._reload_after = loop.time() + self._reload_backoff
+            log.warning("ledger head could not be re-read: %s", type(exc).__name__)
+            return False
+        self._reload_backoff = 0.0
+        return True
 
     async def _reload_head(self) -> None:
         self._head = await asyncio.wait_for(self.store.load_head(self.chain_id), self._commit_timeout)
         self._since_checkpoint = self._head.sequence - self._head.checkpoint_sequence
         self._head_uncertain = False
 
-    def _fail(self, batch: Sequence[_Waiter], why: str) -> None:
+    def _fail(self, batch: Sequence[_Waiter], why: str, cause: BaseException | None = None) -> None:
         if batch and self._observer is not None:
             self._observer.failed(len(batch))
-        for _prepared, future, _durable, on_failure in batch:
+        # The watchdog's own error names the timeout; any other cause is a failed commit.
+        reason = cause.reason if isinstance(cause, LedgerUnavailable) else "ledger-commit-failed"
+        for _prepared, future, _durable, on_failure, _stamp in batch:
             if future is not None:
                 if not future.done():
                     future.set_exception(
-                        LedgerUnavailable(f"{why}; nothing may be sent", reason="ledger-commit-failed"))
+                        StoreBroken(f"{why}; nothing may be sent", reason="ledger-store-broken")
+                        if isinstance(cause, StoreBroken) else
+                        LedgerUnavailable(f"{why}; nothing may be sent", reason=reason))
             elif on_failure is not None:
                 try:
                     on_failure()
                 except Exception as exc:  # a caller's report must not stop the others being told
                     log.error("ledger failure callback raised %s", type(exc).__name__)
 
-    async def _commit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
-        """Seal `batch` onto the chain (plus a checkpoint when due) and store it in one transaction."""
-        try:
-            if self._head_uncertain:
-                await self._reload_head()
-        except Exception as exc:
-            self._writable = False
-            log.warning("ledger head could not be re-read: %s", type(exc).__name__)
+    async def _submit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
+        """Seal `batch` onto the chain (plus a checkpoint when due) and hand it to the store as one unit,
+        without waiting for the commit; `_written` settles it."""
+        if self._head_uncertain and not await self._head_reloaded():
+            # Nothing can be sealed: refuse the batch (a due checkpoint waits for the timer to ask again,
+            # so the writer does not spin). Once closing, refuse everything queued too: close() returns.
+            self._checkpoint_due = False
+            if not self._accepting:
+                batch = [*batch, *self._queue]
+                self._queue.clear()
+                self._pressing = 0
             self._fail(batch, "the disclosure ledger is unavailable")
+            self._settled(len(batch))
             return
         head = self._head
-        stamp = now_text()
-        # Time never runs backwards inside a chain, so a time cut-off is always a prefix of it.
-        stamp = max(stamp, head.time)
+        stamp = head.time
         sequence, prev_hash = head.sequence, head.hash
         rows: list[Row] = []
         # (future, result) for the records someone holds a future for; append_unawaited ones have none.
@@ -387,9 +476,12 @@ class Ledger:
         # One read of the random source for the whole batch (see _new_id for the id's layout).
         randomness = os.urandom(8 * len(batch)).hex()
         time_ns = time.time_ns
-        for index, (prepared, future, must_sync, _on_failure) in enumerate(batch):
+        for index, (prepared, future, must_sync, _on_failure, appended_at) in enumerate(batch):
             durable = durable or must_sync
             sequence += 1
+            # Time never runs backwards inside a chain, so a time cut-off is always a prefix of it.
+            if appended_at > stamp:
+                stamp = appended_at
             record_id = f"{time_ns():016x}{randomness[16 * index:16 * index + 16]}"
             row, prev_hash = seal_row(prepared, record_id, chain, sequence, stamp, prev_hash)
             rows.append(row)
@@ -397,42 +489,29 @@ class Ledger:
                 results.append((future, AppendedRecord(record_id, chain, sequence, stamp, prev_hash)))
         since = self._since_checkpoint + len(batch)
         checkpoints: list[Row] = []
-        checkpoint_now = since > 0 and (
+        # After a failure, a due checkpoint is written even with nothing unsigned: it is the probe that
+        # tells, without traffic, that the store commits again (/readyz), once per timer period.
+        probe = self._checkpoint_due and not self._writable
+        checkpoint_now = probe or (since > 0 and (
             force_checkpoint
             or self._checkpoint_due
             or since >= self._checkpoint_every_records
             or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds
-        )
+        ))
         if checkpoint_now:
             sequence += 1
+            stamp = max(stamp, now_text())
             sealed = self._seal_checkpoint(sequence, stamp, prev_hash, covered=since)
             rows.append(sealed.row)
             checkpoints.append(_checkpoint_row(sealed))
             prev_hash = sealed.hash
         if not rows:
+            self._checkpoint_due = False  # nothing unsigned to sign: a due checkpoint must not spin the writer
             return
         # A signed checkpoint is always fsynced: it is what a truncated tail is checked against.
         durable = durable or checkpoint_now
-        commit_started = time.perf_counter()
-        try:
-            # An unsynced batch of one record after a batch that held at most one record somebody waited
-            # for commits inline when the store can: with one request in flight the thread hop cost more
-            # CPU than the commit. Under load (batches of several records) it stays on the store's thread,
-            # which overlaps it with the loop's work on the other core and lets records queue behind it
-            # (inline, throughput at 32 connections fell ~10 %). asyncio.timeout rather than wait_for: no
-            # extra task per commit.
-            lone, self._lone = self._lone, False
-            if durable or not lone or not self.store.write_unsynced_now(rows, checkpoints):
-                async with asyncio.timeout(self._commit_timeout):
-                    await self.store.write(rows, checkpoints, sync=durable)
-        except Exception as exc:
-            # Failed or uncertain (a timeout or a lost connection may hide a commit that landed): this
-            # batch is refused, and the next one starts from the head as stored.
-            self._head_uncertain = True
-            self._writable = False
-            log.warning("ledger commit failed (%d records): %s", len(batch), type(exc).__name__)
-            self._fail(batch, "the disclosure ledger could not make the record durable")
-            return
+        # The head once this lands; what is sealed next is chained onto it (pipelining). A failure
+        # re-reads the head as stored before anything more is sealed.
         self._head = ChainHead(sequence, prev_hash, stamp, sequence if checkpoint_now else head.checkpoint_sequence)
         if checkpoint_now:
             self._since_checkpoint = 0
@@ -440,12 +519,127 @@ class Ledger:
             self._checkpoint_due = False
         else:
             self._since_checkpoint = since
-        self._writable = True
+        submission = _Submission(batch, results, len(rows), checkpoint_now, rows)
+        # An unsynced batch of one record after a batch that held at most one record somebody waited for
+        # commits inline when the store can (nothing in flight): with one request in flight the thread
+        # hop cost more CPU than the commit. Under load it stays on the store's writer, which overlaps it
+        # with the loop's work on the other core and lets records queue behind it.
+        lone, self._lone = self._lone, False
+        if not durable and lone and not self._in_flight:
+            commit_started = time.perf_counter()
+            try:
+                inline = self.store.write_unsynced_now(rows, checkpoints)
+            except Exception as exc:
+                self._settle(submission, exc, time.perf_counter() - commit_started)
+                return
+            if inline:
+                self._settle(submission, None, time.perf_counter() - commit_started)
+                return
+        loop = asyncio.get_running_loop()
+        submission.deadline = loop.time() + self._commit_timeout
+        self._in_flight.append(submission)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(submission.deadline, self._check_watchdog)
+        try:
+            self.store.submit(submission, rows, checkpoints, durable, self._on_written)
+        except Exception as exc:
+            # Never reached the store, so no report will come: settle it here, once, rather than leave it
+            # for the watchdog (which would fail its waiters a second time).
+            self._in_flight.remove(submission)
+            self._settle(submission, exc, 0.0)
+            self._after_settling()
+
+    def _written(self, tokens: Sequence[Any], error: BaseException | None, seconds: float) -> None:
+        """The store's report of one transaction (on the loop): the submissions it held, in order."""
+        fresh = sum(t.rows for t in tokens if not t.settled)
+        if error is None and fresh and self._observer is not None:
+            self._observer.committed(fresh, seconds)
+        for submission in tokens:
+            if submission.settled:
+                if error is None:
+                    self._landed_late(submission)
+                continue  # the watchdog already failed it
+            if self._in_flight and self._in_flight[0] is submission:
+                self._in_flight.popleft()
+            else:
+                self._in_flight.remove(submission)
+            self._settle(submission, error, seconds, observed=True)
+        self._after_settling()
+
+    def _landed_late(self, submission: _Submission) -> None:
+        """A commit the watchdog failed landed after all: its requests were refused (503, nothing sent),
+        yet its records are in the ledger. Said loudly, with only the chain, sequences and record ids;
+        the proxy's refusal record for each such request follows in the chain (docs/ledger.md)."""
+        rows = submission.sealed
+        if not rows:
+            return
+        log.warning(
+            "ledger commit failed by the watchdog landed after all: chain %s sequences %d-%d, records %s; "
+            "their requests were refused",
+            self.chain_id, rows[0][_SEQUENCE], rows[-1][_SEQUENCE], ",".join(str(row[_ID]) for row in rows),
+        )
         if self._observer is not None:
-            self._observer.committed(len(rows), time.perf_counter() - commit_started)
-        for future, result in results:
-            if not future.done():
-                future.set_result(result)
+            self._observer.landed_late(len(rows))
+
+    def _settle(self, submission: _Submission, error: BaseException | None, seconds: float, *,
+                observed: bool = False) -> None:
+        if submission.settled:  # each submission's waiters are told, and counted, exactly once
+            return
+        submission.settled = True
+        batch = submission.batch
+        if error is not None:
+            # Failed or uncertain (a lost connection may hide a commit that landed): this batch is
+            # refused, and nothing more is sealed until the head has been re-read as stored.
+            self._head_uncertain = True
+            self._writable = False
+            if submission.checkpointed:
+                # The next batch with records carries the checkpoint again (not a retry of its own: a
+                # store that keeps failing must not spin the writer).
+                self._last_checkpoint_at = float("-inf")
+            if not isinstance(error, LedgerUnavailable):  # the store's refusal, or the watchdog (logged)
+                log.warning("ledger commit failed (%d records): %s", len(batch), type(error).__name__)
+            self._fail(batch, "the disclosure ledger could not make the record durable", error)
+        else:
+            if not self._head_uncertain:
+                self._writable = True
+            if not observed and self._observer is not None:
+                self._observer.committed(submission.rows, seconds)
+            for future, result in submission.results:
+                if not future.done():
+                    future.set_result(result)
+        self._settled(len(batch))
+
+    def _after_settling(self) -> None:
+        if not self._in_flight:
+            for done in self._drain_waiters:
+                if not done.done():
+                    done.set_result(None)
+            self._drain_waiters.clear()
+            self._wake()
+        elif self._head_uncertain:
+            self._wake()
+
+    def _check_watchdog(self) -> None:
+        """The commit watchdog: the oldest submission not reported by its deadline (commit_timeout_seconds)
+        has its waiters refused now, and so has everything submitted after it (chained onto it); the
+        store writes nothing more until the head is re-read, which waits for the hung commit."""
+        self._watchdog = None
+        if not self._in_flight:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self._in_flight[0]
+        if oldest.deadline > loop.time():
+            self._watchdog = loop.call_at(oldest.deadline, self._check_watchdog)
+            return
+        log.warning("ledger commit took longer than %.1f s; its requests are refused", self._commit_timeout)
+        self.store.abandon()
+        self._abandon_in_flight("the disclosure ledger did not commit in time")
+        self._after_settling()
+
+    def _abandon_in_flight(self, why: str) -> None:
+        error = LedgerUnavailable(why, reason="ledger-commit-timeout")
+        while self._in_flight:
+            self._settle(self._in_flight.popleft(), error, 0.0)
 
     def _seal_checkpoint(self, sequence: int, stamp: str, prev_hash: str, *, covered: int) -> SealedRecord:
         if self._keys.signing_key is None:
@@ -474,6 +668,8 @@ class Ledger:
             for record in await snap.fetch_kind("prune"):
                 prior.update((record.get("detail") or {}).get("anchors", {}))
         async with self._commit_lock:
+            # The head prune chains onto must be the stored one: nothing may be in flight.
+            await self._drained()
             if self._head_uncertain:
                 await self._reload_head()
             outcome: dict[str, Any] = {}

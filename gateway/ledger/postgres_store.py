@@ -2,8 +2,10 @@
 
 A batch is one transaction (one pipelined INSERT for all its rows) on a dedicated writer connection with
 `synchronous_commit=on`, so COMMIT returning means the WAL is flushed (a `sync=False` batch turns it off
-for its own transaction only). Replicas never wait for each
-other: rows of different chains touch different primary keys and no table lock is taken. A failed
+for its own transaction only). Submissions queue in the store; its writer task takes everything that
+arrived while the previous transaction ran as the next one, without waiting for the ledger. After a
+failed write every queued and later submission is refused (StoreBroken) until `load_head()`. Replicas
+never wait for each other: rows of different chains touch different primary keys and no table lock is taken. A failed
 write drops the connection (its state is unknown after an error or a cancel) and the next write opens
 a new one.
 
@@ -14,6 +16,8 @@ needs INSERT and SELECT only (deploy/sql/postgres-roles.sql); the schema is crea
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.errors import StoreBroken
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
@@ -34,6 +39,7 @@ from gateway.ledger.store import (
     LedgerSnapshot,
     PruneBuilder,
     Row,
+    WriteDone,
     query_sql,
 )
 
@@ -97,6 +103,11 @@ class PostgresStore:
         self._create = create
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
+        # Submitted and not yet taken by the writer task, in order: (token, rows, checkpoints, sync, done).
+        self._pending: list[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._broken = False
+        self.max_batch_rows = 4096
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, server_settings=_SERVER_SETTINGS, timeout=10)
@@ -108,6 +119,9 @@ class PostgresStore:
         self._writer = conn
 
     async def close(self) -> None:
+        if self._drainer is not None:
+            await asyncio.gather(self._drainer, return_exceptions=True)
+            self._drainer = None
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -142,10 +156,13 @@ class PostgresStore:
                 chain,
             )
             if last is None:
+                self._broken = False
                 return ChainHead()
             checkpoint = await conn.fetchval(
                 f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = $1", chain  # noqa: S608
             )
+            # Nothing is in flight (the ledger re-reads only then): what follows chains onto this head.
+            self._broken = False
         except BaseException:
             self._drop_writer()
             raise
@@ -154,9 +171,57 @@ class PostgresStore:
     def write_unsynced_now(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
         return False  # every statement is a network round trip: nothing can commit without awaiting
 
-    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+    def submit(self, token: Any, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool,
+               done: WriteDone) -> None:
+        self._pending.append((token, rows, checkpoints, sync, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain(), name="ledger-postgres-writer")
+
+    def abandon(self) -> None:
+        # The hung write's connection is cut (its outcome stays uncertain) and nothing queued is written.
+        self._broken = True
+        self._drop_writer()
+        self._refuse(self._pending)
+        self._pending = []
+
+    def _refuse(self, items: Sequence[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]],
+                error: BaseException | None = None, seconds: float = 0.0) -> None:
+        failure = error or StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
+                                       reason="ledger-store-broken")
+        _report(items, failure, seconds)
+
+    async def _drain(self) -> None:
+        """The writer task: while submissions are queued, take them all as the next transaction."""
+        while self._pending:
+            items = [self._pending[0]]
+            taken = len(items[0][1])
+            for item in self._pending[1:]:
+                if taken + len(item[1]) > self.max_batch_rows:
+                    break
+                items.append(item)
+                taken += len(item[1])
+            del self._pending[:len(items)]
+            if self._broken:
+                self._refuse(items)
+                continue
+            started = time.perf_counter()
+            rows = [row for item in items for row in item[1]]
+            checkpoints = [row for item in items for row in item[2]]
+            try:
+                await self._write(rows, checkpoints, sync=any(item[3] for item in items))
+            except BaseException as exc:
+                self._broken = True
+                self._refuse(items, exc, time.perf_counter() - started)
+                if not isinstance(exc, Exception):
+                    self._refuse(self._pending)
+                    self._pending = []
+                    raise
+                continue
+            _report(items, None, time.perf_counter() - started)
+
+    async def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+        conn = await self._writer_conn()
         try:
-            conn = await self._writer_conn()
             async with conn.transaction():
                 if not sync:
                     # Committed without waiting for the WAL flush; the server flushes its WAL in order, so
@@ -166,7 +231,11 @@ class PostgresStore:
                 if checkpoints:
                     await conn.executemany(_INSERT_CHECKPOINT, checkpoints)
         except BaseException:
-            self._drop_writer()
+            # Only this write's connection: abandon() may already have cut it, and load_head opened the next.
+            if self._writer is conn:
+                self._drop_writer()
+            else:
+                conn.terminate()
             raise
 
     async def prune(self, before: str, build: PruneBuilder) -> None:
@@ -218,6 +287,19 @@ class PostgresStore:
         pool = await self._readers()
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             yield _PostgresSnapshot(conn)
+
+
+def _report(items: Sequence[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]],
+            error: BaseException | None, seconds: float) -> None:
+    """Tell each submitter of one transaction (grouped by callback, in order)."""
+    start = 0
+    while start < len(items):
+        done = items[start][4]
+        end = start + 1
+        while end < len(items) and items[end][4] == done:  # == : bound methods compare equal, not identical
+            end += 1
+        done([item[0] for item in items[start:end]], error, seconds)
+        start = end
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:

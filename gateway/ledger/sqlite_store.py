@@ -2,10 +2,17 @@
 in one dedicated thread (a transaction is durable when COMMIT returns), read through a second connection
 in a second thread so queries never wait behind a commit.
 
-A `write(..., sync=False)` commits with `synchronous=NORMAL`: its WAL frames are written but not fsynced.
-WAL frames are appended in order and each carries a checksum chained to the previous ones, so the fsync
-of the next FULL commit makes every earlier frame durable as well; a crash before it may lose the
-unsynced commits, never a later durable one.
+The writer thread takes every submission queued while its previous transaction ran as the next
+transaction, at once (no round trip through the event loop), writes its rows as multi-row INSERTs (one
+bind pass and one GIL release per statement instead of one per row), and tells the loop once per
+transaction. A batch that fits one INSERT is that statement's own transaction; a larger one, or one with
+checkpoint copies, is one BEGIN IMMEDIATE ... COMMIT: either way it lands whole or not at all. A failed
+write leaves the store broken (StoreBroken for every later submission) until `load_head()`.
+
+A transaction of `sync=False` submissions only commits with `synchronous=NORMAL`: its WAL frames are
+written but not fsynced. WAL frames are appended in order and each carries a checksum chained to the
+previous ones, so the fsync of the next FULL commit makes every earlier frame durable as well; a crash
+before it may lose the unsynced commits, never a later durable one.
 
 Such an unsynced commit runs on the caller's thread (the event loop) when the writer thread is idle
 (`write_unsynced_now`): it only writes WAL frames to the page cache (tens of microseconds), while a hop
@@ -23,17 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
+from itertools import chain as chain_rows
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreBroken
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
@@ -47,10 +58,12 @@ from gateway.ledger.store import (
     LedgerSnapshot,
     PruneBuilder,
     Row,
+    WriteDone,
     query_sql,
 )
 
 _T = TypeVar("_T")
+log = logging.getLogger("gateway.ledger")
 _COLUMN_TYPES = {"sequence": "INTEGER", "cross_border": "INTEGER", "status": "INTEGER", "attempt": "INTEGER",
                  "latency_ms": "REAL"}
 _NOT_NULL = frozenset({"id", "chain", "sequence", "time", "kind", "prev_hash", "hash"})
@@ -93,11 +106,24 @@ _INSERT_RECORD = (
 # Commits between the writer thread's WAL checkpoints; ~SQLite's default autocheckpoint of 1000 pages
 # at the few pages a small commit writes.
 _CHECKPOINT_AFTER_COMMITS = 256
-# The writer thread waits this long for another connection's write lock (the connection's own timeout);
-# an inline commit on the loop does not wait at all.
+# The writer thread waits at most this long for another connection's write lock (the connection's own
+# timeout); an inline commit on the loop does not wait at all. With a commit timeout it waits less (see
+# SqliteStore): a lock wait must end in a rollback before the ledger's watchdog gives up on the commit,
+# or the commit could land after its requests were refused.
 _BUSY_TIMEOUT_MS = 30_000
+_BUSY_SHARE_OF_COMMIT_TIMEOUT = 0.8
 _SQLITE_BUSY = 5  # primary result code; extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) share the low byte
+# Rows per multi-row INSERT: one statement (one bind pass, one step with the GIL released) instead of
+# executemany's step per row, which took the GIL back for every row while the loop wanted it. 128 rows
+# of the record's columns stay far below SQLite's variable limit (32766 since 3.32; checked at open).
+_ROWS_PER_INSERT = 128
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES (?, ?, ?)"  # noqa: S608
+
+
+class LeftoverTransactionError(RuntimeError):
+    """The writer connection was inside a transaction the write did not start (a ROLLBACK that raised,
+    say). An autocommit INSERT would silently join it and not commit, yet be reported durable, so the
+    write is refused instead."""
 
 
 def _settle_result(future: asyncio.Future[Any], result: Any) -> None:
@@ -113,19 +139,41 @@ def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 _Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
+class _Write(NamedTuple):
+    """Sealed rows submitted for the writer thread, and whom to tell when they are committed."""
+
+    token: Any
+    rows: Sequence[Row]
+    checkpoints: Sequence[Row]
+    sync: bool
+    done: WriteDone
+    loop: asyncio.AbstractEventLoop
+
+
+# Written by the thread as one transaction: the submissions it holds, in order.
+WriteBatch = Callable[[list[_Write]], None]
+
+
 class _SerialThread:
     """One thread running calls in order; the SQLite connection it owns is only ever used there.
 
-    Lighter than ThreadPoolExecutor + run_in_executor on the commit path (one per batch): no
-    concurrent.futures.Future to create, chain and copy, just a queue put and one call_soon_threadsafe
-    back to the loop. A cancelled caller does not stop a call that has started (as with an executor)."""
+    Lighter than ThreadPoolExecutor + run_in_executor: no concurrent.futures.Future to create, chain and
+    copy, just a queue put and one call_soon_threadsafe back to the loop. A cancelled caller does not stop
+    a call that has started (as with an executor).
 
-    def __init__(self, name: str) -> None:
+    Submitted writes (`post`) that are queued back to back are taken together the moment the thread is
+    free, and handed to `write_batch` as one transaction: a commit that filled up while the previous one
+    ran starts at once, with no round trip through the event loop."""
+
+    def __init__(self, name: str, write_batch: WriteBatch | None = None, max_batch_rows: int = 4096) -> None:
         self._name = name
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._write_batch = write_batch
+        self.max_rows = max_batch_rows
+        self._calls: queue.SimpleQueue[_Call | _Write | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        # Calls submitted whose answer the loop has not yet received: while 0 the thread runs nothing.
+        # Calls and writes submitted whose answer the loop has not yet received: while 0 the thread runs
+        # nothing.
         self.unsettled = 0
 
     def _settled(self, settle: Callable[[asyncio.Future[Any], Any], None], future: asyncio.Future[Any],
@@ -133,7 +181,7 @@ class _SerialThread:
         self.unsettled -= 1
         settle(future, outcome)
 
-    def call(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    def _start(self) -> None:
         if self._stopped:
             raise RuntimeError("the ledger store is closed")
         if self._thread is None:
@@ -141,14 +189,50 @@ class _SerialThread:
             # rolled-back transaction, as after a crash).
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
+
+    def call(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         self.unsettled += 1
         self._calls.put((fn, args, future, loop))
         return future
 
+    def post(self, write: _Write) -> None:
+        self._start()
+        self.unsettled += 1
+        self._calls.put(write)
+
+    def writes_settled(self, count: int) -> None:
+        self.unsettled -= count
+
     def _run(self) -> None:
-        while (call := self._calls.get()) is not None:
+        ahead: _Call | _Write | None = None
+        have_ahead = False
+        while True:
+            if have_ahead:
+                call, have_ahead = ahead, False
+            else:
+                call = self._calls.get()
+            if call is None:
+                return
+            if isinstance(call, _Write):
+                batch = [call]
+                rows = len(call.rows)
+                # Everything submitted while the previous transaction ran rides in this one.
+                while rows < self.max_rows:
+                    try:
+                        following = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(following, _Write) or rows + len(following.rows) > self.max_rows:
+                        ahead, have_ahead = following, True
+                        break
+                    batch.append(following)
+                    rows += len(following.rows)
+                if self._write_batch is not None:
+                    self._write_batch(batch)
+                continue
             fn, args, future, loop = call
             try:
                 result = fn(*args)
@@ -160,30 +244,59 @@ class _SerialThread:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
                 loop.call_soon_threadsafe(self._settled, settle, future, outcome)
 
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the thread and wait for it."""
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Run what is queued, then stop the thread; wait for it unless `wait` is False (a hung call)."""
         self._stopped = True
         if self._thread is not None:
             self._calls.put(None)
-            self._thread.join()
+            if wait:
+                self._thread.join()
             self._thread = None
+
+
+def _deliver(thread: _SerialThread, batch: list[_Write], error: BaseException | None, seconds: float) -> None:
+    """On the loop: tell each submitter of one transaction (grouped by callback, in order)."""
+    thread.writes_settled(len(batch))
+    start = 0
+    while start < len(batch):
+        done = batch[start].done
+        end = start + 1
+        while end < len(batch) and batch[end].done == done:  # == : bound methods compare equal, not identical
+            end += 1
+        done([w.token for w in batch[start:end]], error, seconds)
+        start = end
+
+
+@lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_sql(rows: int) -> str:
+    one = f"({', '.join('?' for _ in COLUMNS)})"
+    return f"INSERT INTO {RECORDS_TABLE} ({COLUMN_LIST}) VALUES {', '.join(one for _ in range(rows))}"  # noqa: S608
 
 
 class SqliteStore:
     """A ledger in one SQLite file. `create=False` refuses a missing file (verify, query, export)."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, commit_timeout_seconds: float | None = None) -> None:
         self.path = path
+        self._busy_timeout_ms = _BUSY_TIMEOUT_MS if commit_timeout_seconds is None else max(
+            1, min(_BUSY_TIMEOUT_MS, int(commit_timeout_seconds * _BUSY_SHARE_OF_COMMIT_TIMEOUT * 1000)))
+        # How long close() waits for the writer thread to close its connection (behind a hung commit).
+        self._close_timeout = _BUSY_TIMEOUT_MS / 1000 if commit_timeout_seconds is None else commit_timeout_seconds
+        self.max_batch_rows = 4096
         self._create = create
-        self._writer_thread = _SerialThread("ledger-sqlite-writer")
+        self._writer_thread = _SerialThread("ledger-sqlite-writer", self._write_batch)
         self._reader_thread = _SerialThread("ledger-sqlite-reader")
         self._writer: sqlite3.Connection | None = None
-        self._writer_waits = True  # the writer's busy timeout: _BUSY_TIMEOUT_MS (True) or 0 (inline commits)
+        self._writer_waits = True  # the writer's busy timeout: _busy_timeout_ms (True) or 0 (inline commits)
         self.inline_busy_declines = 0  # inline commits declined because another connection held the lock
         self._reader: sqlite3.Connection | None = None
         self._writer_sync = True  # the writer connection's current synchronous mode (FULL)
         self._commits_since_checkpoint = 0
         self._closed = False
+        # Set by the thread when a write fails and by abandon() on the loop; cleared by _load_head. A
+        # plain bool: one writer of each value at a time, read by the thread before every transaction.
+        self._broken = False
+        self._rows_per_insert = _ROWS_PER_INSERT
 
     async def _on(self, thread: _SerialThread, fn: Callable[..., _T], *args: Any) -> _T:
         return await thread.call(fn, *args)
@@ -193,8 +306,10 @@ class SqliteStore:
             raise ConfigError(f"ledger file {self.path} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are spelled out (BEGIN IMMEDIATE ... COMMIT), never implied.
+        # cached_statements: one prepared multi-row INSERT per batch size up to _ROWS_PER_INSERT.
         conn = sqlite3.connect(
-            self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=check_same_thread
+            self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000, check_same_thread=check_same_thread,
+            cached_statements=_ROWS_PER_INSERT + 32,
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -207,6 +322,8 @@ class SqliteStore:
         # Used from the loop thread too (write_unsynced_now), never at the same time as from its own.
         conn = self._connect(check_same_thread=False)
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._rows_per_insert = max(1, min(_ROWS_PER_INSERT, variables // len(COLUMNS)))
         if self._create:
             conn.executescript("BEGIN IMMEDIATE;\n" + SQLITE_SCHEMA + "COMMIT;")
         self._writer = conn
@@ -233,9 +350,17 @@ class SqliteStore:
                 self._reader.close()
                 self._reader = None
 
-        await self._on(self._writer_thread, close_writer)
+        try:
+            await asyncio.wait_for(self._on(self._writer_thread, close_writer), self._close_timeout)
+        except TimeoutError:
+            # A commit that hangs (an I/O stall) holds the thread: shutdown must not hang with it. The
+            # thread is a daemon; it closes the connection once the commit ends, or dies with the process.
+            log.warning("ledger writer thread still busy after %.1f s; left to finish on its own",
+                        self._close_timeout)
+            self._writer_thread.shutdown(wait=False)
+        else:
+            self._writer_thread.shutdown()
         await self._on(self._reader_thread, close_reader)
-        self._writer_thread.shutdown()
         self._reader_thread.shutdown()
 
     def _writer_conn(self) -> sqlite3.Connection:
@@ -243,7 +368,7 @@ class SqliteStore:
         if self._writer is None:
             raise RuntimeError("ledger store is not open")
         if not self._writer_waits:
-            self._writer.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._writer.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             self._writer_waits = True
         return self._writer
 
@@ -252,20 +377,58 @@ class SqliteStore:
 
     def _load_head(self, chain: str) -> ChainHead:
         conn = self._writer_conn()
+        if conn.in_transaction:
+            # Uncommitted rows of a leftover transaction must not become the head: drop them (a ROLLBACK
+            # that raises leaves the store broken and the head unread).
+            conn.execute("ROLLBACK")
         last = conn.execute(
             f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = ? "  # noqa: S608
             "ORDER BY sequence DESC LIMIT 1",
             (chain,),
         ).fetchone()
         if last is None:
-            return ChainHead()
-        checkpoint = conn.execute(
-            f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = ?", (chain,)  # noqa: S608
-        ).fetchone()
-        return ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint[0] or 0)
+            head = ChainHead()
+        else:
+            checkpoint = conn.execute(
+                f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = ?", (chain,)  # noqa: S608
+            ).fetchone()
+            head = ChainHead(sequence=last[0], hash=last[1], time=last[2], checkpoint_sequence=checkpoint[0] or 0)
+        # Every write queued before this read has been written or refused: what follows is chained
+        # onto the head just read, so writes are accepted again.
+        self._broken = False
+        return head
 
-    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
-        await self._on(self._writer_thread, self._write_on_thread, rows, checkpoints, sync)
+    def submit(self, token: Any, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool,
+               done: WriteDone) -> None:
+        self._writer_thread.max_rows = self.max_batch_rows
+        self._writer_thread.post(_Write(token, rows, checkpoints, sync, done, asyncio.get_running_loop()))
+
+    def abandon(self) -> None:
+        self._broken = True
+
+    def _write_batch(self, batch: list[_Write]) -> None:
+        """On the writer thread: the submissions in `batch` as one transaction, then one hop to the loop."""
+        started = time.perf_counter()
+        error: BaseException | None = None
+        if self._broken:
+            error = StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
+                                reason="ledger-store-broken")
+        else:
+            rows: list[Row] = []
+            checkpoints: list[Row] = []
+            sync = False
+            for write in batch:
+                rows.extend(write.rows)
+                checkpoints.extend(write.checkpoints)
+                sync = sync or write.sync
+            try:
+                self._write_on_thread(rows, checkpoints, sync)
+            except BaseException as exc:  # every waiter gets an answer, whatever the write raised
+                self._broken = True
+                error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            batch[0].loop.call_soon_threadsafe(_deliver, self._writer_thread, batch, error,
+                                               time.perf_counter() - started)
 
     def _write_on_thread(self, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool) -> None:
         conn = self._writer_conn()  # sets back the busy timeout an inline commit set to 0
@@ -280,6 +443,9 @@ class SqliteStore:
         if (conn is None or self._writer_thread.unsettled
                 or self._commits_since_checkpoint >= _CHECKPOINT_AFTER_COMMITS):
             return False
+        if self._broken:
+            raise StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
+                              reason="ledger-store-broken")
         # The loop must never wait for another connection's write lock (the subject registry, another
         # worker on the same file, a prune): with the timeout at 0 a held lock declines at once, nothing
         # is committed, and the caller hands the same rows to the thread, which waits.
@@ -288,11 +454,15 @@ class SqliteStore:
             self._writer_waits = False
         try:
             self._write(rows, checkpoints, False)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.OperationalError as exc:  # rolled back: nothing of it was written
             if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+                self._broken = True
                 raise
             self.inline_busy_declines += 1
             return False
+        except BaseException:
+            self._broken = True
+            raise
         return True
 
     def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool = True) -> None:
@@ -304,9 +474,29 @@ class SqliteStore:
         if sync != self._writer_sync:
             conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
             self._writer_sync = sync
+        if not rows and not checkpoints:
+            return
+        if conn.in_transaction:
+            # Nothing this store left open may be committed by, or hide, this write: roll it back, refuse
+            # the write (the store is then broken until load_head) and let the waiters hear of it.
+            self._broken = True
+            conn.execute("ROLLBACK")
+            raise LeftoverTransactionError("the ledger writer connection was inside a transaction")
+        step = self._rows_per_insert
+        if not checkpoints and len(rows) <= step:
+            # One statement is its own transaction (autocommit), as atomic as BEGIN ... COMMIT, and takes
+            # the write lock at its start the same way (the busy handler retries it whole). It releases
+            # the GIL once where BEGIN, INSERT and COMMIT took it back three times: each time the
+            # thread waited for the busy loop to let go of it (up to the 5 ms switch interval).
+            conn.execute(_insert_sql(len(rows)), tuple(chain_rows.from_iterable(rows)))
+            self._commits_since_checkpoint += 1
+            return
+        # One explicit transaction: the records and the checkpoint copies land together or not at all.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT_RECORD, rows)
+            for start in range(0, len(rows), step):
+                chunk = rows[start:start + step]
+                conn.execute(_insert_sql(len(chunk)), tuple(chain_rows.from_iterable(chunk)))
             if checkpoints:
                 conn.executemany(_INSERT_CHECKPOINT, checkpoints)
             conn.execute("COMMIT")

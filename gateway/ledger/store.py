@@ -2,10 +2,20 @@
 
 A store keeps two append-only tables: `ledger_records` (one row per record, columns as in
 gateway.ledger.records.COLUMNS, primary key (chain, sequence)) and `ledger_checkpoints` (a copy of each
-signed checkpoint record, kept apart so a truncated tail is caught against the last checkpoint). Every
-write is one transaction, durable when `write()` returns; with `sync=False` it is committed and written
-to the store's log but not flushed to disk, and the next `sync=True` write makes it durable with itself
-(both stores write their log in order, so a later flush covers every earlier commit).
+signed checkpoint record, kept apart so a truncated tail is caught against the last checkpoint).
+
+Writes are pipelined: `submit()` hands the store sealed rows and returns at once; the store's writer
+(a thread for SQLite, a task for PostgreSQL) commits everything submitted while its previous commit ran
+as ONE transaction (records and checkpoint copies together or not at all) the moment that commit ends,
+without asking the ledger, and reports each transaction once through the submissions' `done` callback
+on the loop. A transaction is durable when reported unless every submission in it said `sync=False`:
+then it is committed and written to the store's log but not flushed, and the next synced transaction
+makes it durable with itself (both stores write their log in order, so a later flush covers every
+earlier commit).
+
+After a failed write the store is broken: every later submission is refused with StoreBroken (they were
+chained onto rows that may not exist) until `load_head()` has re-read the durable head. `abandon()` (the
+ledger's commit watchdog) breaks it from the loop's side the same way.
 """
 
 from __future__ import annotations
@@ -83,11 +93,28 @@ class LedgerSnapshot(Protocol):
         ...
 
 
+# Told on the loop, once per transaction: the tokens of the submissions it held (in submission order),
+# the error (None when committed) and the seconds the transaction took.
+WriteDone = Callable[[Sequence[Any], "BaseException | None", float], None]
+
+
 class LedgerStore(Protocol):
+    # Most rows one transaction takes (a submission larger than this is still written, alone); the
+    # ledger sets it from its max_batch_records.
+    max_batch_rows: int
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def load_head(self, chain: str) -> ChainHead: ...
-    async def write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None: ...
+    async def load_head(self, chain: str) -> ChainHead:
+        """The chain's durable head; also ends a broken state (writes are accepted again)."""
+        ...
+    def submit(self, token: Any, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool,
+               done: WriteDone) -> None:
+        """Queue sealed rows for the store's writer; `done` is called on the loop with `token`."""
+        ...
+    def abandon(self) -> None:
+        """Refuse every submission not yet written until the next `load_head()` (a commit hung)."""
+        ...
     def write_unsynced_now(self, rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
         """Commit without fsync on the calling thread, without waiting, if the store can (else False
         and nothing done): saves a hop to a writer thread for records a crash may lose."""

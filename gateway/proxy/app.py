@@ -116,6 +116,7 @@ class GatewayState:
             settings.ledger_url, keys.ledger, chain_id=chain_id,
             checkpoint_every_records=settings.checkpoint_every_records,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
+            commit_timeout_seconds=settings.ledger_commit_timeout_seconds,
             observer=metrics.ledger_observer(),
         )
         upstream = UpstreamPool()

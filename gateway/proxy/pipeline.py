@@ -6,7 +6,8 @@ the long-lived services and one profile set; a reload builds a new one and swaps
 stage configured without error, so in-flight requests finish on the pipeline they started with.
 
 The runner turns a refusal into a problem+json response, records it (a refusal in the ledger when the
-partner is known and the caller authenticated; an outcome when the disclosure was already recorded),
+partner is known and the caller authenticated, also when the ledger failed the disclosure's commit; an
+outcome when the disclosure was already recorded),
 and writes the metrics and the one log line of the request (just after the response has been handed
 to the server, so the caller does not wait for them).
 """
@@ -137,10 +138,13 @@ class Pipeline:
 
     def _record_error(self, ctx: RequestContext, error: GatewayError) -> None:
         """Queues the outcome (after a disclosure) or the refusal; the problem answer does not wait."""
-        if ctx.profile is None or isinstance(error, LedgerUnavailable):
-            return
+        ledger_failed = isinstance(error, LedgerUnavailable)
+        if ctx.profile is None or (ledger_failed and error.reason == "ledger-closed"):
+            return  # a closed ledger took no disclosure of this request, and takes no refusal either
         reason = _reason_label(error)
-        if ctx.forwarded:
+        # A failed or timed-out disclosure commit may still land (a hung commit the watchdog gave up on):
+        # the refusal queued behind it says, in the ledger itself, that this request was not forwarded.
+        if ctx.forwarded and not ledger_failed:
             record_outcome(self._writer, ctx, error.status, None, reason)
         elif ctx.caller is not None:
             self._writer.append_nowait(

@@ -1,5 +1,5 @@
 """`GET /v1/admin/disclosures`: filters, validation, and cursor paging that stays exact when many records
-share one timestamp (the ledger stamps a whole group commit alike), against the real SQLite ledger."""
+share one timestamp, against the real SQLite ledger."""
 
 from __future__ import annotations
 
@@ -9,23 +9,34 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 from admin_helpers import AdminHarness
 
 from gateway.ledger import RecordDraft
-from gateway.ledger.records import parse_time
+from gateway.ledger import ledger as ledger_module
+from gateway.ledger.records import now_text, parse_time
 
 PAGING_PARTNER = "paging-partner"
 
 
+def _millisecond_clock() -> str:
+    # A record's time is that of its append, in microseconds, so real ties are rare; the ledger's clock
+    # truncated to the millisecond makes the many records appended together share timestamps.
+    return now_text()[:23] + "000Z"
+
+
 async def fill_ledger(h: AdminHarness, count: int) -> list[dict[str, Any]]:
-    """`count` refusal records appended concurrently (so batches share a time), plus noise for filters."""
+    """`count` refusal records appended concurrently (with a millisecond clock, so many share a time),
+    plus noise for filters."""
     ledger = h.gateway.state.services.ledger
     subject = h.keys.ledger.subject_ref("paging-subject")
     drafts = [RecordDraft(kind="refusal", caller="svc-a", partner=PAGING_PARTNER, route="r1", purpose="delivery",
                           reason="test", subject_ref=subject if i % 5 == 0 else None) for i in range(count)]
     drafts += [RecordDraft(kind="refusal", caller="svc-b", partner="other-partner", route="r2", reason="test")
                for _ in range(count // 4)]
-    await asyncio.gather(*(ledger.append(d) for d in drafts))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ledger_module, "now_text", _millisecond_clock)
+        await asyncio.gather(*(ledger.append(d) for d in drafts))
     return await h.ledger_records(partner=PAGING_PARTNER, limit=None)
 
 

@@ -35,12 +35,16 @@ class RecordingObserver:
 
     commits: list[tuple[int, float]] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
 
     def committed(self, records: int, seconds: float) -> None:
         self.commits.append((records, seconds))
 
     def failed(self, records: int) -> None:
         self.failures.append(records)
+
+    def landed_late(self, records: int) -> None:
+        self.late.append(records)
 
     @property
     def batches(self) -> list[int]:

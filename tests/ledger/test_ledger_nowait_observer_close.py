@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
 from gateway.ledger import Ledger, LedgerQuery, RecordDraft, open_ledger
+from gateway.ledger.sqlite_store import SqliteStore
 from gateway.ledger.store import Row
 
 
@@ -24,22 +26,25 @@ def outcome_draft(i: int) -> RecordDraft:
     return RecordDraft(kind="outcome", partner="acme-insurance", request_id=f"out-{i}", status=200)
 
 
-def record_sync_flags(ledger: Ledger, gate: asyncio.Event | None = None) -> list[tuple[int, bool]]:
-    """Wrap the store's writes (awaited and inline) to note (rows, sync) of every commit; the real write
-    still runs, after `gate` is set when one is given (to hold a commit in flight while records queue)."""
+def record_sync_flags(ledger: Ledger, gate: threading.Event | None = None) -> list[tuple[int, bool]]:
+    """Wrap the store's commits (on its writer thread and inline) to note (rows, sync) of every one; the
+    real commit still runs, after `gate` is set when one is given (to hold a commit in flight on the
+    writer thread while records queue)."""
     seen: list[tuple[int, bool]] = []
-    real_write = ledger.store.write
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
 
-    async def noting_write(rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+    def noting_write(rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool) -> None:
         seen.append((len(rows), sync))
         if gate is not None:
-            await gate.wait()
-        await real_write(rows, checkpoints, sync=sync)
+            gate.wait()
+        real_write(rows, checkpoints, sync)
 
-    real_write_now = ledger.store.write_unsynced_now
+    real_write_now = store.write_unsynced_now
 
     def noting_write_now(rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
-        # The inline (no thread hop) unsynced commit: held commits must go through write() instead.
+        # The inline (no thread hop) unsynced commit: held commits must go through the thread instead.
         if gate is not None and not gate.is_set():
             return False
         if real_write_now(rows, checkpoints):
@@ -47,8 +52,8 @@ def record_sync_flags(ledger: Ledger, gate: asyncio.Event | None = None) -> list
             return True
         return False
 
-    ledger.store.write = noting_write  # type: ignore[method-assign]
-    ledger.store.write_unsynced_now = noting_write_now  # type: ignore[method-assign]
+    store._write_on_thread = noting_write  # type: ignore[method-assign]
+    store.write_unsynced_now = noting_write_now  # type: ignore[method-assign]
     return seen
 
 
@@ -57,7 +62,7 @@ async def test_nowait_records_follow_in_order_without_their_own_fsync(
 ) -> None:
     ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
-    gate = asyncio.Event()
+    gate = threading.Event()
     gate.set()
     writes = record_sync_flags(ledger, gate)
     disclosure = await ledger.append(disclosure_draft(0, gateway_keys))
@@ -67,7 +72,7 @@ async def test_nowait_records_follow_in_order_without_their_own_fsync(
     assert outcome.sequence == disclosure.sequence + 1
     assert writes == [(1, True), (1, False)]  # a batch of nowait records only is not fsynced
 
-    # Queued behind a durable record, they share its (fsynced) commit, in the order they were appended.
+    # Submitted while a commit runs, they share the next (fsynced) transaction, in the order appended.
     writes.clear()
     gate.clear()
     in_flight = ledger.append_nowait(outcome_draft(1))
@@ -77,6 +82,8 @@ async def test_nowait_records_follow_in_order_without_their_own_fsync(
     durable = asyncio.ensure_future(ledger.append(disclosure_draft(1, gateway_keys)))
     await asyncio.sleep(0)
     futures.append(ledger.append_nowait(outcome_draft(3)))
+    for _ in range(5):  # the writer task seals and submits them while the first commit is still held
+        await asyncio.sleep(0)
     gate.set()
     await durable
     results = [await f for f in futures]

@@ -14,6 +14,7 @@ from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
 from gateway.keys import GatewayKeys
 from gateway.ledger import Ledger, LedgerQuery, RecordDraft, open_ledger
+from gateway.ledger.sqlite_store import SqliteStore
 from gateway.ledger.store import Row
 
 
@@ -26,14 +27,16 @@ def never_fails() -> None:
 
 
 def noted_commits(ledger: Ledger) -> list[tuple[tuple[str, ...], bool]]:
-    """(kinds of the rows, sync) of every commit, through the thread or inline."""
+    """(kinds of the rows, sync) of every commit, on the store's writer thread or inline."""
     seen: list[tuple[tuple[str, ...], bool]] = []
-    real_write, real_now = ledger.store.write, ledger.store.write_unsynced_now
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write, real_now = store._write_on_thread, store.write_unsynced_now
     kind_at = 4  # the records table's column order: id, chain, sequence, time, kind, ...
 
-    async def write(rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+    def write(rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool) -> None:
         seen.append((tuple(str(r[kind_at]) for r in rows), sync))
-        await real_write(rows, checkpoints, sync=sync)
+        real_write(rows, checkpoints, sync)
 
     def write_now(rows: Sequence[Row], checkpoints: Sequence[Row]) -> bool:
         done = real_now(rows, checkpoints)
@@ -41,8 +44,8 @@ def noted_commits(ledger: Ledger) -> list[tuple[tuple[str, ...], bool]]:
             seen.append((tuple(str(r[kind_at]) for r in rows), False))
         return done
 
-    ledger.store.write = write  # type: ignore[method-assign]
-    ledger.store.write_unsynced_now = write_now  # type: ignore[method-assign]
+    store._write_on_thread = write  # type: ignore[method-assign]
+    store.write_unsynced_now = write_now  # type: ignore[method-assign]
     return seen
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import threading
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from proxy_harness import (
 
 from gateway.config import sqlite_path
 from gateway.errors import PayloadTooLarge
+from gateway.ledger.sqlite_store import SqliteStore
 from gateway.proxy.stages import SyncStage
 
 SHIPMENT = f"/v1/partners/{PARTNER_ID}/shipments/S-1"
@@ -399,31 +401,63 @@ async def test_ledger_not_writable_is_503_and_nothing_is_forwarded(harness: Gate
     assert metric_value(text, "gateway_ledger_errors_total") == 1.0
 
 
+async def test_a_failed_disclosure_commit_leaves_a_refusal_in_the_ledger(harness: GatewayHarness) -> None:
+    """A disclosure commit that failed (or timed out, and may land later) is answered 503 and followed in
+    the ledger by a refusal for the same request: the ledger itself shows it was not forwarded."""
+    store = harness.gateway.state.services.ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
+    failed: list[bool] = []
+
+    def failing_once(rows: Any, checkpoints: Any, sync: bool) -> None:
+        if not failed:
+            failed.append(sync)
+            raise sqlite3.OperationalError("disk I/O error")
+        real_write(rows, checkpoints, sync)
+
+    store._write_on_thread = failing_once  # type: ignore[method-assign]
+    response = await post_shipment(harness)
+    problem = assert_problem(response.status, {k.lower(): v for k, v in response.headers.items()},
+                             await response.read(), 503)
+    assert problem["type"].endswith("ledger-unavailable")
+    assert failed == [True]
+    assert harness.partner.received == []
+    refusals = await harness.ledger_records(kind="refusal")
+    assert [(r["request_id"], r["status"], r["reason"]) for r in refusals] == [
+        (response.headers["X-Request-Id"], 503, "ledger-commit-failed")]
+    assert await harness.ledger_records(kind="disclosure") == []
+
+
 async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcome(harness: GatewayHarness) -> None:
-    ledger = harness.gateway.state.services.ledger
-    real_write = ledger.store.write
-    release = asyncio.Event()
+    store = harness.gateway.state.services.ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
+    release = threading.Event()
     commits: list[bool] = []
 
-    async def held_write(rows: Any, checkpoints: Any, *, sync: bool = True) -> None:
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        # On the store's writer thread: the outcome's own commit (no fsync) is held until the answer has
+        # arrived; the disclosure's (fsynced) commit goes through.
         commits.append(sync)
-        if not sync:  # the outcome's own commit (no fsync) is held until the answer has arrived
-            await release.wait()
-        await real_write(rows, checkpoints, sync=sync)
+        if not sync:
+            release.wait()
+        real_write(rows, checkpoints, sync)
 
-    ledger.store.write = held_write  # type: ignore[method-assign]
+    store._write_on_thread = held_write  # type: ignore[method-assign]
     # Decline the inline (no thread hop) unsynced commit, so that the outcome's commit can be held.
-    ledger.store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
-    response = await asyncio.wait_for(post_shipment(harness), 10)
-    assert response.status == 200
-    # The disclosure was fsynced before the partner call; the outcome's commit (no fsync) lingers for
-    # the next request's disclosure or starts and is held: either way the answer did not wait for it.
-    assert commits[:1] == [True]
-    assert True not in commits[1:]
-    with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
-        stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
-    assert stored == ["disclosure"]  # answered while the outcome was still queued
-    release.set()
+    store.write_unsynced_now = lambda rows, checkpoints: False  # type: ignore[method-assign]
+    try:
+        response = await asyncio.wait_for(post_shipment(harness), 10)
+        assert response.status == 200
+        # The disclosure was fsynced before the partner call; the outcome's commit (no fsync) lingers for
+        # the next request's disclosure or starts and is held: either way the answer did not wait for it.
+        assert commits[:1] == [True]
+        assert True not in commits[1:]
+        with sqlite3.connect(sqlite_path(harness.settings.ledger_url)) as conn:
+            stored = [k for (k,) in conn.execute("SELECT kind FROM ledger_records ORDER BY sequence")]
+        assert stored == ["disclosure"]  # answered while the outcome was still queued or held
+    finally:
+        release.set()  # never leave the writer thread blocked, whatever failed
     outcomes = await harness.ledger_records(kind="outcome")
     assert [o["disclosure_id"] for o in outcomes] == [response.headers["X-Disclosure-Id"]]
 
@@ -460,7 +494,7 @@ async def test_ops_endpoints_and_metric_names(harness: GatewayHarness) -> None:
         "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
         "gateway_disclosures_total", "gateway_fields_dropped_total", "gateway_pseudonymised_total",
         "gateway_refusals_total", "gateway_ledger_commit_seconds", "gateway_ledger_batch_size",
-        "gateway_ledger_errors_total", "gateway_profile_reloads_total",
+        "gateway_ledger_errors_total", "gateway_ledger_late_commits_total", "gateway_profile_reloads_total",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert f'gateway_requests_total{{outcome="forwarded",partner="{PARTNER_ID}",route="create-shipment"}} 1.0' in text
