@@ -160,6 +160,9 @@ class Pipeline:
                     request_id=ctx.request_id,
                     status=error.status,
                     reason=reason,
+                    # On a retried route an earlier try may have been forwarded under the same request id:
+                    # the attempt says which try's disclosure this refusal answers.
+                    attempt=ctx.attempt if ledger_failed else None,
                 ),
                 request_id=ctx.request_id,
                 event="refusal_not_recorded",

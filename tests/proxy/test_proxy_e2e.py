@@ -428,6 +428,34 @@ async def test_a_failed_disclosure_commit_leaves_a_refusal_in_the_ledger(harness
     assert await harness.ledger_records(kind="disclosure") == []
 
 
+async def test_a_retry_whose_disclosure_commit_fails_is_refused_with_its_attempt(harness: GatewayHarness) -> None:
+    """Try 1 is recorded and forwarded (the partner answers 5xx); try 2's disclosure commit fails. The
+    refusal names attempt 2, so the ledger does not say that try 1 was never sent."""
+    store = harness.gateway.state.services.ledger.store
+    assert isinstance(store, SqliteStore)
+    real_write = store._write_on_thread
+    durable_writes: list[bool] = []
+
+    def second_durable_write_fails(rows: Any, checkpoints: Any, sync: bool) -> None:
+        if sync:
+            durable_writes.append(sync)
+            if len(durable_writes) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+        real_write(rows, checkpoints, sync)
+
+    store._write_on_thread = second_durable_write_fails  # type: ignore[method-assign]
+    harness.partner.mode = "5xx"
+    response = await harness.session.get(f"{harness.url}/v1/partners/{PARTNER_ID}/tracking/T-1",
+                                         headers={**harness.auth(), "X-Purpose": "delivery"})
+    assert response.status == 503
+    assert len(harness.partner.received) == 1  # try 1 went out, try 2 did not
+    disclosures = await harness.ledger_records(kind="disclosure", route="track")
+    refusals = await harness.ledger_records(kind="refusal")
+    assert [(d["request_id"], d["attempt"]) for d in disclosures] == [(response.headers["X-Request-Id"], 1)]
+    assert [(r["request_id"], r["attempt"], r["status"]) for r in refusals] == [
+        (response.headers["X-Request-Id"], 2, 503)]
+
+
 async def test_the_answer_waits_for_the_disclosure_commit_but_not_for_the_outcome(harness: GatewayHarness) -> None:
     store = harness.gateway.state.services.ledger.store
     assert isinstance(store, SqliteStore)
