@@ -309,3 +309,43 @@ async def test_readiness_comes_back_without_traffic_after_a_failure(sqlite_url: 
     assert stored_sequences(sqlite_url)[:2] == [1, 2]
     report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
+
+
+async def test_records_queued_behind_a_commit_the_watchdog_gave_up_on_are_not_written_when_it_lands(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """The watchdog abandons the store: a hung commit that lands after all is the last write until the head
+    is re-read, so the records queued behind it (whose requests were refused too) never land late."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.3)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    real = store._write_on_thread
+    entered, release = threading.Event(), threading.Event()
+
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        entered.set()
+        release.wait()  # a commit that hangs (an I/O stall) and then lands
+        real(rows, checkpoints, sync)
+
+    store._write_on_thread = held_write  # type: ignore[method-assign]
+    try:
+        hung = asyncio.create_task(ledger.append(disclosure_draft(1, gateway_keys)))
+        while not entered.is_set():
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(ledger.append(disclosure_draft(2, gateway_keys)))
+        for task in (hung, queued):
+            with pytest.raises(LedgerUnavailable) as refused:
+                await task
+            assert refused.value.reason == "ledger-commit-timeout"
+    finally:
+        release.set()
+    await store._on(store._writer_thread, lambda: None)
+    del store._write_on_thread
+    assert stored_sequences(sqlite_url) == [1, 2]  # the hung commit landed; the one queued behind it did not
+    after = await ledger.append(disclosure_draft(3, gateway_keys))
+    assert after.sequence == 3
+    await ledger.close()
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
