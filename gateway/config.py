@@ -6,6 +6,7 @@ so the gateway never starts half-configured. Every setting is documented in docs
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -67,6 +68,13 @@ class Settings:
 
 
 _ENV_PREFIX = "GATEWAY_"
+# GATEWAY_* variables that are not settings: read elsewhere (the ledger's chain suffix, the test suite's
+# PostgreSQL) or the config file's own path.
+_OTHER_VARIABLES = frozenset({"GATEWAY_CONFIG", "GATEWAY_LEDGER_CHAIN_SUFFIX", "GATEWAY_TEST_POSTGRES_URL"})
+# What Kubernetes injects for a Service named "gateway" (GATEWAY_SERVICE_HOST, GATEWAY_PORT_8080_TCP_ADDR, ...).
+_SERVICE_LINK = re.compile(
+    r"GATEWAY_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
@@ -148,11 +156,15 @@ def load_settings(
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[name] = _coerce(name, raw, annotations[name])
     for key, raw in env.items():
-        if not key.startswith(_ENV_PREFIX) or key == "GATEWAY_CONFIG":
+        if not key.startswith(_ENV_PREFIX) or key in _OTHER_VARIABLES or _SERVICE_LINK.fullmatch(key):
             continue
         name = key[len(_ENV_PREFIX):].lower()
         if name in annotations and name != "extra":
             values[name] = _coerce(key, raw, annotations[name])
+        else:
+            # A mistyped variable would leave its setting at the default (an audience, a timeout) without a
+            # word: refuse to start instead, as the config file does for an unknown key.
+            raise ConfigError(f"unknown variable {key}{_did_you_mean(key, annotations)}")
     for name, raw in overrides.items():
         if raw is None:
             continue
@@ -160,6 +172,12 @@ def load_settings(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, raw, annotations[name])
     return _validate(replace(Settings(), **values))
+
+
+def _did_you_mean(key: str, annotations: Mapping[str, str]) -> str:
+    known = [_ENV_PREFIX + name.upper() for name in annotations if name != "extra"]
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else " (not a setting; see docs/configuration.md)"
 
 
 _SQLITE_RE = re.compile(r"^sqlite:///(?P<path>.+)$")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.main import build_parser, main
+from gateway.config import load_settings
+from gateway.errors import ConfigError
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -65,6 +67,30 @@ def test_bad_setting_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "gateway: error: GATEWAY_JWT_ALGORITHMS: only asymmetric algorithms are allowed, got ['HS256']"]
+
+
+def test_a_mistyped_variable_is_refused_with_the_setting_it_resembles(tmp_path: Path) -> None:
+    # Left at its default without a word, a mistyped timeout or audience would be a silent misconfiguration.
+    result = _run(["ledger", "verify"], tmp_path, GATEWAY_LEDGER_COMMIT_TIMEOUT_S="3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gateway: error: unknown variable GATEWAY_LEDGER_COMMIT_TIMEOUT_S "
+        "(did you mean GATEWAY_LEDGER_COMMIT_TIMEOUT_SECONDS?)"]
+
+
+def test_variables_that_are_not_settings_are_left_alone() -> None:
+    kubernetes = {  # what Kubernetes injects for a Service named "gateway"
+        "GATEWAY_SERVICE_HOST": "10.0.0.7", "GATEWAY_SERVICE_PORT": "8080", "GATEWAY_SERVICE_PORT_HTTP": "8080",
+        "GATEWAY_PORT": "tcp://10.0.0.7:8080", "GATEWAY_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "GATEWAY_PORT_8080_TCP_PROTO": "tcp", "GATEWAY_PORT_8080_TCP_PORT": "8080",
+        "GATEWAY_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }
+    others = {"GATEWAY_LEDGER_CHAIN_SUFFIX": "w9", "GATEWAY_TEST_POSTGRES_URL": "postgresql://127.0.0.1/test"}
+    settings = load_settings(environ={**kubernetes, **others, "GATEWAY_LEDGER_COMMIT_TIMEOUT_SECONDS": "3"})
+    assert settings.ledger_commit_timeout_seconds == 3.0
+    for unknown in ("GATEWAY_EXTRA", "GATEWAY_PORTS", "GATEWAY_NOT_A_SETTING"):
+        with pytest.raises(ConfigError, match=f"unknown variable {unknown}"):
+            load_settings(environ={unknown: "1"})
 
 
 def test_bad_identifier_is_one_line_without_the_value(tmp_path: Path) -> None:
