@@ -107,6 +107,10 @@ class PostgresStore:
         self._pending: list[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._broken = False
+        # Moved by abandon(): a write taken before it must not start after it (its waiters were told it failed).
+        self._epoch = 0
+        # One writer connection at a time: load_head and the writer task may both find none and connect.
+        self._connecting = asyncio.Lock()
         self.max_batch_rows = 4096
 
     async def _connect(self) -> asyncpg.Connection:
@@ -130,9 +134,10 @@ class PostgresStore:
             self._pool = None
 
     async def _writer_conn(self) -> asyncpg.Connection:
-        if self._writer is None or self._writer.is_closed():
-            self._writer = await self._connect()
-        return self._writer
+        async with self._connecting:
+            if self._writer is None or self._writer.is_closed():
+                self._writer = await self._connect()
+            return self._writer
 
     def _drop_writer(self) -> None:
         # After an error or a cancel the session's state is unknown; never reuse it.
@@ -180,6 +185,7 @@ class PostgresStore:
     def abandon(self) -> None:
         # The hung write's connection is cut (its outcome stays uncertain) and nothing queued is written.
         self._broken = True
+        self._epoch += 1
         self._drop_writer()
         self._refuse(self._pending)
         self._pending = []
@@ -208,7 +214,7 @@ class PostgresStore:
             rows = [row for item in items for row in item[1]]
             checkpoints = [row for item in items for row in item[2]]
             try:
-                await self._write(rows, checkpoints, sync=any(item[3] for item in items))
+                await self._write(rows, checkpoints, sync=any(item[3] for item in items), epoch=self._epoch)
             except BaseException as exc:
                 self._broken = True
                 self._refuse(items, exc, time.perf_counter() - started)
@@ -219,8 +225,12 @@ class PostgresStore:
                 continue
             _report(items, None, time.perf_counter() - started)
 
-    async def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True) -> None:
+    async def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True,
+                     epoch: int | None = None) -> None:
         conn = await self._writer_conn()
+        if epoch is not None and epoch != self._epoch:
+            # abandon() came while this write was still connecting, so it had no connection to cut.
+            raise StoreBroken("the ledger gave up on this commit before it started", reason="ledger-store-broken")
         try:
             async with conn.transaction():
                 if not sync:

@@ -299,3 +299,43 @@ async def test_concurrent_appends_are_never_lost_or_reordered(url: str, gateway_
     for n in range(48):  # each appender's records in the order it appended them
         mine = [by_request[f"req-{n * 1000 + i}"] for i in range(25)]
         assert mine == sorted(mine)
+
+
+async def test_a_postgres_write_still_connecting_when_the_watchdog_fires_is_never_written(
+        pg_url: str, gateway_keys: GatewayKeys) -> None:
+    """The watchdog cuts the writer's connection, but a write that is still connecting has none to cut:
+    once connected it must not write what its waiters were told had failed."""
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+                         commit_timeout_seconds=0.2)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    real_connect = store._connect  # type: ignore[attr-defined]
+    slow = asyncio.Event()
+    slow.set()
+
+    async def slow_connect() -> asyncpg.Connection:
+        if slow.is_set():
+            slow.clear()
+            await asyncio.sleep(0.5)  # a connect slower than the commit timeout
+        return await real_connect()
+
+    store._drop_writer()  # type: ignore[attr-defined]
+    store._connect = slow_connect  # type: ignore[attr-defined]
+    with pytest.raises(LedgerUnavailable) as hung:
+        await ledger.append(disclosure_draft(1, gateway_keys))
+    assert hung.value.reason == "ledger-commit-timeout"
+    await asyncio.sleep(0.6)  # the slow connect has ended
+    while True:  # the head is re-read once the store is idle again
+        try:
+            recovered = await ledger.append(disclosure_draft(2, gateway_keys))
+        except LedgerUnavailable:
+            await asyncio.sleep(0.05)
+            continue
+        break
+    await ledger.close()
+    rows = await stored(pg_url, gateway_keys)
+    assert [(r["sequence"], r["request_id"]) for r in rows if r["kind"] == "disclosure"] == [
+        (1, disclosure_draft(0, gateway_keys).request_id), (2, disclosure_draft(2, gateway_keys).request_id)]
+    assert recovered.sequence == 2
+    await verified(pg_url, gateway_keys)
