@@ -598,6 +598,14 @@ class Ledger:
                 self._last_checkpoint_at = float("-inf")
             if not isinstance(error, LedgerUnavailable):  # the store's refusal, or the watchdog (logged)
                 log.warning("ledger commit failed (%d records): %s", len(batch), type(error).__name__)
+            if isinstance(error, StoreBroken):
+                # The store refused this batch without writing it, only because it was chained onto one that
+                # failed. Nobody waits for the append_unawaited records in it (the outcomes of requests that
+                # were forwarded): seal them again onto the re-read head instead of losing them.
+                again = [waiter for waiter in batch if waiter[1] is None and waiter[3] is not None]
+                if again:
+                    batch = [waiter for waiter in batch if not (waiter[1] is None and waiter[3] is not None)]
+                    self._queue[:0] = again
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:
             if not self._head_uncertain:

@@ -339,3 +339,35 @@ async def test_a_postgres_write_still_connecting_when_the_watchdog_fires_is_neve
         (1, disclosure_draft(0, gateway_keys).request_id), (2, disclosure_draft(2, gateway_keys).request_id)]
     assert recovered.sequence == 2
     await verified(pg_url, gateway_keys)
+
+
+async def test_an_outcome_sealed_behind_a_failed_batch_is_sealed_again_not_lost(
+    url: str, gateway_keys: GatewayKeys
+) -> None:
+    """An append_unawaited record (the outcome of a request that was forwarded) refused only because it
+    was chained onto a failed batch is sealed again onto the re-read head; disclosures still fail."""
+    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    lost: list[str] = []
+    async with poison_held(url, ledger) as release:
+        poisoned = asyncio.ensure_future(ledger.append(poison_draft()))
+        await in_flight(ledger, 1)
+        outcome = disclosure_draft(1, gateway_keys)._replace(
+            kind="outcome", request_id="outcome-1", fields_sent=None, fields_transformed=None,
+            fields_dropped=None, body_digest=None, status=200)
+        ledger.append_unawaited(outcome, on_failure=lambda: lost.append("outcome-1"))
+        behind = asyncio.ensure_future(ledger.append(disclosure_draft(2, gateway_keys)))
+        await in_flight(ledger, 2)
+        await release()
+        with pytest.raises(LedgerUnavailable):
+            await poisoned
+        with pytest.raises(StoreBroken):
+            await behind
+    await ledger.flush()
+    await ledger.close()
+    assert lost == []
+    records = [(r["kind"], r["request_id"]) for r in await stored(url, gateway_keys)
+               if r["kind"] in ("disclosure", "outcome")]
+    assert records == [("disclosure", "req-0"), ("outcome", "outcome-1")]
+    await verified(url, gateway_keys)
