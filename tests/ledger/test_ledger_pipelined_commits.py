@@ -23,7 +23,7 @@ from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable, StoreBroken
 from gateway.keys import GatewayKeys
-from gateway.ledger import Ledger, LedgerQuery, RecordDraft, open_ledger
+from gateway.ledger import AppendedRecord, Ledger, LedgerQuery, RecordDraft, open_ledger
 from gateway.ledger.records import COLUMNS, now_text, seal
 from gateway.ledger.sqlite_store import SqliteStore
 from gateway.ledger.store import Row
@@ -139,6 +139,15 @@ async def in_flight(ledger: Ledger, submissions: int) -> None:
     # The writer seals and submits on the loop; the held batch keeps the earlier ones in flight.
     while len(ledger._in_flight) < submissions:
         await asyncio.sleep(0.001)
+
+
+async def append_once_recovered(ledger: Ledger, draft: RecordDraft) -> AppendedRecord:
+    """Append, retrying while the ledger is still refusing: it re-reads the head once the store is idle."""
+    while True:
+        try:
+            return await ledger.append(draft)
+        except LedgerUnavailable:
+            await asyncio.sleep(0.05)
 
 
 async def test_a_failed_batch_fails_its_waiters_and_everything_sealed_after_it_until_the_head_is_reread(
@@ -258,13 +267,7 @@ async def test_the_watchdog_fails_a_hung_commit_and_the_chain_recovers(url: str,
         assert hung.value.reason == "ledger-commit-timeout"
         assert not ledger.writable()
         await release()
-    while True:  # the head is re-read once the hung commit has ended
-        try:
-            recovered = await ledger.append(disclosure_draft(1, gateway_keys))
-        except LedgerUnavailable:
-            await asyncio.sleep(0.05)
-            continue
-        break
+    recovered = await append_once_recovered(ledger, disclosure_draft(1, gateway_keys))
     assert recovered.sequence == 2
     await ledger.close()
     await verified(url, gateway_keys)
@@ -326,13 +329,7 @@ async def test_a_postgres_write_still_connecting_when_the_watchdog_fires_is_neve
         await ledger.append(disclosure_draft(1, gateway_keys))
     assert hung.value.reason == "ledger-commit-timeout"
     await asyncio.sleep(0.6)  # the slow connect has ended
-    while True:  # the head is re-read once the store is idle again
-        try:
-            recovered = await ledger.append(disclosure_draft(2, gateway_keys))
-        except LedgerUnavailable:
-            await asyncio.sleep(0.05)
-            continue
-        break
+    recovered = await append_once_recovered(ledger, disclosure_draft(2, gateway_keys))
     await ledger.close()
     rows = await stored(pg_url, gateway_keys)
     assert [(r["sequence"], r["request_id"]) for r in rows if r["kind"] == "disclosure"] == [
