@@ -41,6 +41,8 @@ from gateway.ledger.store import (
     Row,
     WriteDone,
     query_sql,
+    report_transaction,
+    store_broken,
 )
 
 _COLUMN_TYPES = {"sequence": "bigint", "cross_border": "boolean", "status": "integer", "attempt": "integer",
@@ -192,9 +194,7 @@ class PostgresStore:
 
     def _refuse(self, items: Sequence[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]],
                 error: BaseException | None = None, seconds: float = 0.0) -> None:
-        failure = error or StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
-                                       reason="ledger-store-broken")
-        _report(items, failure, seconds)
+        report_transaction(((item[0], item[4]) for item in items), error or store_broken(), seconds)
 
     async def _drain(self) -> None:
         """The writer task: while submissions are queued, take them all as the next transaction."""
@@ -223,7 +223,7 @@ class PostgresStore:
                     self._pending = []
                     raise
                 continue
-            _report(items, None, time.perf_counter() - started)
+            report_transaction(((item[0], item[4]) for item in items), None, time.perf_counter() - started)
 
     async def _write(self, rows: Sequence[Row], checkpoints: Sequence[Row], *, sync: bool = True,
                      epoch: int | None = None) -> None:
@@ -297,19 +297,6 @@ class PostgresStore:
         pool = await self._readers()
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             yield _PostgresSnapshot(conn)
-
-
-def _report(items: Sequence[tuple[Any, Sequence[Row], Sequence[Row], bool, WriteDone]],
-            error: BaseException | None, seconds: float) -> None:
-    """Tell each submitter of one transaction (grouped by callback, in order)."""
-    start = 0
-    while start < len(items):
-        done = items[start][4]
-        end = start + 1
-        while end < len(items) and items[end][4] == done:  # == : bound methods compare equal, not identical
-            end += 1
-        done([item[0] for item in items[start:end]], error, seconds)
-        start = end
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from gateway.errors import ConfigError, StoreBroken
+from gateway.errors import ConfigError
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
@@ -60,6 +60,8 @@ from gateway.ledger.store import (
     Row,
     WriteDone,
     query_sql,
+    report_transaction,
+    store_broken,
 )
 
 _T = TypeVar("_T")
@@ -255,16 +257,9 @@ class _SerialThread:
 
 
 def _deliver(thread: _SerialThread, batch: list[_Write], error: BaseException | None, seconds: float) -> None:
-    """On the loop: tell each submitter of one transaction (grouped by callback, in order)."""
+    """On the loop: tell each submitter of one transaction."""
     thread.writes_settled(len(batch))
-    start = 0
-    while start < len(batch):
-        done = batch[start].done
-        end = start + 1
-        while end < len(batch) and batch[end].done == done:  # == : bound methods compare equal, not identical
-            end += 1
-        done([w.token for w in batch[start:end]], error, seconds)
-        start = end
+    report_transaction(((write.token, write.done) for write in batch), error, seconds)
 
 
 @lru_cache(maxsize=_ROWS_PER_INSERT)
@@ -411,8 +406,7 @@ class SqliteStore:
         started = time.perf_counter()
         error: BaseException | None = None
         if self._broken:
-            error = StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
-                                reason="ledger-store-broken")
+            error = store_broken()
         else:
             rows: list[Row] = []
             checkpoints: list[Row] = []
@@ -444,8 +438,7 @@ class SqliteStore:
                 or self._commits_since_checkpoint >= _CHECKPOINT_AFTER_COMMITS):
             return False
         if self._broken:
-            raise StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
-                              reason="ledger-store-broken")
+            raise store_broken()
         # The loop must never wait for another connection's write lock (the subject registry, another
         # worker on the same file, a prune): with the timeout at 0 a held lock declines at once, nothing
         # is committed, and the caller hands the same rows to the thread, which waits.

@@ -20,11 +20,13 @@ ledger's commit watchdog) breaks it from the loop's side the same way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, Protocol
 
+from gateway.errors import StoreBroken
 from gateway.ledger.records import COLUMNS, GENESIS_HASH
 
 RECORDS_TABLE = "ledger_records"
@@ -96,6 +98,20 @@ class LedgerSnapshot(Protocol):
 # Told on the loop, once per transaction: the tokens of the submissions it held (in submission order),
 # the error (None when committed) and the seconds the transaction took.
 WriteDone = Callable[[Sequence[Any], "BaseException | None", float], None]
+
+
+def report_transaction(submissions: Iterable[tuple[Any, WriteDone]], error: BaseException | None,
+                       seconds: float) -> None:
+    """Tell the submitters of one transaction, given as (token, done) in submission order: one call per
+    run of the same callback (compared with ==: a bound method read anew is equal, not identical)."""
+    for done, run in groupby(submissions, key=lambda submission: submission[1]):
+        done([token for token, _ in run], error, seconds)
+
+
+def store_broken() -> StoreBroken:
+    """The refusal of a submission made while the store is broken (after a failed or abandoned write)."""
+    return StoreBroken("an earlier ledger write failed; nothing is written until the head is re-read",
+                       reason="ledger-store-broken")
 
 
 class LedgerStore(Protocol):
