@@ -277,7 +277,6 @@ class SqliteStore:
             1, min(_BUSY_TIMEOUT_MS, int(commit_timeout_seconds * _BUSY_SHARE_OF_COMMIT_TIMEOUT * 1000)))
         # How long close() waits for the writer thread to close its connection (behind a hung commit).
         self._close_timeout = _BUSY_TIMEOUT_MS / 1000 if commit_timeout_seconds is None else commit_timeout_seconds
-        self.max_batch_rows = 4096
         self._create = create
         self._writer_thread = _SerialThread("ledger-sqlite-writer", self._write_batch)
         self._reader_thread = _SerialThread("ledger-sqlite-reader")
@@ -292,6 +291,15 @@ class SqliteStore:
         # plain bool: one writer of each value at a time, read by the thread before every transaction.
         self._broken = False
         self._rows_per_insert = _ROWS_PER_INSERT
+
+    @property
+    def max_batch_rows(self) -> int:
+        """Most rows one transaction takes (the ledger sets it): the writer thread's own bound."""
+        return self._writer_thread.max_rows
+
+    @max_batch_rows.setter
+    def max_batch_rows(self, rows: int) -> None:
+        self._writer_thread.max_rows = rows
 
     async def _on(self, thread: _SerialThread, fn: Callable[..., _T], *args: Any) -> _T:
         return await thread.call(fn, *args)
@@ -395,7 +403,6 @@ class SqliteStore:
 
     def submit(self, token: Any, rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool,
                done: WriteDone) -> None:
-        self._writer_thread.max_rows = self.max_batch_rows
         self._writer_thread.post(_Write(token, rows, checkpoints, sync, done, asyncio.get_running_loop()))
 
     def abandon(self) -> None:
