@@ -123,6 +123,11 @@ class _Submission:
     settled: bool = False
 
 
+def _unawaited(waiter: _Waiter) -> bool:
+    """An append_unawaited record: no future, only a callback for its failure."""
+    return waiter[1] is None and waiter[3] is not None
+
+
 def _retrieve(future: asyncio.Future[AppendedRecord]) -> None:
     # Nobody awaits an append_nowait future; reading its exception keeps asyncio from reporting it as
     # never retrieved (the failure itself is logged and observed by the writer).
@@ -602,9 +607,9 @@ class Ledger:
                 # The store refused this batch without writing it, only because it was chained onto one that
                 # failed. Nobody waits for the append_unawaited records in it (the outcomes of requests that
                 # were forwarded): seal them again onto the re-read head instead of losing them.
-                again = [waiter for waiter in batch if waiter[1] is None and waiter[3] is not None]
+                again = [waiter for waiter in batch if _unawaited(waiter)]
                 if again:
-                    batch = [waiter for waiter in batch if not (waiter[1] is None and waiter[3] is not None)]
+                    batch = [waiter for waiter in batch if not _unawaited(waiter)]
                     self._queue[:0] = again
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:

@@ -610,10 +610,10 @@ class CompiledRoutePolicy:
                                                ("request", "headers"), fold_case=True)
         # When every declared request header is a plain keep, minimise_validated finishes inline: declared
         # name -> its report path. None: some header has another action (the general finish serves).
-        self._kept_header_paths: dict[str, str] | None = {
-            name: f"header:{name}" for name in spec.request_headers}
-        if not all(isinstance(action, Keep) and not action.free_text for action in spec.request_headers.values()):
-            self._kept_header_paths = None
+        plain_headers = all(isinstance(action, Keep) and not action.free_text
+                            for action in spec.request_headers.values())
+        self._kept_header_paths: dict[str, str] | None = (
+            {name: f"header:{name}" for name in spec.request_headers} if plain_headers else None)
         self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
                                                 ("response", "headers"), fold_case=True)
 

@@ -47,8 +47,7 @@ class _RequestIds:
     _POOL_BYTES = 4096
 
     def __init__(self) -> None:
-        self._pool = ""
-        self._offset = 0
+        self.reset()
 
     def reset(self) -> None:
         self._pool = ""
