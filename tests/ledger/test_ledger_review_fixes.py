@@ -17,7 +17,7 @@ from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
 from gateway.errors import LedgerUnavailable
 from gateway.keys import GatewayKeys
-from gateway.ledger import LedgerQuery, open_ledger
+from gateway.ledger import Ledger, LedgerQuery, open_ledger
 from gateway.ledger.sqlite_store import SqliteStore
 
 
@@ -28,16 +28,26 @@ def stored_sequences(url: str, chain: str = "w0") -> list[int]:
         return [sequence for (sequence,) in rows]
 
 
+async def sqlite_ledger(sqlite_url: str, gateway_keys: GatewayKeys, *, first_record: bool = True,
+                        **options: Any) -> tuple[Ledger, SqliteStore]:
+    """A started ledger on chain w0 (no checkpoint by count unless asked) and its SQLite store; with
+    `first_record`, req-0 already committed."""
+    options.setdefault("checkpoint_every_records", 10_000)
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", **options)
+    await ledger.start()
+    if first_record:
+        await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    return ledger, store
+
+
 async def test_one_transaction_of_several_submissions_is_reported_once(sqlite_url: str,
                                                                        gateway_keys: GatewayKeys) -> None:
     """F5: the store groups a transaction's submissions by their callback; each transaction is one
     observer report carrying all its rows."""
     observer = RecordingObserver()
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         observer=observer)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, observer=observer, first_record=False)
     real = store._write_batch
     gate = threading.Event()
     transactions: list[int] = []
@@ -71,10 +81,7 @@ async def test_a_submission_the_store_refused_to_take_is_settled_once(sqlite_url
                                                                       gateway_keys: GatewayKeys) -> None:
     """F3: store.submit() raising fails the batch once; the watchdog does not fail it again, and the
     settled count does not run ahead of the queued count (flush() and query() rely on it)."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         commit_timeout_seconds=0.3)
-    await ledger.start()
-    store = ledger.store
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.3, first_record=False)
     real = store.submit
     calls = 0
 
@@ -104,11 +111,7 @@ async def test_a_write_refuses_a_transaction_left_open_on_the_writer_connection(
         sqlite_url: str, gateway_keys: GatewayKeys) -> None:
     """F4: an autocommit INSERT inside a leftover transaction would not commit, yet be reported durable.
     The write is refused (503), the leftover transaction rolled back, and the chain goes on at head + 1."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys)
     writer = store._writer
     assert writer is not None
     await store._on(store._writer_thread, writer.execute, "BEGIN IMMEDIATE")
@@ -134,12 +137,7 @@ async def test_a_commit_the_watchdog_failed_that_lands_later_is_logged_and_count
     empty commit; the chain goes on after it."""
     caplog.set_level(logging.WARNING, logger="gateway.ledger")
     observer = RecordingObserver()
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         commit_timeout_seconds=0.3, observer=observer)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.3, observer=observer)
     real = store._write_on_thread
     release = threading.Event()
 
@@ -175,12 +173,7 @@ async def test_a_lock_held_past_the_watchdog_ends_in_a_rollback_not_a_late_commi
     """F1: another connection (a prune, the subject registry, another worker) holds the write lock past
     the commit timeout, then lets go. The writer's busy timeout is below the commit timeout, so its wait
     ends in a rollback: the refused request's record never lands later."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         commit_timeout_seconds=0.5)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.5)
     other = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None, check_same_thread=False)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -207,12 +200,8 @@ async def test_a_head_that_cannot_be_re_read_is_retried_with_back_off_and_close_
     """F2: after a failed commit the head cannot be re-read (the store refuses at once, as PostgreSQL does
     when it is down) while checkpoints fall due and requests keep coming. The writer neither spins on the
     re-read nor keeps close() from returning; requests are refused (503) meanwhile."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_seconds=0.2,
-                         checkpoint_every_records=10_000, commit_timeout_seconds=1)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, checkpoint_every_seconds=0.2,
+                                        commit_timeout_seconds=1)
     loads = 0
 
     def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
@@ -247,11 +236,7 @@ async def test_close_returns_while_a_hung_commit_holds_the_writer_thread(sqlite_
                                                                           gateway_keys: GatewayKeys) -> None:
     """F7: a commit hangs (an I/O stall) past the watchdog; close() (SIGTERM) still returns, leaving the
     daemon writer thread to finish on its own."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         commit_timeout_seconds=0.3)
-    await ledger.start()
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.3, first_record=False)
     real = store._write_on_thread
     release = threading.Event()
     thread = None
@@ -281,12 +266,9 @@ async def test_readiness_comes_back_without_traffic_after_a_failure(sqlite_url: 
     """F8: the durable head is a checkpoint (nothing unsigned), a commit fails, the disk recovers and no
     request comes (a load balancer keeps traffic away from a not-ready gateway). The checkpoint timer
     probes with a checkpoint of its own, so /readyz comes back, and the chain still verifies."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=1,
-                         checkpoint_every_seconds=0.2)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))  # the record and its checkpoint
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    # req-0 and its checkpoint committed
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, checkpoint_every_records=1,
+                                        checkpoint_every_seconds=0.2)
 
     def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
         raise sqlite3.OperationalError("disk I/O error")
@@ -315,12 +297,7 @@ async def test_records_queued_behind_a_commit_the_watchdog_gave_up_on_are_not_wr
         sqlite_url: str, gateway_keys: GatewayKeys) -> None:
     """The watchdog abandons the store: a hung commit that lands after all is the last write until the head
     is re-read, so the records queued behind it (whose requests were refused too) never land late."""
-    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
-                         commit_timeout_seconds=0.3)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.3)
     real = store._write_on_thread
     entered, release = threading.Event(), threading.Event()
 
