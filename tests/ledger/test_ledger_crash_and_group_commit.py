@@ -24,18 +24,10 @@ CRASH_ITERATIONS = 20
 WRITER_SCRIPT = Path(__file__).with_name("ledger_crash_writer.py")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def crash_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(110)
 async def test_sigkill_never_loses_a_disclosure_the_partner_saw(
-    crash_url: str, keys_dir: Path, gateway_keys: GatewayKeys
+    ledger_url: str, keys_dir: Path, gateway_keys: GatewayKeys
 ) -> None:
     received: list[str] = []
 
@@ -55,7 +47,7 @@ async def test_sigkill_never_loses_a_disclosure_the_partner_saw(
     try:
         for _ in range(CRASH_ITERATIONS):
             child = await asyncio.create_subprocess_exec(
-                sys.executable, str(WRITER_SCRIPT), crash_url, str(keys_dir),
+                sys.executable, str(WRITER_SCRIPT), ledger_url, str(keys_dir),
                 f"http://127.0.0.1:{port}/disclose", "crash-chain", "16",
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -68,9 +60,9 @@ async def test_sigkill_never_loses_a_disclosure_the_partner_saw(
         await runner.cleanup()
     assert time.monotonic() - started < 100
 
-    report = await verify_url(crash_url, gateway_keys.ledger.verify_key)
+    report = await verify_url(ledger_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
-    ledger = open_ledger(crash_url, gateway_keys.ledger, chain_id="reader")
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="reader")
     await ledger.start()
     stored = {r["id"] for r in await ledger.query(LedgerQuery(kind="disclosure", limit=None))}
     await ledger.close()
@@ -105,13 +97,13 @@ async def test_a_lone_append_commits_at_once_and_load_forms_batches(
 
 
 async def test_a_failed_commit_fails_exactly_its_batch_and_the_ledger_recovers(
-    crash_url: str, gateway_keys: GatewayKeys
+    ledger_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    first = open_ledger(crash_url, gateway_keys.ledger, chain_id="shared")
+    first = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
     await first.start()
     await first.append(disclosure_draft(0, gateway_keys))
     # A second process wrongly writing the same chain takes sequences 2 and 3 behind the first's back.
-    second = open_ledger(crash_url, gateway_keys.ledger, chain_id="shared")
+    second = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
     await second.start()
     assert (await second.append(disclosure_draft(1, gateway_keys))).sequence == 2
     await second.close()
@@ -124,9 +116,9 @@ async def test_a_failed_commit_fails_exactly_its_batch_and_the_ledger_recovers(
     assert recovered.sequence == 4  # continues from the head as stored
     assert first.writable()
     await first.close()
-    report = await verify_url(crash_url, gateway_keys.ledger.verify_key)
+    report = await verify_url(ledger_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
-    stored = [r["request_id"] for r in await _all(crash_url, gateway_keys) if r["kind"] == "disclosure"]
+    stored = [r["request_id"] for r in await _all(ledger_url, gateway_keys) if r["kind"] == "disclosure"]
     assert stored == ["req-0", "req-1", "req-7"]  # nothing of the failed batch was kept
 
 

@@ -33,14 +33,6 @@ _PG_LOCK = 4242
 _REQUEST_ID = COLUMNS.index("request_id")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    pg: str = request.getfixturevalue("pg_url")
-    return pg
-
-
 def poison_draft() -> RecordDraft:
     # Large enough that SQLite needs new pages for it (the disk is "full" for its batch only).
     return RecordDraft(kind="disclosure", partner="acme", route="r", request_id=POISON, detail={"pad": "x" * 40_000})
@@ -151,12 +143,12 @@ async def append_once_recovered(ledger: Ledger, draft: RecordDraft) -> AppendedR
 
 
 async def test_a_failed_batch_fails_its_waiters_and_everything_sealed_after_it_until_the_head_is_reread(
-    url: str, gateway_keys: GatewayKeys
+    ledger_url: str, gateway_keys: GatewayKeys
 ) -> None:
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     first = await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as release:
         poisoned = asyncio.ensure_future(ledger.append(poison_draft()))
         await in_flight(ledger, 1)
         # Sealed onto the held batch: healthy rows the store could take, chained onto one that will fail.
@@ -175,16 +167,18 @@ async def test_a_failed_batch_fails_its_waiters_and_everything_sealed_after_it_u
     assert recovered.sequence == first.sequence + 1  # continues from the head as stored
     assert ledger.writable()
     await ledger.close()
-    await verified(url, gateway_keys)
-    kept = [r["request_id"] for r in await stored(url, gateway_keys) if r["kind"] == "disclosure"]
+    await verified(ledger_url, gateway_keys)
+    kept = [r["request_id"] for r in await stored(ledger_url, gateway_keys) if r["kind"] == "disclosure"]
     assert kept == ["req-0", "req-9"]
 
 
-async def test_the_store_refuses_writes_after_a_failure_until_load_head(url: str, gateway_keys: GatewayKeys) -> None:
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+async def test_the_store_refuses_writes_after_a_failure_until_load_head(
+    ledger_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     head = await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as release:
         await release()
         with pytest.raises(LedgerUnavailable):
             await ledger.append(poison_draft())
@@ -211,7 +205,7 @@ async def test_the_store_refuses_writes_after_a_failure_until_load_head(url: str
     await done.wait()
     assert reports[1] == (["after-reload"], None)
     await ledger.close()
-    await verified(url, gateway_keys)
+    await verified(ledger_url, gateway_keys)
 
 
 async def checkpoint_copies_refused(url: str, refused: bool) -> None:
@@ -234,34 +228,38 @@ async def checkpoint_copies_refused(url: str, refused: bool) -> None:
         await conn_pg.close()
 
 
-async def test_a_batch_and_its_checkpoint_land_together_or_not_at_all(url: str, gateway_keys: GatewayKeys) -> None:
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=4)
+async def test_a_batch_and_its_checkpoint_land_together_or_not_at_all(
+    ledger_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=4)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     # The batch reaching the 4th record carries the checkpoint; its copy cannot be inserted, so the
     # whole transaction fails: none of its records may be kept without the checkpoint, or vice versa.
-    await checkpoint_copies_refused(url, True)
+    await checkpoint_copies_refused(ledger_url, True)
     results = await asyncio.gather(*(ledger.append(disclosure_draft(i, gateway_keys)) for i in range(1, 4)),
                                    return_exceptions=True)
     assert all(isinstance(r, LedgerUnavailable) for r in results), results
-    records = await stored(url, gateway_keys)
+    records = await stored(ledger_url, gateway_keys)
     assert [(r["sequence"], r["kind"]) for r in records] == [(1, "disclosure")]
-    await checkpoint_copies_refused(url, False)
+    await checkpoint_copies_refused(ledger_url, False)
     again = await asyncio.gather(*(ledger.append(disclosure_draft(i, gateway_keys)) for i in range(4, 7)))
     assert [a.sequence for a in again] == [2, 3, 4]
     await ledger.close()
-    records = await stored(url, gateway_keys)
+    records = await stored(ledger_url, gateway_keys)
     assert [(r["sequence"], r["kind"]) for r in records] == [
         (1, "disclosure"), (2, "disclosure"), (3, "disclosure"), (4, "disclosure"), (5, "checkpoint")]
-    await verified(url, gateway_keys)
+    await verified(ledger_url, gateway_keys)
 
 
-async def test_the_watchdog_fails_a_hung_commit_and_the_chain_recovers(url: str, gateway_keys: GatewayKeys) -> None:
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
+async def test_the_watchdog_fails_a_hung_commit_and_the_chain_recovers(
+    ledger_url: str, gateway_keys: GatewayKeys
+) -> None:
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
                          commit_timeout_seconds=0.2)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as release:
         with pytest.raises(LedgerUnavailable) as hung:
             await ledger.append(poison_draft())  # held: only the watchdog can answer it
         assert hung.value.reason == "ledger-commit-timeout"
@@ -270,11 +268,11 @@ async def test_the_watchdog_fails_a_hung_commit_and_the_chain_recovers(url: str,
     recovered = await append_once_recovered(ledger, disclosure_draft(1, gateway_keys))
     assert recovered.sequence == 2
     await ledger.close()
-    await verified(url, gateway_keys)
+    await verified(ledger_url, gateway_keys)
 
 
-async def test_concurrent_appends_are_never_lost_or_reordered(url: str, gateway_keys: GatewayKeys) -> None:
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=37)
+async def test_concurrent_appends_are_never_lost_or_reordered(ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=37)
     await ledger.start()
     answers: dict[str, int] = {}
     failures: list[str] = []
@@ -292,8 +290,8 @@ async def test_concurrent_appends_are_never_lost_or_reordered(url: str, gateway_
     await asyncio.gather(*(writer(n) for n in range(48)))
     await ledger.close()
     assert failures == []
-    await verified(url, gateway_keys)
-    records = [r for r in await stored(url, gateway_keys) if r["chain"] == "w0"]
+    await verified(ledger_url, gateway_keys)
+    records = [r for r in await stored(ledger_url, gateway_keys) if r["chain"] == "w0"]
     assert [r["sequence"] for r in records] == list(range(1, len(records) + 1))
     by_request = {r["request_id"]: r["sequence"] for r in records if "request_id" in r}
     assert len(by_request) == 48 * 25  # every record, awaited or not, is stored once
@@ -339,15 +337,15 @@ async def test_a_postgres_write_still_connecting_when_the_watchdog_fires_is_neve
 
 
 async def test_an_outcome_sealed_behind_a_failed_batch_is_sealed_again_not_lost(
-    url: str, gateway_keys: GatewayKeys
+    ledger_url: str, gateway_keys: GatewayKeys
 ) -> None:
     """An append_unawaited record (the outcome of a request that was forwarded) refused only because it
     was chained onto a failed batch is sealed again onto the re-read head; disclosures still fail."""
-    ledger = open_ledger(url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     lost: list[str] = []
-    async with poison_held(url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as release:
         poisoned = asyncio.ensure_future(ledger.append(poison_draft()))
         await in_flight(ledger, 1)
         outcome = disclosure_draft(1, gateway_keys)._replace(
@@ -364,7 +362,7 @@ async def test_an_outcome_sealed_behind_a_failed_batch_is_sealed_again_not_lost(
     await ledger.flush()
     await ledger.close()
     assert lost == []
-    records = [(r["kind"], r["request_id"]) for r in await stored(url, gateway_keys)
+    records = [(r["kind"], r["request_id"]) for r in await stored(ledger_url, gateway_keys)
                if r["kind"] in ("disclosure", "outcome")]
     assert records == [("disclosure", "req-0"), ("outcome", "outcome-1")]
-    await verified(url, gateway_keys)
+    await verified(ledger_url, gateway_keys)

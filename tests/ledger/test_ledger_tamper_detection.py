@@ -89,14 +89,6 @@ def _dollar(sql: str) -> str:
     return re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 async def _fill(url: str, keys: GatewayKeys, *, chain: str, count: int, close: bool = True) -> None:
     ledger = open_ledger(url, keys.ledger, chain_id=chain, checkpoint_every_records=10)
     await ledger.start()
