@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
+from gateway import sqlitefile
 from gateway.errors import ConfigError
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
@@ -114,7 +115,6 @@ _CHECKPOINT_AFTER_COMMITS = 256
 # or the commit could land after its requests were refused.
 _BUSY_TIMEOUT_MS = 30_000
 _BUSY_SHARE_OF_COMMIT_TIMEOUT = 0.8
-_SQLITE_BUSY = 5  # primary result code; extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) share the low byte
 # Rows per multi-row INSERT: one statement (one bind pass, one step with the GIL released) instead of
 # executemany's step per row, which took the GIL back for every row while the loop wanted it. 128 rows
 # of the record's columns stay far below SQLite's variable limit (32766 since 3.32; checked at open).
@@ -308,15 +308,9 @@ class SqliteStore:
         if not self._create and not self.path.exists():
             raise ConfigError(f"ledger file {self.path} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are spelled out (BEGIN IMMEDIATE ... COMMIT), never implied.
         # cached_statements: one prepared multi-row INSERT per batch size up to _ROWS_PER_INSERT.
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000, check_same_thread=check_same_thread,
-            cached_statements=_ROWS_PER_INSERT + 32,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+        return sqlitefile.connect(self.path, busy_timeout_seconds=self._busy_timeout_ms / 1000,
+                                  check_same_thread=check_same_thread, cached_statements=_ROWS_PER_INSERT + 32)
 
     async def open(self) -> None:
         await self._on(self._writer_thread, self._open_writer)
@@ -455,7 +449,7 @@ class SqliteStore:
         try:
             self._write(rows, checkpoints, False)
         except sqlite3.OperationalError as exc:  # rolled back: nothing of it was written
-            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+            if not sqlitefile.is_busy(exc):
                 self._broken = True
                 raise
             self.inline_busy_declines += 1

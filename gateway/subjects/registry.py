@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway import sqlitefile
 from gateway.config import sqlite_path
 from gateway.errors import ConfigError, MalformedRequest, Violation
 from gateway.keys import LedgerKeys
@@ -326,11 +327,7 @@ class SqliteSubjectRegistry(SubjectRegistry):
         self._write_lock = asyncio.Lock()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        return conn
+        return sqlitefile.connect(self.path, busy_timeout_seconds=10.0, check_same_thread=False)
 
     async def start(self) -> None:
         if self._writer is not None:
