@@ -72,6 +72,7 @@ log = logging.getLogger("gateway.ledger")
 # Where a sealed row holds its record id and sequence (the stored column order).
 _ID = COLUMNS.index("id")
 _SEQUENCE = COLUMNS.index("sequence")
+_HASH = COLUMNS.index("hash")
 
 CHAIN_SUFFIX_ENV = "GATEWAY_LEDGER_CHAIN_SUFFIX"
 
@@ -210,6 +211,11 @@ class Ledger:
         # One bound method for every submission: the stores group a transaction's submissions by their
         # callback, and `self._written` read anew is a new object each time.
         self._on_written = self._written
+        # Records nobody waits for that rode in a commit that failed or was given up on, queued again:
+        # id(prepared) -> (prepared, the sequence and hash of that commit's last row). That commit may
+        # have landed; the re-read head tells (see _drop_landed). Holding `prepared` keeps its id from
+        # being reused while it is here.
+        self._uncertain: dict[int, tuple[PreparedRecord, int, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -438,6 +444,35 @@ class Ledger:
         self._since_checkpoint = self._head.sequence - self._head.checkpoint_sequence
         self._head_uncertain = False
 
+    def _drop_landed(self, batch: Sequence[_Waiter]) -> list[_Waiter]:
+        """Just after the head was re-read: the records queued again from failed commits that landed after
+        all are stored already. They leave the batch and the queue as settled; the others are sealed
+        again. Returns the batch without them.
+
+        Nothing was sealed since those commits failed, and the store writes in order and refuses what was
+        chained onto a failed commit, so the stored head is the last row of the last of them that landed,
+        or none of them landed. The head's hash must match that row's (a sequence alone could be another
+        writer's row on the same chain): then it and every failed commit before it in the chain landed."""
+        uncertain, self._uncertain = self._uncertain, {}
+        head = self._head
+        frontier = head.sequence if any(
+            sequence == head.sequence and digest == head.hash for _p, sequence, digest in uncertain.values()
+        ) else 0
+
+        def landed(waiter: _Waiter) -> bool:
+            entry = uncertain.get(id(waiter[0]))
+            return entry is not None and entry[0] is waiter[0] and entry[1] <= frontier
+
+        kept = [waiter for waiter in batch if not landed(waiter)]
+        queue = [waiter for waiter in self._queue if not landed(waiter)]
+        stored = len(batch) - len(kept) + len(self._queue) - len(queue)
+        if stored:
+            self._queue[:] = queue
+            log.info("ledger: %d record(s) of a failed commit were found stored (chain %s, head %d); "
+                     "not written again", stored, self.chain_id, frontier)
+            self._settled(stored)
+        return kept
+
     def _fail(self, batch: Sequence[_Waiter], why: str, cause: BaseException | None = None) -> None:
         if batch and self._observer is not None:
             self._observer.failed(len(batch))
@@ -459,17 +494,20 @@ class Ledger:
     async def _submit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
         """Seal `batch` onto the chain (plus a checkpoint when due) and hand it to the store as one unit,
         without waiting for the commit; `_written` settles it."""
-        if self._head_uncertain and not await self._head_reloaded():
-            # Nothing can be sealed: refuse the batch (a due checkpoint waits for the timer to ask again,
-            # so the writer does not spin). Once closing, refuse everything queued too: close() returns.
-            self._checkpoint_due = False
-            if not self._accepting:
-                batch = [*batch, *self._queue]
-                self._queue.clear()
-                self._pressing = 0
-            self._fail(batch, "the disclosure ledger is unavailable")
-            self._settled(len(batch))
-            return
+        if self._head_uncertain:
+            if not await self._head_reloaded():
+                # Nothing can be sealed: refuse the batch (a due checkpoint waits for the timer to ask again,
+                # so the writer does not spin). Once closing, refuse everything queued too: close() returns.
+                self._checkpoint_due = False
+                if not self._accepting:
+                    batch = [*batch, *self._queue]
+                    self._queue.clear()
+                    self._pressing = 0
+                self._fail(batch, "the disclosure ledger is unavailable")
+                self._settled(len(batch))
+                return
+            if self._uncertain:
+                batch = self._drop_landed(batch)
         head = self._head
         stamp = head.time
         sequence, prev_hash = head.sequence, head.hash
@@ -603,14 +641,20 @@ class Ledger:
                 self._last_checkpoint_at = float("-inf")
             if not isinstance(error, LedgerUnavailable):  # the store's refusal, or the watchdog (logged)
                 log.warning("ledger commit failed (%d records): %s", len(batch), type(error).__name__)
-            if isinstance(error, StoreBroken):
-                # The store refused this batch without writing it, only because it was chained onto one that
-                # failed. Nobody waits for the append_unawaited records in it (the outcomes of requests that
-                # were forwarded): seal them again onto the re-read head instead of losing them.
-                again = [waiter for waiter in batch if _unawaited(waiter)]
-                if again:
-                    batch = [waiter for waiter in batch if not _unawaited(waiter)]
-                    self._queue[:0] = again
+            # Nobody waits for the append_unawaited records in this batch (the outcomes of requests that
+            # were forwarded): they are sealed again onto the re-read head instead of being lost. A store
+            # that refused the batch as chained onto a failed one (StoreBroken) wrote none of it; any other
+            # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
+            again = [waiter for waiter in batch if _unawaited(waiter)]
+            if again:
+                batch = [waiter for waiter in batch if not _unawaited(waiter)]
+                if not isinstance(error, StoreBroken) and submission.sealed:
+                    last = submission.sealed[-1]
+                    for waiter in again:
+                        self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
+                self._queue[:0] = again
+                if self._linger_timer is None:  # they go out with the next commit, or on the linger bound
+                    self._linger_timer = asyncio.get_running_loop().call_later(self._linger, self._end_linger)
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:
             if not self._head_uncertain:

@@ -366,3 +366,33 @@ async def test_an_outcome_sealed_behind_a_failed_batch_is_sealed_again_not_lost(
                if r["kind"] in ("disclosure", "outcome")]
     assert records == [("disclosure", "req-0"), ("outcome", "outcome-1")]
     await verified(ledger_url, gateway_keys)
+
+
+async def test_an_outcome_in_the_failed_batch_itself_is_sealed_again_not_lost(
+    ledger_url: str, gateway_keys: GatewayKeys
+) -> None:
+    """An outcome that rode in the very commit that failed (with the next request's disclosure) is sealed
+    again onto the re-read head: that commit did not land (the head is not its last row), so the outcome
+    is written once, after it; the disclosure in it still fails."""
+    ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    lost: list[str] = []
+    async with poison_held(ledger_url, ledger) as release:
+        outcome = disclosure_draft(0, gateway_keys)._replace(
+            kind="outcome", request_id="outcome-0", fields_sent=None, fields_transformed=None,
+            fields_dropped=None, body_digest=None, status=200)
+        ledger.append_unawaited(outcome, on_failure=lambda: lost.append("outcome-0"))
+        poisoned = asyncio.ensure_future(ledger.append(poison_draft()))  # the same batch: the outcome lingered
+        await in_flight(ledger, 1)
+        assert [len(s.batch) for s in ledger._in_flight] == [2]
+        await release()
+        with pytest.raises(LedgerUnavailable):
+            await poisoned
+    await ledger.flush()
+    await ledger.close()
+    assert lost == []
+    records = [(r["kind"], r["request_id"], r["sequence"]) for r in await stored(ledger_url, gateway_keys)
+               if r["kind"] in ("disclosure", "outcome")]
+    assert records == [("disclosure", "req-0", 1), ("outcome", "outcome-0", 2)]
+    await verified(ledger_url, gateway_keys)

@@ -103,8 +103,11 @@ async def test_a_submission_the_store_refused_to_take_is_settled_once(sqlite_url
     assert not ledger._in_flight
     # close() drains: without the fix it waits for the watchdog, which fails the batch a second time.
     await ledger.close()
-    assert failures == [1]
+    # The refusal nobody waits for never reached the store: it is sealed again after the re-read, once.
+    assert failures == []
     assert ledger._settled_total == ledger._queued_total
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_records WHERE kind = 'refusal'").fetchone() == (1,)
 
 
 async def test_a_write_refuses_a_transaction_left_open_on_the_writer_connection(
@@ -166,6 +169,45 @@ async def test_a_commit_the_watchdog_failed_that_lands_later_is_logged_and_count
     after = await ledger.append(disclosure_draft(2, gateway_keys))
     assert after.sequence == 3
     await ledger.close()
+
+
+async def test_an_outcome_in_a_commit_the_watchdog_failed_that_lands_later_is_not_written_twice(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """An outcome riding in a hung commit is queued again when the watchdog gives up on it; the commit
+    then lands, the re-read head is its last row (same sequence and hash), so the outcome is already
+    stored: it is not sealed a second time, and not reported lost."""
+    ledger, store = await sqlite_ledger(sqlite_url, gateway_keys, commit_timeout_seconds=0.3)
+    real = store._write_on_thread
+    release = threading.Event()
+
+    def held_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+        release.wait()  # a commit that hangs (an I/O stall) and then lands
+        real(rows, checkpoints, sync)
+
+    lost: list[int] = []
+    outcome = disclosure_draft(0, gateway_keys)._replace(
+        kind="outcome", request_id="outcome-0", fields_sent=None, fields_transformed=None, fields_dropped=None,
+        body_digest=None, status=200)
+    store._write_on_thread = held_write  # type: ignore[method-assign]
+    try:
+        ledger.append_unawaited(outcome, on_failure=lambda: lost.append(1))
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(1, gateway_keys))
+    finally:
+        release.set()
+    await store._on(store._writer_thread, lambda: None)
+    del store._write_on_thread
+    after = await ledger.append(disclosure_draft(2, gateway_keys))
+    assert after.sequence == 4  # after req-0, the outcome and req-1 that landed late
+    await ledger.close()
+    assert lost == []
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+        rows = conn.execute("SELECT kind, request_id FROM ledger_records WHERE chain = 'w0' AND kind != 'checkpoint' "
+                            "ORDER BY sequence").fetchall()
+    assert rows == [("disclosure", "req-0"), ("outcome", "outcome-0"), ("disclosure", "req-1"),
+                    ("disclosure", "req-2")]
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
 
 
 async def test_a_lock_held_past_the_watchdog_ends_in_a_rollback_not_a_late_commit(
