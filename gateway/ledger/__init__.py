@@ -51,6 +51,7 @@ def open_ledger(
     max_batch_records: int = 4096,
     commit_timeout_seconds: float = 15.0,
     linger_seconds: float = 0.01,
+    chain_wait_seconds: float = 10.0,
     observer: CommitObserver | None = None,
 ) -> Ledger:
     """A ledger on `url` writing chain `chain_id` (default: host name + GATEWAY_LEDGER_CHAIN_SUFFIX).
@@ -66,5 +67,6 @@ def open_ledger(
         max_batch_records=max_batch_records,
         commit_timeout_seconds=commit_timeout_seconds,
         linger_seconds=linger_seconds,
+        chain_wait_seconds=chain_wait_seconds,
         observer=observer,
     )

@@ -150,6 +150,7 @@ class Ledger:
         max_batch_records: int = 4096,
         commit_timeout_seconds: float = 15.0,
         linger_seconds: float = 0.01,
+        chain_wait_seconds: float = 10.0,
         observer: CommitObserver | None = None,
     ) -> None:
         if checkpoint_every_records < 1 or checkpoint_every_seconds <= 0 or max_batch_records < 1:
@@ -171,6 +172,7 @@ class Ledger:
         store.max_batch_rows = max_batch_records
         self._commit_timeout = commit_timeout_seconds
         self._linger = linger_seconds
+        self._chain_wait = chain_wait_seconds
         self._queue: list[_Waiter] = []
         # Queued records somebody waits for (a durable record or a future): while 0, the queue may linger.
         self._pressing = 0
@@ -220,6 +222,11 @@ class Ledger:
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.open()
+        try:
+            await self.store.claim_chain(self.chain_id, self._chain_wait)
+        except BaseException:
+            await self.store.close()
+            raise
         await self._reload_head()
         self._accepting = True
         self._writable = True

@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from gateway.errors import StoreBroken
+from gateway.ledger.lease import PostgresChainLease
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
@@ -114,6 +115,7 @@ class PostgresStore:
         # One writer connection at a time: load_head and the writer task may both find none and connect.
         self._connecting = asyncio.Lock()
         self.max_batch_rows = 4096
+        self._lease: PostgresChainLease | None = None
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, server_settings=_SERVER_SETTINGS, timeout=10)
@@ -123,6 +125,9 @@ class PostgresStore:
         if self._create:
             await _migrate(conn)
         self._writer = conn
+
+    async def claim_chain(self, chain: str, wait_seconds: float) -> None:
+        self._lease = await PostgresChainLease.claim(self._connect, chain, wait_seconds)
 
     async def close(self) -> None:
         if self._drainer is not None:
@@ -134,6 +139,9 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._lease is not None:
+            await self._lease.release()
+            self._lease = None
 
     async def _writer_conn(self) -> asyncpg.Connection:
         async with self._connecting:
@@ -156,6 +164,8 @@ class PostgresStore:
 
     async def load_head(self, chain: str) -> ChainHead:
         try:
+            if self._lease is not None:
+                await self._lease.ensure()
             conn = await self._writer_conn()
             last = await conn.fetchrow(
                 f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = $1 "  # noqa: S608

@@ -46,6 +46,7 @@ import orjson
 
 from gateway import sqlitefile
 from gateway.errors import ConfigError
+from gateway.ledger.lease import SqliteChainLease, sqlite_lock_path
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
@@ -291,6 +292,8 @@ class SqliteStore:
         # plain bool: one writer of each value at a time, read by the thread before every transaction.
         self._broken = False
         self._rows_per_insert = _ROWS_PER_INSERT
+        self._lease: SqliteChainLease | None = None
+        self._lease_path = sqlite_lock_path(path)
 
     @property
     def max_batch_rows(self) -> int:
@@ -314,6 +317,9 @@ class SqliteStore:
 
     async def open(self) -> None:
         await self._on(self._writer_thread, self._open_writer)
+
+    async def claim_chain(self, chain: str, wait_seconds: float) -> None:
+        self._lease = await SqliteChainLease.claim(self._lease_path, chain, wait_seconds)
 
     def _open_writer(self) -> None:
         # Used from the loop thread too (write_unsynced_now), never at the same time as from its own.
@@ -354,9 +360,12 @@ class SqliteStore:
             # thread is a daemon; it closes the connection once the commit ends, or dies with the process.
             log.warning("ledger writer thread still busy after %.1f s; left to finish on its own",
                         self._close_timeout)
+            # The chain's lease stays held until the process ends: the hung commit may still land.
             self._writer_thread.shutdown(wait=False)
         else:
             self._writer_thread.shutdown()
+            if self._lease is not None:
+                self._lease.release()
         await self._on(self._reader_thread, close_reader)
         self._reader_thread.shutdown()
 

@@ -120,6 +120,10 @@ class LedgerStore(Protocol):
     max_batch_rows: int
 
     async def open(self) -> None: ...
+    async def claim_chain(self, chain: str, wait_seconds: float) -> None:
+        """Become the only live writer of `chain` (gateway.ledger.lease), waiting up to `wait_seconds`
+        for another to finish; raises ChainInUse. `close()` lets go of it."""
+        ...
     async def close(self) -> None: ...
     async def load_head(self, chain: str) -> ChainHead:
         """The chain's durable head; also ends a broken state (writes are accepted again)."""

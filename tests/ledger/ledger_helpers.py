@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.keys import GatewayKeys
-from gateway.ledger import RecordDraft
+from gateway.ledger import Ledger, RecordDraft, open_ledger
 
 
 def disclosure_draft(i: int, keys: GatewayKeys, partner: str = "acme-insurance") -> RecordDraft:
@@ -49,3 +49,16 @@ class RecordingObserver:
     @property
     def batches(self) -> list[int]:
         return [records for records, _seconds in self.commits]
+
+
+async def rogue_writer(url: str, keys: GatewayKeys, chain: str) -> Ledger:
+    """A started second writer on `chain` that ignores the chain lease (gateway.ledger.lease), as a tool
+    writing the table directly would: how these tests make the real writer's next commit fail."""
+    ledger = open_ledger(url, keys.ledger, chain_id=chain)
+
+    async def no_lease(chain: str, wait_seconds: float) -> None:
+        return None
+
+    ledger.store.claim_chain = no_lease  # type: ignore[method-assign]
+    await ledger.start()
+    return ledger

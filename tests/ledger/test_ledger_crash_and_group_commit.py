@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from ledger_helpers import RecordingObserver, disclosure_draft
+from ledger_helpers import RecordingObserver, disclosure_draft, rogue_writer
 
 from gateway.cli.ledger import verify_url
 from gateway.errors import LedgerUnavailable
@@ -102,9 +102,8 @@ async def test_a_failed_commit_fails_exactly_its_batch_and_the_ledger_recovers(
     first = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
     await first.start()
     await first.append(disclosure_draft(0, gateway_keys))
-    # A second process wrongly writing the same chain takes sequences 2 and 3 behind the first's back.
-    second = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
-    await second.start()
+    # A second writer ignoring the chain's lease takes sequences 2 and 3 behind the first's back.
+    second = await rogue_writer(ledger_url, gateway_keys, "shared")
     assert (await second.append(disclosure_draft(1, gateway_keys))).sequence == 2
     await second.close()
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from ledger_helpers import RecordingObserver, disclosure_draft
+from ledger_helpers import RecordingObserver, disclosure_draft, rogue_writer
 
 from gateway.cli.ledger import verify_url
 from gateway.config import sqlite_path
@@ -121,8 +121,7 @@ async def test_failed_nowait_records_are_counted_not_raised(sqlite_url: str, gat
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     # Another writer wrongly takes the next sequence of this chain: the next commit fails.
-    intruder = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="shared")
-    await intruder.start()
+    intruder = await rogue_writer(sqlite_url, gateway_keys, "shared")
     await intruder.append(disclosure_draft(1, gateway_keys))
     await intruder.close()
     unhandled: list[dict[str, object]] = []
@@ -202,8 +201,7 @@ async def test_unawaited_records_commit_in_order_and_outlive_a_failed_commit(
     # Another writer takes this chain's next sequences (a disclosure and its closing checkpoint, 5 and 6):
     # the next commit (out-3, out-4 at 5 and 6) fails. The re-read head is at 6 but is not that commit's
     # last row (another hash), so the two were not stored: they are sealed again after the intruder's rows.
-    intruder = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="shared")
-    await intruder.start()
+    intruder = await rogue_writer(sqlite_url, gateway_keys, "shared")
     await intruder.append(disclosure_draft(1, gateway_keys))
     await intruder.close()
     for i in range(3, 5):

@@ -1,0 +1,192 @@
+"""One live writer per chain: the lease a ledger takes on its chain before it reads the head.
+
+A chain is a sequence that only one writer can extend: two processes appending to one chain (two
+`gateway serve` on one host with the same chain suffix, or two `gateway subject` commands at once) both
+seal the next sequence, and one of them fails every commit it tries. The lease turns that into a wait
+and, when the other writer does not finish in time, into one clear error (`ChainInUse`) at start-up,
+instead of refused requests.
+
+- SQLite: a POSIX record lock (`lockf`) on one byte of `<ledger file>-chain-locks`, at an offset derived
+  from the chain id. The kernel drops it when the process ends, however it ends. POSIX record locks
+  belong to the process and are all dropped when the process closes any descriptor of the file, so the
+  process keeps one descriptor per lock file and counts its leases itself (also to refuse a second
+  lease on one chain inside the process, which the kernel would grant).
+- PostgreSQL: a session advisory lock (`pg_try_advisory_lock`) held by a connection of its own, so
+  that the writer connection can be dropped and reopened after an error without letting go of it. If
+  the lease connection itself is lost, the server has released the lock: `ensure()` (called before the
+  head is re-read) takes it again or refuses, so a chain is never written without its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+# How often a waiting claim tries again.
+_RETRY_SECONDS = 0.05
+
+
+class ChainInUse(ConfigError):
+    """Another live writer holds the chain (another process, or another ledger in this one)."""
+
+
+def chain_key(chain: str) -> int:
+    """A stable 63-bit number for a chain id: the PostgreSQL advisory lock key and the SQLite byte offset."""
+    return int.from_bytes(hashlib.sha256(chain.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def _in_use(chain: str, where: str, waited: float) -> ChainInUse:
+    return ChainInUse(
+        f"ledger chain {chain!r} is being written by another process ({where}); waited {waited:.0f} s. "
+        "Give each gateway process on this host its own chain (GATEWAY_LEDGER_CHAIN_SUFFIX), or stop the "
+        "other one")
+
+
+async def _claim(try_once: Callable[[], Awaitable[bool]], chain: str, where: str, wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while not await try_once():
+        if time.monotonic() >= deadline:
+            raise _in_use(chain, where, wait_seconds)
+        await asyncio.sleep(_RETRY_SECONDS)
+
+
+# -- SQLite ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LockFile:
+    fd: int
+    pid: int
+    offsets: set[int] = field(default_factory=set)
+
+
+# This process's lock files (real path -> descriptor and the offsets it holds); guarded by _FILES_LOCK
+# because stores in one process may claim from different threads.
+_FILES: dict[str, _LockFile] = {}
+_FILES_LOCK = threading.Lock()
+
+
+def sqlite_lock_path(database: Path) -> str:
+    """The lock file of a ledger file, resolved (one file per database however the path is spelled)."""
+    return os.path.realpath(database.with_name(database.name + "-chain-locks"))
+
+
+class SqliteChainLease:
+    """A held chain of a SQLite ledger; `release()` once (the store's close)."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        self._path = path
+        self._offset = offset
+        self._held = True
+
+    @classmethod
+    async def claim(cls, path: str, chain: str, wait_seconds: float) -> SqliteChainLease:
+        """`path` is the database's `sqlite_lock_path`."""
+        offset = chain_key(chain)
+
+        async def try_once() -> bool:
+            return _try_lock(path, offset)
+
+        await _claim(try_once, chain, path.removesuffix("-chain-locks"), wait_seconds)
+        return cls(path, offset)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        with _FILES_LOCK:
+            entry = _FILES.get(self._path)
+            if entry is None or self._offset not in entry.offsets:
+                return
+            entry.offsets.discard(self._offset)
+            if entry.offsets:
+                fcntl.lockf(entry.fd, fcntl.LOCK_UN, 1, self._offset)
+            else:  # the last lease: closing the descriptor drops the lock
+                del _FILES[self._path]
+                os.close(entry.fd)
+
+
+def _try_lock(path: str, offset: int) -> bool:
+    with _FILES_LOCK:
+        entry = _FILES.get(path)
+        if entry is not None and entry.pid != os.getpid():
+            # A forked child inherits the descriptor but none of the parent's record locks.
+            del _FILES[path]
+            entry = None
+        if entry is not None and offset in entry.offsets:
+            return False  # another ledger of this process writes the chain
+        opened = entry is None
+        if entry is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            entry = _LockFile(fd, os.getpid())
+        try:
+            fcntl.lockf(entry.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError as exc:
+            if opened:
+                os.close(entry.fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return False
+            raise ConfigError(f"ledger chain lock file {path}: {exc.strerror}") from None
+        entry.offsets.add(offset)
+        _FILES[path] = entry
+        return True
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+class PostgresChainLease:
+    """A held chain of a PostgreSQL ledger: an advisory lock on a connection of its own."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], chain: str, key: int) -> None:
+        self._connect = connect
+        self._chain = chain
+        self._key = key
+        self._conn: Any = None
+
+    @classmethod
+    async def claim(cls, connect: Callable[[], Awaitable[Any]], chain: str, wait_seconds: float
+                    ) -> PostgresChainLease:
+        lease = cls(connect, chain, chain_key(chain))
+        try:
+            await _claim(lease._try_once, chain, "the PostgreSQL ledger", wait_seconds)
+        except BaseException:
+            await lease.release()
+            raise
+        return lease
+
+    async def _try_once(self) -> bool:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        try:
+            return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+        except BaseException:
+            await self.release()
+            raise
+
+    async def ensure(self) -> None:
+        """Before the head is re-read: if the lease connection was lost, so was the lock; take it again at
+        once or refuse (another writer may have taken the chain meanwhile)."""
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        self._conn = None
+        if not await self._try_once():
+            await self.release()
+            raise _in_use(self._chain, "the PostgreSQL ledger", 0)
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            # Closing the session releases its advisory locks.
+            await conn.close()
