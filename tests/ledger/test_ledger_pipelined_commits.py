@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -52,19 +53,30 @@ async def verified(url: str, keys: GatewayKeys) -> None:
     assert report.ok, report.summary()
 
 
+@dataclass(frozen=True)
+class PoisonHold:
+    """`release()` lets the held poison write go on (and fail); `taken()` returns once the store's writer
+    is inside it, so that what is submitted next cannot join its transaction."""
+
+    release: Callable[[], Awaitable[None]]
+    taken: Callable[[], Awaitable[None]]
+
+
 @asynccontextmanager
-async def sqlite_poison_held(ledger: Ledger) -> AsyncIterator[Callable[[], None]]:
+async def sqlite_poison_held(ledger: Ledger) -> AsyncIterator[PoisonHold]:
     """The batch holding the poison record waits on the writer thread until released, then fails for
     real: the file may not grow (max_page_count at its current size) for that one write."""
     store = ledger.store
     assert isinstance(store, SqliteStore)
     real_write = store._write_on_thread
     release = threading.Event()
+    entered = threading.Event()
 
     def write(rows: Sequence[Row], checkpoints: Sequence[Row], sync: bool) -> None:
         if not any(row[_REQUEST_ID] == POISON for row in rows):
             real_write(rows, checkpoints, sync)
             return
+        entered.set()
         release.wait()
         conn = store._writer_conn()
         (limit,) = conn.execute("PRAGMA max_page_count").fetchone()
@@ -74,15 +86,22 @@ async def sqlite_poison_held(ledger: Ledger) -> AsyncIterator[Callable[[], None]
         finally:
             conn.execute(f"PRAGMA max_page_count={limit}")
 
+    async def release_now() -> None:
+        release.set()
+
+    async def taken() -> None:
+        while not entered.is_set():
+            await asyncio.sleep(0.001)
+
     store._write_on_thread = write  # type: ignore[method-assign]
     try:
-        yield release.set
+        yield PoisonHold(release_now, taken)
     finally:
         release.set()
 
 
 @asynccontextmanager
-async def postgres_poison_held(url: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+async def postgres_poison_held(url: str) -> AsyncIterator[PoisonHold]:
     """A trigger makes the poison record's insert wait for an advisory lock the test holds, then raise."""
     conn = await asyncpg.connect(url)
     await conn.execute(f"""
@@ -106,25 +125,28 @@ async def postgres_poison_held(url: str) -> AsyncIterator[Callable[[], Awaitable
             released = True
             await conn.execute("SELECT pg_advisory_unlock($1)", _PG_LOCK)
 
+    async def taken() -> None:
+        # The poison insert's trigger is waiting for the test's advisory lock.
+        while not await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted",
+                _PG_LOCK):
+            await asyncio.sleep(0.005)
+
     try:
-        yield release
+        yield PoisonHold(release, taken)
     finally:
         await release()
         await conn.close()
 
 
 @asynccontextmanager
-async def poison_held(url: str, ledger: Ledger) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+async def poison_held(url: str, ledger: Ledger) -> AsyncIterator[PoisonHold]:
     if url.startswith("sqlite"):
-        async with sqlite_poison_held(ledger) as release_now:
-
-            async def release() -> None:
-                release_now()
-
-            yield release
+        async with sqlite_poison_held(ledger) as hold:
+            yield hold
     else:
-        async with postgres_poison_held(url) as release_pg:
-            yield release_pg
+        async with postgres_poison_held(url) as hold:
+            yield hold
 
 
 async def in_flight(ledger: Ledger, submissions: int) -> None:
@@ -148,13 +170,14 @@ async def test_a_failed_batch_fails_its_waiters_and_everything_sealed_after_it_u
     ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     first = await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(ledger_url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as hold:
         poisoned = asyncio.ensure_future(ledger.append(poison_draft()))
         await in_flight(ledger, 1)
+        await hold.taken()
         # Sealed onto the held batch: healthy rows the store could take, chained onto one that will fail.
         behind = [asyncio.ensure_future(ledger.append(disclosure_draft(i, gateway_keys))) for i in range(1, 6)]
         await in_flight(ledger, 2)
-        await release()
+        await hold.release()
         with pytest.raises(LedgerUnavailable) as failed:
             await poisoned
         assert failed.value.status == 503
@@ -178,8 +201,8 @@ async def test_the_store_refuses_writes_after_a_failure_until_load_head(
     ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     head = await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(ledger_url, ledger) as release:
-        await release()
+    async with poison_held(ledger_url, ledger) as hold:
+        await hold.release()
         with pytest.raises(LedgerUnavailable):
             await ledger.append(poison_draft())
     store = ledger.store
@@ -259,12 +282,12 @@ async def test_the_watchdog_fails_a_hung_commit_and_the_chain_recovers(
                          commit_timeout_seconds=0.2)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    async with poison_held(ledger_url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as hold:
         with pytest.raises(LedgerUnavailable) as hung:
             await ledger.append(poison_draft())  # held: only the watchdog can answer it
         assert hung.value.reason == "ledger-commit-timeout"
         assert not ledger.writable()
-        await release()
+        await hold.release()
     recovered = await append_once_recovered(ledger, disclosure_draft(1, gateway_keys))
     assert recovered.sequence == 2
     await ledger.close()
@@ -345,16 +368,17 @@ async def test_an_outcome_sealed_behind_a_failed_batch_is_sealed_again_not_lost(
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     lost: list[str] = []
-    async with poison_held(ledger_url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as hold:
         poisoned = asyncio.ensure_future(ledger.append(poison_draft()))
         await in_flight(ledger, 1)
+        await hold.taken()
         outcome = disclosure_draft(1, gateway_keys)._replace(
             kind="outcome", request_id="outcome-1", fields_sent=None, fields_transformed=None,
             fields_dropped=None, body_digest=None, status=200)
         ledger.append_unawaited(outcome, on_failure=lambda: lost.append("outcome-1"))
         behind = asyncio.ensure_future(ledger.append(disclosure_draft(2, gateway_keys)))
         await in_flight(ledger, 2)
-        await release()
+        await hold.release()
         with pytest.raises(LedgerUnavailable):
             await poisoned
         with pytest.raises(StoreBroken):
@@ -378,7 +402,7 @@ async def test_an_outcome_in_the_failed_batch_itself_is_sealed_again_not_lost(
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     lost: list[str] = []
-    async with poison_held(ledger_url, ledger) as release:
+    async with poison_held(ledger_url, ledger) as hold:
         outcome = disclosure_draft(0, gateway_keys)._replace(
             kind="outcome", request_id="outcome-0", fields_sent=None, fields_transformed=None,
             fields_dropped=None, body_digest=None, status=200)
@@ -386,7 +410,7 @@ async def test_an_outcome_in_the_failed_batch_itself_is_sealed_again_not_lost(
         poisoned = asyncio.ensure_future(ledger.append(poison_draft()))  # the same batch: the outcome lingered
         await in_flight(ledger, 1)
         assert [len(s.batch) for s in ledger._in_flight] == [2]
-        await release()
+        await hold.release()
         with pytest.raises(LedgerUnavailable):
             await poisoned
     await ledger.flush()
