@@ -20,6 +20,7 @@ instead of refused requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -121,8 +122,11 @@ def _try_lock(path: str, offset: int) -> bool:
     with _FILES_LOCK:
         entry = _FILES.get(path)
         if entry is not None and entry.pid != os.getpid():
-            # A forked child inherits the descriptor but none of the parent's record locks.
+            # A forked child inherits the descriptor but none of the parent's record locks (closing its copy
+            # releases nothing of the parent's).
             del _FILES[path]
+            with contextlib.suppress(OSError):
+                os.close(entry.fd)
             entry = None
         if entry is not None and offset in entry.offsets:
             return False  # another ledger of this process writes the chain

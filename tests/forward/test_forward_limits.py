@@ -23,7 +23,9 @@ async def test_concurrency_cap_refuses_the_call_beyond_it_and_frees_on_exit() ->
         with pytest.raises(RateLimited) as info:
             async with limiter:
                 pass
-        assert time.monotonic() - started < 0.05  # refused at once, not queued
+        # Refused at once, not queued (queued, it would wait for slots this task holds: forever). The bound
+        # only has to tell those apart, with room for a loaded CI machine.
+        assert time.monotonic() - started < 0.5
         assert info.value.status == 429
         assert info.value.reason == "concurrency-limit"
     assert limiter.in_flight == 0
