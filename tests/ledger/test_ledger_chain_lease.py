@@ -18,7 +18,7 @@ from ledger_helpers import disclosure_draft
 
 from gateway.cli.ledger import verify_url
 from gateway.keys import GatewayKeys
-from gateway.ledger import LedgerQuery, open_ledger
+from gateway.ledger import Ledger, LedgerQuery, open_ledger
 from gateway.ledger.lease import ChainInUse, PostgresChainLease
 
 # A process that writes chain "shared" and then holds it until killed.
@@ -39,11 +39,17 @@ asyncio.run(main())
 """
 
 
+async def writing_shared(url: str, keys: GatewayKeys) -> Ledger:
+    """A started ledger on chain "shared" that has appended req-0."""
+    ledger = open_ledger(url, keys.ledger, chain_id="shared")
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, keys))
+    return ledger
+
+
 async def test_a_second_writer_of_a_chain_waits_then_is_refused_clearly(
         ledger_url: str, gateway_keys: GatewayKeys) -> None:
-    first = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
-    await first.start()
-    await first.append(disclosure_draft(0, gateway_keys))
+    first = await writing_shared(ledger_url, gateway_keys)
     other_chain = open_ledger(ledger_url, gateway_keys.ledger, chain_id="other", chain_wait_seconds=0)
     await other_chain.start()  # another chain never waits
     await other_chain.close()
@@ -68,9 +74,7 @@ async def test_a_second_writer_of_a_chain_waits_then_is_refused_clearly(
 
 async def test_a_waiting_writer_takes_the_chain_when_the_holder_closes(
         ledger_url: str, gateway_keys: GatewayKeys) -> None:
-    first = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared")
-    await first.start()
-    await first.append(disclosure_draft(0, gateway_keys))
+    first = await writing_shared(ledger_url, gateway_keys)
     second = open_ledger(ledger_url, gateway_keys.ledger, chain_id="shared", chain_wait_seconds=30)
     waiting = asyncio.ensure_future(second.start())
     await asyncio.sleep(0.3)
