@@ -49,9 +49,9 @@ def chain_key(chain: str) -> int:
 
 def _in_use(chain: str, where: str, waited: float) -> ChainInUse:
     return ChainInUse(
-        f"ledger chain {chain!r} is being written by another process ({where}); waited {waited:.0f} s. "
-        "Give each gateway process on this host its own chain (GATEWAY_LEDGER_CHAIN_SUFFIX), or stop the "
-        "other one")
+        f"ledger chain {chain!r} is being written by another writer ({where}): another process, or another "
+        f"ledger in this one; waited {waited:g} s. Give each gateway process on this host its own chain "
+        "(GATEWAY_LEDGER_CHAIN_SUFFIX), or stop the other one")
 
 
 async def _claim(try_once: Callable[[], Awaitable[bool]], chain: str, where: str, wait_seconds: float) -> None:
@@ -68,7 +68,6 @@ async def _claim(try_once: Callable[[], Awaitable[bool]], chain: str, where: str
 @dataclass
 class _LockFile:
     fd: int
-    pid: int
     offsets: set[int] = field(default_factory=set)
 
 
@@ -79,8 +78,9 @@ _FILES_LOCK = threading.Lock()
 
 
 def sqlite_lock_path(database: Path) -> str:
-    """The lock file of a ledger file, resolved (one file per database however the path is spelled)."""
-    return os.path.realpath(database.with_name(database.name + "-chain-locks"))
+    """The lock file of a ledger file: beside the real file (resolved first, so a symlinked spelling of
+    the database path finds the same lock file)."""
+    return os.path.realpath(database) + "-chain-locks"
 
 
 class SqliteChainLease:
@@ -118,22 +118,41 @@ class SqliteChainLease:
                 os.close(entry.fd)
 
 
+def _lock_file_mode(path: str) -> int:
+    """The ledger file's read/write bits (so whoever may write the ledger, a service or an operator's CLI
+    in its group, may take its locks), 0600 while the ledger file does not exist yet."""
+    try:
+        return os.stat(path.removesuffix("-chain-locks")).st_mode & 0o666 or 0o600
+    except OSError:
+        return 0o600
+
+
+def _forget_after_fork() -> None:
+    # A child holds none of its parent's record locks, and a lock another thread held at the fork would
+    # never be released in it.
+    global _FILES_LOCK
+    _FILES_LOCK = threading.Lock()
+    for entry in _FILES.values():
+        with contextlib.suppress(OSError):
+            os.close(entry.fd)
+    _FILES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _try_lock(path: str, offset: int) -> bool:
     with _FILES_LOCK:
         entry = _FILES.get(path)
-        if entry is not None and entry.pid != os.getpid():
-            # A forked child inherits the descriptor but none of the parent's record locks (closing its copy
-            # releases nothing of the parent's).
-            del _FILES[path]
-            with contextlib.suppress(OSError):
-                os.close(entry.fd)
-            entry = None
         if entry is not None and offset in entry.offsets:
             return False  # another ledger of this process writes the chain
         opened = entry is None
         if entry is None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            entry = _LockFile(fd, os.getpid())
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _lock_file_mode(path))
+            except OSError as exc:
+                raise ConfigError(f"ledger chain lock file {path}: {exc.strerror}") from None
+            entry = _LockFile(fd)
         try:
             fcntl.lockf(entry.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError as exc:
@@ -150,19 +169,26 @@ def _try_lock(path: str, offset: int) -> bool:
 # -- PostgreSQL ------------------------------------------------------------------------------------------
 
 
-class PostgresChainLease:
-    """A held chain of a PostgreSQL ledger: an advisory lock on a connection of its own."""
+# A lock query that gets no answer (a server that accepts connections but is stuck) must not hold a claim
+# beyond its wait.
+_QUERY_TIMEOUT_SECONDS = 10.0
 
-    def __init__(self, connect: Callable[[], Awaitable[Any]], chain: str, key: int) -> None:
+
+class PostgresChainLease:
+    """A held chain of a PostgreSQL ledger: an advisory lock on a connection of its own. Advisory locks
+    are per database, and the ledger's tables per schema (the URL's search_path): the key covers the
+    schema, so ledgers in two schemas of one database never hold each other up."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], chain: str) -> None:
         self._connect = connect
         self._chain = chain
-        self._key = key
+        self._key: int | None = None
         self._conn: Any = None
 
     @classmethod
     async def claim(cls, connect: Callable[[], Awaitable[Any]], chain: str, wait_seconds: float
                     ) -> PostgresChainLease:
-        lease = cls(connect, chain, chain_key(chain))
+        lease = cls(connect, chain)
         try:
             await _claim(lease._try_once, chain, "the PostgreSQL ledger", wait_seconds)
         except BaseException:
@@ -174,10 +200,19 @@ class PostgresChainLease:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
         try:
-            return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+            if self._key is None:
+                schema = await self._conn.fetchval("SELECT current_schema()", timeout=_QUERY_TIMEOUT_SECONDS)
+                self._key = chain_key(f"{schema}\x00{self._chain}")
+            return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key,
+                                                  timeout=_QUERY_TIMEOUT_SECONDS))
         except BaseException:
             await self.release()
             raise
+
+    def lost(self) -> bool:
+        """Whether the lease's session has ended (the server has released the lock): nothing may be
+        written until `ensure()` has taken it again."""
+        return self._conn is None or self._conn.is_closed()
 
     async def ensure(self) -> None:
         """Before the head is re-read: if the lease connection was lost, so was the lock; take it again at

@@ -129,6 +129,30 @@ def _unawaited(waiter: _Waiter) -> bool:
     return waiter[1] is None and waiter[3] is not None
 
 
+# How many times a record nobody waits for is sealed again after the commit it rode in failed, before it
+# is reported lost: enough for a passing fault; a record the store refuses every time (a full disk, a
+# value the store rejects) must not be retried for ever, nor hold close() and flush().
+_REQUEUE_LIMIT = 2
+
+
+def _retries_left(waiter: _Waiter) -> bool:
+    on_failure = waiter[3]
+    return not isinstance(on_failure, _Requeued) or on_failure.times < _REQUEUE_LIMIT
+
+
+class _Requeued:
+    """The failure callback of a record sealed again, with how often it has been; calls the original."""
+
+    __slots__ = ("on_failure", "times")
+
+    def __init__(self, on_failure: Callable[[], None], times: int) -> None:
+        self.on_failure = on_failure
+        self.times = times
+
+    def __call__(self) -> None:
+        self.on_failure()
+
+
 def _retrieve(future: asyncio.Future[AppendedRecord]) -> None:
     # Nobody awaits an append_nowait future; reading its exception keeps asyncio from reporting it as
     # never retrieved (the failure itself is logged and observed by the writer).
@@ -213,6 +237,9 @@ class Ledger:
         # One bound method for every submission: the stores group a transaction's submissions by their
         # callback, and `self._written` read anew is a new object each time.
         self._on_written = self._written
+        # Where the next record queued again after a failed commit goes: behind those queued again before
+        # it (commits fail in order), so they keep their order. Back to 0 when a batch is taken.
+        self._requeue_at = 0
         # Records nobody waits for that rode in a commit that failed or was given up on, queued again:
         # id(prepared) -> (prepared, the sequence and hash of that commit's last row). That commit may
         # have landed; the re-read head tells (see _drop_landed). Holding `prepared` keeps its id from
@@ -224,10 +251,10 @@ class Ledger:
         await self.store.open()
         try:
             await self.store.claim_chain(self.chain_id, self._chain_wait)
+            await self._reload_head()
         except BaseException:
-            await self.store.close()
+            await self.store.close()  # and with it the chain's lease
             raise
-        await self._reload_head()
         self._accepting = True
         self._writable = True
         self._last_checkpoint_at = time.monotonic()
@@ -344,6 +371,7 @@ class Ledger:
     def _take_batch(self) -> list[_Waiter]:
         batch = self._queue[: self._max_batch]
         del self._queue[: self._max_batch]
+        self._requeue_at = 0
         pressing = sum(1 for _prepared, future, durable, _cb, _t in batch if durable or future is not None)
         self._pressing -= pressing
         self._last_batch_pressing, previous = pressing, self._last_batch_pressing
@@ -404,13 +432,14 @@ class Ledger:
                 self._fail(batch, "the disclosure ledger failed")
                 self._settled(len(batch))
             except BaseException:
-                # Cancelled: nobody may be left waiting for an answer that will not come.
+                # Cancelled: nobody may be left waiting for an answer that will not come. What was in flight
+                # goes first (it may queue records again), then everything queued.
+                self._abandon_in_flight("the ledger writer stopped")
                 self._fail(batch, "the ledger writer stopped")
                 self._fail(self._queue, "the ledger writer stopped")
                 self._settled(len(batch) + len(self._queue))
                 self._queue.clear()
                 self._pressing = 0
-                self._abandon_in_flight("the ledger writer stopped")
                 raise
 
     async def _drained(self) -> None:
@@ -451,10 +480,18 @@ class Ledger:
         self._since_checkpoint = self._head.sequence - self._head.checkpoint_sequence
         self._head_uncertain = False
 
-    def _drop_landed(self, batch: Sequence[_Waiter]) -> list[_Waiter]:
+    @staticmethod
+    def _requeued(waiter: _Waiter) -> _Waiter:
+        prepared, future, durable, on_failure, stamp = waiter
+        assert on_failure is not None
+        times = on_failure.times + 1 if isinstance(on_failure, _Requeued) else 1
+        return (prepared, future, durable, _Requeued(
+            on_failure.on_failure if isinstance(on_failure, _Requeued) else on_failure, times), stamp)
+
+    def _drop_landed(self, batch: list[_Waiter]) -> None:
         """Just after the head was re-read: the records queued again from failed commits that landed after
         all are stored already. They leave the batch and the queue as settled; the others are sealed
-        again. Returns the batch without them.
+        again. `batch` (taken from the queue before the re-read) is changed in place.
 
         Nothing was sealed since those commits failed, and the store writes in order and refuses what was
         chained onto a failed commit, so the stored head is the last row of the last of them that landed,
@@ -474,11 +511,11 @@ class Ledger:
         queue = [waiter for waiter in self._queue if not landed(waiter)]
         stored = len(batch) - len(kept) + len(self._queue) - len(queue)
         if stored:
+            batch[:] = kept
             self._queue[:] = queue
             log.info("ledger: %d record(s) of a failed commit were found stored (chain %s, head %d); "
                      "not written again", stored, self.chain_id, frontier)
             self._settled(stored)
-        return kept
 
     def _fail(self, batch: Sequence[_Waiter], why: str, cause: BaseException | None = None) -> None:
         if batch and self._observer is not None:
@@ -498,7 +535,7 @@ class Ledger:
                 except Exception as exc:  # a caller's report must not stop the others being told
                     log.error("ledger failure callback raised %s", type(exc).__name__)
 
-    async def _submit(self, batch: Sequence[_Waiter], *, force_checkpoint: bool) -> None:
+    async def _submit(self, batch: list[_Waiter], *, force_checkpoint: bool) -> None:
         """Seal `batch` onto the chain (plus a checkpoint when due) and hand it to the store as one unit,
         without waiting for the commit; `_written` settles it."""
         if self._head_uncertain:
@@ -514,7 +551,7 @@ class Ledger:
                 self._settled(len(batch))
                 return
             if self._uncertain:
-                batch = self._drop_landed(batch)
+                self._drop_landed(batch)
         head = self._head
         stamp = head.time
         sequence, prev_hash = head.sequence, head.hash
@@ -652,14 +689,17 @@ class Ledger:
             # were forwarded): they are sealed again onto the re-read head instead of being lost. A store
             # that refused the batch as chained onto a failed one (StoreBroken) wrote none of it; any other
             # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
-            again = [waiter for waiter in batch if _unawaited(waiter)]
+            # A record already sealed again _REQUEUE_LIMIT times fails like any other.
+            again = [self._requeued(waiter) for waiter in batch if _unawaited(waiter) and _retries_left(waiter)]
             if again:
-                batch = [waiter for waiter in batch if not _unawaited(waiter)]
+                batch = [waiter for waiter in batch if not (_unawaited(waiter) and _retries_left(waiter))]
                 if not isinstance(error, StoreBroken) and submission.sealed:
                     last = submission.sealed[-1]
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
-                self._queue[:0] = again
+                at = self._requeue_at
+                self._queue[at:at] = again
+                self._requeue_at = at + len(again)
                 if self._linger_timer is None:  # they go out with the next commit, or on the linger bound
                     self._linger_timer = asyncio.get_running_loop().call_later(self._linger, self._end_linger)
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
@@ -736,6 +776,8 @@ class Ledger:
             await self._drained()
             if self._head_uncertain:
                 await self._reload_head()
+                if self._uncertain:
+                    self._drop_landed([])
             outcome: dict[str, Any] = {}
 
             def build(bounds: Sequence[ChainBounds]) -> tuple[Sequence[Row], Sequence[Row]]:

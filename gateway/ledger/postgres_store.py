@@ -17,6 +17,7 @@ needs INSERT and SELECT only (deploy/sql/postgres-roles.sql); the schema is crea
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -96,6 +97,11 @@ _INSERT_RECORD = (
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES ($1, $2, $3)"  # noqa: S608
 # Session settings for every connection: durable commits, and a name that shows in pg_stat_activity.
 _SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "partner-data-gateway-ledger"}
+# How long close() waits for dropped writer sessions to end before it lets go of the chain's lease, and
+# how often it and the head re-read look.
+_ORPHAN_WAIT_SECONDS = 10.0
+_ORPHAN_POLL_SECONDS = 0.05
+log = logging.getLogger("gateway.ledger")
 
 
 class PostgresStore:
@@ -116,6 +122,10 @@ class PostgresStore:
         self._connecting = asyncio.Lock()
         self.max_batch_rows = 4096
         self._lease: PostgresChainLease | None = None
+        # Server processes of writer connections dropped mid-write: cutting the client side does not stop a
+        # COMMIT the server is running, so the head is re-read (and the lease let go) only once they have
+        # exited and their transaction is settled one way or the other.
+        self._orphans: set[int] = set()
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, server_settings=_SERVER_SETTINGS, timeout=10)
@@ -130,18 +140,41 @@ class PostgresStore:
         self._lease = await PostgresChainLease.claim(self._connect, chain, wait_seconds)
 
     async def close(self) -> None:
-        if self._drainer is not None:
-            await asyncio.gather(self._drainer, return_exceptions=True)
-            self._drainer = None
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-        if self._lease is not None:
-            await self._lease.release()
-            self._lease = None
+        try:
+            if self._drainer is not None:
+                await asyncio.gather(self._drainer, return_exceptions=True)
+                self._drainer = None
+            if self._writer is not None:
+                await self._writer.close()
+                self._writer = None
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+        finally:
+            if self._lease is not None:
+                lease, self._lease = self._lease, None
+                try:
+                    # Not while a cut write may still commit on the server (bounded: see _orphans_settled).
+                    await asyncio.wait_for(self._orphans_settled(), _ORPHAN_WAIT_SECONDS)
+                except Exception as exc:
+                    log.warning("ledger: a dropped writer session had not ended at close (%s); letting go of "
+                                "the chain's lease anyway", type(exc).__name__)
+                finally:
+                    await lease.release()
+
+    async def _orphans_settled(self) -> None:
+        """Wait until the server processes of writer connections dropped mid-write have exited."""
+        if not self._orphans:
+            return
+        conn = await self._writer_conn()
+        while self._orphans:
+            # Only ledger sessions: a process id the server has given to another session since is not waited for.
+            alive = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND application_name = $2",
+                list(self._orphans), _SERVER_SETTINGS["application_name"])
+            self._orphans &= {row[0] for row in alive}
+            if self._orphans:
+                await asyncio.sleep(_ORPHAN_POLL_SECONDS)
 
     async def _writer_conn(self) -> asyncpg.Connection:
         async with self._connecting:
@@ -152,8 +185,14 @@ class PostgresStore:
     def _drop_writer(self) -> None:
         # After an error or a cancel the session's state is unknown; never reuse it.
         if self._writer is not None:
-            self._writer.terminate()
+            self._orphan(self._writer)
             self._writer = None
+
+    def _orphan(self, conn: asyncpg.Connection) -> None:
+        """Cut `conn`; its server process may still be finishing a COMMIT (see _orphans)."""
+        if not conn.is_closed():
+            self._orphans.add(conn.get_server_pid())
+        conn.terminate()
 
     async def _readers(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -166,6 +205,7 @@ class PostgresStore:
         try:
             if self._lease is not None:
                 await self._lease.ensure()
+            await self._orphans_settled()  # the ledger bounds the whole re-read by its commit timeout
             conn = await self._writer_conn()
             last = await conn.fetchrow(
                 f"SELECT sequence, hash, time FROM {RECORDS_TABLE} WHERE chain = $1 "  # noqa: S608
@@ -220,6 +260,12 @@ class PostgresStore:
             if self._broken:
                 self._refuse(items)
                 continue
+            if self._lease is not None and self._lease.lost():
+                # The lease's session ended, and the server let go of the chain's lock with it: another writer
+                # may have the chain now. Nothing is written until the head re-read has taken it again.
+                self._broken = True
+                self._refuse(items, StoreBroken("the ledger lost its chain's lease", reason="ledger-store-broken"))
+                continue
             started = time.perf_counter()
             rows = [row for item in items for row in item[1]]
             checkpoints = [row for item in items for row in item[2]]
@@ -255,7 +301,7 @@ class PostgresStore:
             if self._writer is conn:
                 self._drop_writer()
             else:
-                conn.terminate()
+                self._orphan(conn)
             raise
 
     async def prune(self, before: str, build: PruneBuilder) -> None:

@@ -347,6 +347,10 @@ class SqliteStore:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            # Here, on the writer thread, the lease ends only after any commit before it (one that hung past
+            # close()'s wait included) has ended: no other writer takes the chain while it could still land.
+            if self._lease is not None:
+                self._lease.release()
 
         def close_reader() -> None:
             if self._reader is not None:
@@ -360,12 +364,9 @@ class SqliteStore:
             # thread is a daemon; it closes the connection once the commit ends, or dies with the process.
             log.warning("ledger writer thread still busy after %.1f s; left to finish on its own",
                         self._close_timeout)
-            # The chain's lease stays held until the process ends: the hung commit may still land.
             self._writer_thread.shutdown(wait=False)
         else:
             self._writer_thread.shutdown()
-            if self._lease is not None:
-                self._lease.release()
         await self._on(self._reader_thread, close_reader)
         self._reader_thread.shutdown()
 

@@ -58,7 +58,7 @@ async def test_a_second_writer_of_a_chain_waits_then_is_refused_clearly(
     with pytest.raises(ChainInUse) as refused:
         await second.start()
     assert time.monotonic() - started >= 0.3
-    assert "'shared' is being written by another process" in str(refused.value)
+    assert "'shared' is being written by another writer" in str(refused.value)
     assert "GATEWAY_LEDGER_CHAIN_SUFFIX" in str(refused.value)
     assert not second.writable()
     # The first writer was not disturbed; once it has closed, the chain is free and continues.
