@@ -14,7 +14,7 @@ string, the echo has as many colons as the input exactly when no key was lost (a
 byte for byte the echo, nothing was lost or rounded at all); a 20-digit literal
 (maybe an integer orjson turned into a float) or an escaped colon also sends the body to the exact
 stdlib path, which finds and names the problem. Depth is walked only when the document has more
-brackets than the limit (counted after replacing `[` by `{`: one count).
+brackets than the limit (counted as the length two deletions take off).
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ _LONG_NEGATIVE = b"-" + b"0" * 19
 
 
 def opening_brackets(data: bytes) -> int:
-    """How many `[` and `{` bytes `data` holds. Replacing one byte by another is a memchr-driven copy and a
-    one-byte count a tight loop: about 11 k instructions for a 1.6 KB body, where deleting every other
-    byte with translate took 18 k and two counts 18 k."""
-    return data.replace(b"[", b"{").count(b"{")
+    """How many `[` and `{` bytes `data` holds: the length the two deletions take off. Deleting one byte
+    value with `replace` finds each occurrence with memchr and copies the spans between them, where
+    `count` of one byte is a plain loop over every byte: about 5 k instructions for a 1.6 KB body, where
+    replacing `[` by `{` and one count took 11 k, deleting every other byte with translate 18 k and two
+    counts 18 k."""
+    return len(data) - len(data.replace(b"{", b"").replace(b"[", b""))
 
 
 def _refuse(reason: str, path: str = ROOT) -> MalformedRequest:

@@ -223,7 +223,7 @@ def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | st.text("[]{}\"a:,", max_size=80).map(str.encode))
 def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
-    """parse_json's depth pre-check counts both opening brackets in one count, after a replace."""
+    """parse_json's depth pre-check counts both opening brackets by the length two deletions take off."""
     from gateway.strictjson import opening_brackets
 
     assert opening_brackets(data) == data.count(b"[") + data.count(b"{")
