@@ -289,8 +289,15 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes
         return canonical_dumps(obj)
     if b"null" in out:
         return canonical_dumps(obj)
+    remembered = _plain_key_sequences
     for container in unchecked:
-        if not _keys_plainly_canonical(container):
+        if type(container) is dict and tuple(container) in remembered:
+            # `_keys_plainly_canonical` written out for a remembered key sequence: only the values remain.
+            for item in container.values():
+                kind = type(item)
+                if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
+                    return canonical_dumps(obj)
+        elif not _keys_plainly_canonical(container):
             return canonical_dumps(obj)
     return out
 
