@@ -94,6 +94,10 @@ class GeneratedRoute:
     walk: GeneratedWalk | None
     fused: GeneratedWalk | None
     sources: tuple[str, ...]
+    # Whether one path can be recorded both kept and transformed by the fused walk (a transform under an
+    # array, kept where an element holds null; a redacted free-text field, kept then transformed): only
+    # then does the report have to take the transformed paths out of the kept ones.
+    fused_overlaps: bool = True
 
 
 class _Writer:
@@ -111,6 +115,8 @@ class _Writer:
         self.reject_unknown = reject_unknown
         self.free_text_reject = free_text_reject
         self.bind = bind
+        # Set when the code may record one path both kept and transformed (see GeneratedRoute).
+        self.overlaps = False
 
     def emit(self, depth: int, text: str) -> None:
         if depth > _MAX_INDENT or len(self.lines) > _MAX_SOURCE_LINES:
@@ -270,24 +276,28 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
     if isinstance(action, Keep):
         kind = w.name("t")
         if action.free_text:
-            inner = depth
+            hits = w.name("h")
             if known == "string":  # the schema check proved it: no type tests
-                w.record(depth, "kept", path, in_array)
+                w.emit(depth, f"{hits} = scan({var})")
             else:
                 # A container holding free text is rare: the reference engine scans it.
                 w.emit(depth, f"{kind} = type({var})")
                 w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
-                w.record(depth, "kept", path, in_array)
-                w.emit(depth, f"if {kind} is str:")
-                inner = depth + 1
-            hits = w.name("h")
-            w.emit(inner, f"{hits} = scan({var})")
-            w.emit(inner, f"if {hits}:")
+                w.emit(depth, f"{hits} = scan({var}) if {kind} is str else None")
             if w.free_text_reject:
-                w.emit(inner + 1, "return None")
+                w.emit(depth, f"if {hits}: return None")
+                w.record(depth, "kept", path, in_array)
             else:
-                w.record(inner + 1, "transformed", path, in_array)
-                w.emit(inner + 1, f"{var} = redact({var}, {hits})")
+                # The reference engine records the path kept, then transformed when it redacts, and its report
+                # takes transformed paths out of the kept ones: recording one or the other is the same report,
+                # except under an array (kept in one element, redacted in another), where both are recorded.
+                w.emit(depth, f"if {hits}:")
+                w.record(depth + 1, "transformed", path, in_array)
+                w.emit(depth + 1, f"{var} = redact({var}, {hits})")
+                w.emit(depth, "else:")
+                w.record(depth + 1, "kept", path, in_array)
+                if in_array:
+                    w.overlaps = True
             w.emit(depth, store(var))
             return
         w.record(depth, "kept", path, in_array)
@@ -303,6 +313,8 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         return
     if action is None:  # pragma: no cover - a leaf always has an action
         raise _TooComplex
+    if in_array:  # kept in an element holding null, transformed in another
+        w.overlaps = True
     convert = w.constant(w.bind(action), "f")
     result = w.name("r")
     inner = depth
@@ -510,7 +522,7 @@ def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
 
 
 def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
-                   bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str]:
+                   bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str, bool]:
     w = _Writer(reject_unknown, free_text_reject, bind)
     w.emit(0, f"def {name}(body):")
     # Report paths are dict keys (first place kept, as the reference engine's run records them).
@@ -522,7 +534,7 @@ def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: boo
     w.emit(1, "return (result, kept, transformed, dropped, counts, verbatim)")
     if w.once_flags:
         w.lines.insert(flags_at, "    " + " = ".join(w.once_flags) + " = True")
-    return _compile_source(w, name), "\n".join(w.lines)
+    return _compile_source(w, name), "\n".join(w.lines), w.overlaps
 
 
 def _check_function(schema: Any, bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedCheck, str]:
@@ -547,23 +559,25 @@ def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject
     walk: GeneratedWalk | None = None
     fused: GeneratedWalk | None = None
     sources: list[str] = []
+    overlaps = True
     try:
-        walk, source = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind)
+        walk, source, overlaps = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind)
         sources.append(source)
     except _GIVE_UP:
         walk = None
     if schema is None:
-        return GeneratedRoute(None, walk, walk, tuple(sources))
+        return GeneratedRoute(None, walk, walk, tuple(sources), overlaps)
     if schema_compiles:
         try:
             check, source = _check_function(schema, bind)
             sources.append(source)
             if walk is not None:
-                fused, source = _walk_function(root, schema, "fused", reject_unknown, free_text_reject, bind)
+                fused, source, overlaps = _walk_function(root, schema, "fused", reject_unknown, free_text_reject,
+                                                         bind)
                 sources.append(source)
         except _GIVE_UP:
             fused = None
-    return GeneratedRoute(check, walk, fused, tuple(sources))
+    return GeneratedRoute(check, walk, fused, tuple(sources), overlaps if fused is not None else True)
 
 
 def value_function(action: FieldAction, partner_id: str, bind_forward: Callable[[str, str, str], Callable[[str], str]],

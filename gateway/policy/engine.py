@@ -563,6 +563,7 @@ class CompiledRoutePolicy:
     """One route's policy, compiled: schema validation, request minimisation and response filtering."""
 
     __slots__ = (
+        "_finish_pops",
         "_free_text_reject",
         "_generated",
         "_kept_header_paths",
@@ -614,6 +615,10 @@ class CompiledRoutePolicy:
                             for action in spec.request_headers.values())
         self._kept_header_paths: dict[str, str] | None = (
             {name: f"header:{name}" for name in spec.request_headers} if plain_headers else None)
+        # Whether `_finish_plain` has to take transformed paths out of the kept ones: only when the fused walk
+        # can record a path both ways, or a body path could be spelt like a header's report path.
+        self._finish_pops = self._generated.fused_overlaps or any(
+            path.startswith("header:") for path in spec.request_body)
         self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
                                                 ("response", "headers"), fold_case=True)
 
@@ -740,9 +745,11 @@ class CompiledRoutePolicy:
             if kind is dict or kind is list:
                 verbatim.append(value)
             out_headers[declared] = value
-        # A path both kept (a null) and transformed (a value, in another array element) counts as transformed.
-        for path in transformed:
-            kept.pop(path, None)
+        # A path both kept (a null) and transformed (a value, in another array element) counts as transformed;
+        # the loop is skipped when the route cannot record one path both ways (`_finish_pops`).
+        if self._finish_pops:
+            for path in transformed:
+                kept.pop(path, None)
         report = _new_report(tuple(kept), tuple(transformed), tuple(dropped), counts)
         unchecked = tuple(verbatim) if self._plain_request_names else None
         return _new_minimised(body, (), {}, out_headers, report, unchecked)

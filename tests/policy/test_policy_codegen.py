@@ -391,3 +391,39 @@ def test_like_array_elements_take_the_shape_path() -> None:
     assert walked is not None
     assert walked[0]["items"] == [{"sku": item["sku"], "quantity": item["quantity"], "weight_g": item["weight_g"]}
                                   for item in policy_bench.ORDER["items"]]
+
+
+def test_report_skips_the_kept_transformed_pass_only_where_no_path_is_recorded_both_ways() -> None:
+    """`minimise_validated`'s plain finish takes transformed paths out of the kept ones only when the
+    fused walk can record one path both ways (a transform or free text under an array) or a body path is
+    spelt like a header's report path; a free-text field outside arrays is recorded kept or transformed,
+    not both. Reports agree with the reference engine either way."""
+    from gateway.policy import parse_action
+
+    def route(body_policy: dict[str, str | dict[str, Any]]) -> CompiledRoutePolicy:
+        return CompiledRoutePolicy(
+            RoutePolicySpec(request_body={path: parse_action(action) for path, action in body_policy.items()},
+                            request_headers={"X-Id": parse_action("keep")}, free_text="redact"),
+            partner_id="p", pseudonymiser=BENCH_BINDER)
+
+    free_text = {"keep": {"free_text": True}}
+    imei = {"pseudonymise": {"type": "imei", "mode": "hmac"}}
+    mail = "write to mei.hua.lin@example.com"
+    cases: list[tuple[CompiledRoutePolicy, bool, list[Any]]] = [
+        (BENCH["hmac"], False, []),
+        (route({"note": free_text, "imei": imei}), False,
+         [{"note": mail, "imei": None}, {"note": "plain", "imei": "490154203237518"}]),
+        (route({"items[].imei": imei}), True, [{"items": [{"imei": None}, {"imei": "490154203237518"}]}]),
+        (route({"notes[].text": free_text}), True, [{"notes": [{"text": "plain"}, {"text": mail}]}]),
+        (route({"header:X-Id": free_text}), True, [{"header:X-Id": mail}]),
+    ]
+    for policy, pops, bodies in cases:
+        assert policy.generated.fused is not None
+        assert policy._finish_pops is pops
+        assert policy.generated.fused_overlaps is (pops and "header:X-Id" not in policy.spec.request_body)
+        for body in bodies:
+            assert_same(policy, reference_of(policy, BENCH_BINDER), body, headers={"X-Id": "1"})
+            report = policy.minimise_validated(policy.validate_request(body), (), {}, {"X-Id": "1"}).report
+            assert not set(report.kept) & set(report.transformed)
+    note = route({"note": free_text}).minimise_request({"note": mail}, (), {}, {}).report
+    assert (note.kept, note.transformed) == ((), ("note",))

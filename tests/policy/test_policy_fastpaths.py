@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -220,10 +221,33 @@ def test_known_keys_dump_equals_canonical_dumps_for_mixed_case_keys(containers: 
         lambda: canonical_dumps(body))
 
 
+def test_known_keys_dump_remembers_a_bounded_number_of_plain_key_sequences() -> None:
+    """The canonical key check remembers the key sequences it accepted (at most _PLAIN_KEYS_MAX, each at
+    most _PLAIN_KEYS_MAX_CHARS characters), never one it refused; remembered or not, the outcome is
+    canonical_dumps' bytes or its refusal."""
+    from gateway import strictjson
+
+    remembered = strictjson._plain_key_sequences
+    remembered.clear()
+    long_keys = {"k" * 300: 1, "j" * 300: 2}
+    clashing = [{"a": 1, "A": 2}, {"\u00e9": 1}, {"e\u0301": 1, "\u00e9": 2}, {"a": {"b": 1, "B": 2}}]
+    for _ in range(2):  # the second round finds the accepted sequences remembered
+        for container in [long_keys, *clashing, *({f"x{n}": n, "y": [n]} for n in range(300))]:
+            body = {"c": container}
+            known = functools.partial(strictjson.canonical_dumps_with_known_keys, body, [container])
+            assert _outcome(known) == _outcome(functools.partial(canonical_dumps, body))
+    assert len(remembered) == strictjson._PLAIN_KEYS_MAX
+    assert ("x0", "y") in remembered
+    assert ("a",) in remembered  # the outer object of {"a": {"b": 1, "B": 2}}: its values are still checked
+    for refused in (tuple(long_keys), ("a", "A"), ("b", "B")):
+        assert refused not in remembered
+    remembered.clear()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | st.text("[]{}\"a:,", max_size=80).map(str.encode))
 def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
-    """parse_json's depth pre-check counts both opening brackets in one count, after a replace."""
+    """parse_json's depth pre-check counts both opening brackets by the length two deletions take off."""
     from gateway.strictjson import opening_brackets
 
     assert opening_brackets(data) == data.count(b"[") + data.count(b"{")
