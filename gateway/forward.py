@@ -351,6 +351,9 @@ _MAX_HEAD_BYTES = 65536
 _MAX_HEADERS = 128
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n\x00]*)?")
 _HEADER_NAME_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# One search for CR, LF or NUL in a header value: `in` on bytes first tries its operand as a byte value and
+# raises and clears a TypeError for a bytes one (about 1 k instructions), three times per header.
+_FORBIDDEN_IN_VALUE_BYTES = re.compile(rb"[\r\n\x00]").search
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n\x00]*)?")
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
@@ -579,7 +582,7 @@ def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int]:
         if not sep or not _HEADER_NAME_BYTES.fullmatch(name):
             raise _Failure("upstream-malformed", "the partner sent a malformed header")
         value = raw_value.strip(b" \t")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if _FORBIDDEN_IN_VALUE_BYTES(value) is not None:
             raise _Failure("upstream-malformed", "the partner sent a malformed header")
         lowered = name.lower()
         if lowered == b"content-length":

@@ -77,6 +77,17 @@ async def test_a_malformed_answer_on_a_kept_alive_connection_is_an_upstream_erro
     assert partner.connections == 2
 
 
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\rb", b"a\nb", b"\x00"])
+async def test_a_partner_header_value_with_cr_lf_or_nul_is_an_upstream_error(
+    pool: UpstreamPool, raw_partner_factory: MakePartner, value: bytes
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nX-Note: " + value + b"\r\nContent-Length: 2\r\n\r\n{}"
+    partner = await raw_partner_factory(scripted(answer))
+    with pytest.raises(UpstreamError) as refused:
+        await send(pool, profile_for(partner.url))
+    assert refused.value.reason == "upstream-malformed"
+
+
 async def test_a_redirect_on_a_kept_alive_connection_is_refused(
     pool: UpstreamPool, raw_partner_factory: MakePartner
 ) -> None:
