@@ -2,6 +2,13 @@
 WAL journal, `synchronous=FULL`, a busy wait for other connections' locks, and the switch to WAL
 retried while another process holds the file.
 
+Importing this module also registers two parameter adapters with the `sqlite3` module (process-wide, for
+every connection): None and bool are bound as they always were (NULL, and the integers 1 and 0), but
+without the search the module otherwise runs for every parameter that is not exactly an int, float or
+str, which looks up `__adapt__` on its protocol type and builds and clears an AttributeError each time
+(about 2 k instructions). A ledger row has up to 21 NULL columns: a 30-column INSERT with 21 of them
+took 8.4 µs and takes 4.6 with the adapters.
+
 Why the retry: several processes (the workers of `gateway serve --workers N`) open a new file at the same
 moment. Switching a database to WAL needs an exclusive lock, and SQLite answers a switch that meets
 another connection's lock with SQLITE_BUSY at once, without calling the busy handler that the
@@ -13,9 +20,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from gateway.errors import ConfigError
+
+# `{}.get` returns None for any argument: a C call, where a Python function returning None costs a frame.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
+sqlite3.register_adapter(bool, int)
 
 SQLITE_BUSY = 5  # primary result code; extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) share the low byte
 _FIRST_PAUSE_SECONDS = 0.001

@@ -110,3 +110,20 @@ async def test_a_checkpoint_follows_after_the_interval_without_more_traffic(
     await asyncio.sleep(0.5)  # nothing new to sign: no empty checkpoints
     assert len(await ledger.query(LedgerQuery(kind="checkpoint"))) == 1
     await ledger.close()
+
+
+async def test_null_and_boolean_columns_are_stored_as_sqlite_null_and_integers(
+        sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """gateway.sqlitefile binds None and bool through adapters of its own (for speed): the stored types must
+    stay NULL and INTEGER 1/0, and the hashes (computed before binding) must still verify."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0")
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys)._replace(cross_border=True, transfer_basis=None))
+    await ledger.append(disclosure_draft(1, gateway_keys)._replace(cross_border=False))
+    await ledger.close()
+    with sqlite3.connect(sqlite_path(sqlite_url)) as conn:
+        rows = conn.execute("SELECT typeof(cross_border), cross_border, typeof(transfer_basis), typeof(status) "
+                            "FROM ledger_records WHERE kind = 'disclosure' ORDER BY sequence").fetchall()
+    assert rows == [("integer", 1, "null", "null"), ("integer", 0, "null", "null")]
+    report = await verify_url(sqlite_url, gateway_keys.ledger.verify_key)
+    assert report.ok, report.summary()
