@@ -58,3 +58,20 @@ def test_accepted_values_are_hashed_and_stored_as_the_verifier_rebuilds_them() -
         "caller", "cross_border", "subject_ref", "fields_sent", "fields_transformed", "body_digest", "status",
         "latency_ms", "attempt", "detail",
     ]
+
+
+def test_a_sealed_row_hash_is_the_sha256_of_the_canonical_record_every_time() -> None:
+    """seal_row (the writer's fast path) and record_hash (what verify recomputes) agree with hashlib's own
+    SHA-256 of the canonical record, record after record along a chain."""
+    import hashlib
+
+    from gateway.ledger.records import canonical, record_hash, row_to_record, seal_row
+
+    prev = "0" * 64
+    for sequence in range(1, 4):
+        prepared = prepare(RecordDraft(kind="outcome", partner="acme", request_id=f"r-{sequence}", status=200))
+        row, digest = seal_row(prepared, f"{sequence:032x}", "w0", sequence, "2026-12-07T00:00:00Z", prev)
+        record = row_to_record(row)
+        expected = hashlib.sha256(canonical(record)).hexdigest()
+        assert digest == expected == record_hash(record)
+        prev = digest
