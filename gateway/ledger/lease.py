@@ -127,6 +127,19 @@ def _lock_file_mode(path: str) -> int:
         return 0o600
 
 
+def _open_lock_file(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, _lock_file_mode(path))  # exactly the ledger file's bits: the umask does not apply
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _forget_after_fork() -> None:
     # A child holds none of its parent's record locks, and a lock another thread held at the fork would
     # never be released in it.
@@ -149,7 +162,7 @@ def _try_lock(path: str, offset: int) -> bool:
         opened = entry is None
         if entry is None:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _lock_file_mode(path))
+                fd = _open_lock_file(path)
             except OSError as exc:
                 raise ConfigError(f"ledger chain lock file {path}: {exc.strerror}") from None
             entry = _LockFile(fd)
@@ -201,8 +214,12 @@ class PostgresChainLease:
             self._conn = await self._connect()
         try:
             if self._key is None:
-                schema = await self._conn.fetchval("SELECT current_schema()", timeout=_QUERY_TIMEOUT_SECONDS)
-                self._key = chain_key(f"{schema}\x00{self._chain}")
+                # The ledger table's own identity (what the search_path resolves it to), not the first schema
+                # of the path: two ledgers share a key only if they share the table.
+                table = await self._conn.fetchval(
+                    "SELECT coalesce(to_regclass('ledger_records')::oid::text, current_schema())",
+                    timeout=_QUERY_TIMEOUT_SECONDS)
+                self._key = chain_key(f"{table}\x00{self._chain}")
             return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key,
                                                   timeout=_QUERY_TIMEOUT_SECONDS))
         except BaseException:
@@ -227,5 +244,8 @@ class PostgresChainLease:
     async def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            # Closing the session releases its advisory locks.
-            await conn.close()
+            # Closing the session releases its advisory locks; a server that does not answer is cut off.
+            try:
+                await conn.close(timeout=_QUERY_TIMEOUT_SECONDS)
+            except Exception:
+                conn.terminate()

@@ -96,7 +96,12 @@ _INSERT_RECORD = (
 )
 _INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINTS_TABLE} (chain, sequence, record) VALUES ($1, $2, $3)"  # noqa: S608
 # Session settings for every connection: durable commits, and a name that shows in pg_stat_activity.
-_SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "partner-data-gateway-ledger"}
+# TCP keepalives from the server's side: a session whose client vanished in a network cut ends in about
+# two minutes instead of the server default of two hours (the ledger also ends its own cut sessions).
+_SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "partner-data-gateway-ledger",
+                    "tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6"}
+# A writer connection's server process: (process id, session start).
+_Session = tuple[int, Any]
 # How long close() waits for dropped writer sessions to end before it lets go of the chain's lease, and
 # how often it and the head re-read look.
 _ORPHAN_WAIT_SECONDS = 10.0
@@ -123,15 +128,27 @@ class PostgresStore:
         self.max_batch_rows = 4096
         self._lease: PostgresChainLease | None = None
         # Server processes of writer connections dropped mid-write: cutting the client side does not stop a
-        # COMMIT the server is running, so the head is re-read (and the lease let go) only once they have
-        # exited and their transaction is settled one way or the other.
-        self._orphans: set[int] = set()
+        # COMMIT the server is running (or, after a network cut, wait idle for a client that has gone), so
+        # they are ended and the head is re-read (and the lease let go) only once they have exited and their
+        # transaction is settled one way or the other. Each is (process id, session start): a process id
+        # the server has given to another session since is never waited for, nor ended.
+        self._orphans: set[_Session] = set()
+        # The session of each writer connection, taken when it connects (a connection the client has seen
+        # close can no longer say which server process it had).
+        self._sessions: dict[int, _Session] = {}
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.url, server_settings=_SERVER_SETTINGS, timeout=10)
 
-    async def open(self) -> None:
+    async def _connect_writer(self) -> asyncpg.Connection:
         conn = await self._connect()
+        session = await conn.fetchrow(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        self._sessions[id(conn)] = (session[0], session[1])
+        return conn
+
+    async def open(self) -> None:
+        conn = await self._connect_writer()
         if self._create:
             await _migrate(conn)
         self._writer = conn
@@ -144,42 +161,52 @@ class PostgresStore:
             if self._drainer is not None:
                 await asyncio.gather(self._drainer, return_exceptions=True)
                 self._drainer = None
+            if self._lease is not None and self._orphans:
+                try:
+                    # Not before a cut write is settled on the server: the lease is let go below.
+                    await asyncio.wait_for(self._orphans_settled(), _ORPHAN_WAIT_SECONDS)
+                except Exception as exc:
+                    log.warning("ledger: a dropped writer session had not ended at close (%s); letting go of "
+                                "the chain's lease anyway", type(exc).__name__)
             if self._writer is not None:
-                await self._writer.close()
-                self._writer = None
+                writer, self._writer = self._writer, None
+                self._sessions.pop(id(writer), None)
+                await writer.close()
             if self._pool is not None:
                 await self._pool.close()
                 self._pool = None
         finally:
             if self._lease is not None:
                 lease, self._lease = self._lease, None
-                try:
-                    # Not while a cut write may still commit on the server (bounded: see _orphans_settled).
-                    await asyncio.wait_for(self._orphans_settled(), _ORPHAN_WAIT_SECONDS)
-                except Exception as exc:
-                    log.warning("ledger: a dropped writer session had not ended at close (%s); letting go of "
-                                "the chain's lease anyway", type(exc).__name__)
-                finally:
-                    await lease.release()
+                await lease.release()
 
     async def _orphans_settled(self) -> None:
-        """Wait until the server processes of writer connections dropped mid-write have exited."""
+        """End the server processes of writer connections dropped mid-write and wait until they have
+        exited: a COMMIT one is running finishes first (the server holds the signal until then), an idle
+        one rolls back, and either way the outcome is final once it is gone."""
         if not self._orphans:
             return
         conn = await self._writer_conn()
+        ended = False
         while self._orphans:
-            # Only ledger sessions: a process id the server has given to another session since is not waited for.
-            alive = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND application_name = $2",
-                list(self._orphans), _SERVER_SETTINGS["application_name"])
-            self._orphans &= {row[0] for row in alive}
-            if self._orphans:
-                await asyncio.sleep(_ORPHAN_POLL_SECONDS)
+            rows = await conn.fetch("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+                                    [pid for pid, _start in self._orphans])
+            self._orphans &= {(row[0], row[1]) for row in rows}
+            if not self._orphans:
+                return
+            if not ended:
+                for pid, start in self._orphans:
+                    await conn.fetchval("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                        "WHERE pid = $1 AND backend_start = $2", pid, start)
+                ended = True
+            await asyncio.sleep(_ORPHAN_POLL_SECONDS)
 
     async def _writer_conn(self) -> asyncpg.Connection:
         async with self._connecting:
             if self._writer is None or self._writer.is_closed():
-                self._writer = await self._connect()
+                if self._writer is not None:
+                    self._orphan(self._writer)
+                self._writer = await self._connect_writer()
             return self._writer
 
     def _drop_writer(self) -> None:
@@ -190,8 +217,9 @@ class PostgresStore:
 
     def _orphan(self, conn: asyncpg.Connection) -> None:
         """Cut `conn`; its server process may still be finishing a COMMIT (see _orphans)."""
-        if not conn.is_closed():
-            self._orphans.add(conn.get_server_pid())
+        session = self._sessions.pop(id(conn), None)
+        if session is not None:
+            self._orphans.add(session)
         conn.terminate()
 
     async def _readers(self) -> asyncpg.Pool:
@@ -261,11 +289,18 @@ class PostgresStore:
                 self._refuse(items)
                 continue
             if self._lease is not None and self._lease.lost():
-                # The lease's session ended, and the server let go of the chain's lock with it: another writer
-                # may have the chain now. Nothing is written until the head re-read has taken it again.
-                self._broken = True
-                self._refuse(items, StoreBroken("the ledger lost its chain's lease", reason="ledger-store-broken"))
-                continue
+                # The lease's session ended (a restart, idle_session_timeout), and the server let go of the
+                # chain's lock with it: take it again before writing, or refuse if another writer has it (a
+                # row it wrote meanwhile would make this write fail on the primary key, never fork the chain).
+                try:
+                    await self._lease.ensure()
+                except Exception as exc:
+                    self._broken = True
+                    log.warning("ledger: the chain's lease was lost and could not be taken again: %s",
+                                type(exc).__name__)
+                    self._refuse(items, StoreBroken("the ledger lost its chain's lease",
+                                                    reason="ledger-store-broken"))
+                    continue
             started = time.perf_counter()
             rows = [row for item in items for row in item[1]]
             checkpoints = [row for item in items for row in item[2]]

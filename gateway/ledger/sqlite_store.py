@@ -344,13 +344,15 @@ class SqliteStore:
         self._closed = True
 
         def close_writer() -> None:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            # Here, on the writer thread, the lease ends only after any commit before it (one that hung past
-            # close()'s wait included) has ended: no other writer takes the chain while it could still land.
-            if self._lease is not None:
-                self._lease.release()
+            try:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+            finally:
+                # Here, on the writer thread, the lease ends only after any commit before it (one that hung
+                # past close()'s wait included) has ended: no other writer takes the chain while it could land.
+                if self._lease is not None:
+                    self._lease.release()
 
         def close_reader() -> None:
             if self._reader is not None:

@@ -271,3 +271,142 @@ async def _rows(url: str, keys: GatewayKeys) -> list[dict[str, Any]]:
         return [r for r in await reader.query(LedgerQuery(limit=None)) if r["chain"] == "w0"]
     finally:
         await reader.close()
+
+
+# -- the second review (/work/notes/review2.md, F1-F8) ----------------------------------------------------
+
+
+async def _append_when_writable(ledger: Any, draft: RecordDraft) -> Any:
+    for _ in range(200):
+        try:
+            return await ledger.append(draft)
+        except LedgerUnavailable:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the ledger did not recover")
+
+
+async def test_a_postgres_write_whose_connection_reset_mid_commit_is_not_written_twice(
+        pg_url: str, gateway_keys: GatewayKeys) -> None:
+    """F2: the client sees its connection reset while the server is still inside the COMMIT; the session is
+    known from when it connected, so the head is re-read only after it has ended: the outcome that rode in
+    that commit is stored once."""
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=10.0,
+                         checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    slow = await asyncpg.connect(pg_url)
+    try:
+        await slow.execute("""
+            CREATE SEQUENCE once;
+            CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.request_id = 'late' AND nextval('once') = 1 THEN PERFORM pg_sleep(1.5); END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ledger_records DEFERRABLE INITIALLY DEFERRED
+                FOR EACH ROW EXECUTE FUNCTION slow();""")
+        ledger.append_unawaited(outcome("late"), on_failure=lambda: None)
+        d1 = asyncio.ensure_future(ledger.append(disclosure_draft(1, gateway_keys)))
+        await asyncio.sleep(0.5)  # the COMMIT is running on the server (the deferred trigger)
+        ledger.store._writer._transport.abort()  # type: ignore[attr-defined]  # a network reset, as the client sees it
+        with pytest.raises(LedgerUnavailable):
+            await d1
+        await _append_when_writable(ledger, disclosure_draft(2, gateway_keys))
+        rows = [r for r in await ledger.query(LedgerQuery(limit=None)) if r["chain"] == "w0"]
+        await ledger.close()
+    finally:
+        await slow.close()
+    assert [r["request_id"] for r in rows if r["kind"] == "outcome"] == ["late"]
+
+
+async def test_a_cut_postgres_session_that_would_wait_for_ever_is_ended_before_the_head_is_read(
+        pg_url: str, gateway_keys: GatewayKeys) -> None:
+    """F1: after a network cut the server session of a dropped write can sit idle in its transaction (its
+    client's reset never arrived). The head re-read ends it, instead of waiting until the commit timeout
+    (and every later re-read) runs out."""
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=2.0)
+    await ledger.start()
+    store = ledger.store
+    stranded = await asyncpg.connect(pg_url)  # stands in for the cut session: idle in a transaction, forever
+    try:
+        await stranded.execute("BEGIN")
+        session = await stranded.fetchrow(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        store._orphans.add((session[0], session[1]))  # type: ignore[attr-defined]
+        started = asyncio.get_running_loop().time()
+        head = await store.load_head("w0")
+        assert asyncio.get_running_loop().time() - started < 1.5
+        assert head.sequence == 0
+        admin = await asyncpg.connect(pg_url)
+        try:
+            assert await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", session[0]) == 0
+        finally:
+            await admin.close()
+    finally:
+        stranded.terminate()
+        await ledger.close()
+
+
+async def test_a_postgres_lease_whose_session_ended_is_taken_again_without_refusing_a_request(
+        pg_url: str, gateway_keys: GatewayKeys) -> None:
+    """F3: the lease's session ends (idle_session_timeout, a server restart) with nobody else wanting the
+    chain: the next write takes the lease again and succeeds, instead of failing one request."""
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0")
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    lease = ledger.store._lease  # type: ignore[attr-defined]
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.fetchval("SELECT pg_terminate_backend($1)", lease._conn.get_server_pid())
+        while not lease.lost():
+            await asyncio.sleep(0.01)
+        assert (await ledger.append(disclosure_draft(1, gateway_keys))).sequence == 2
+        assert not lease.lost()
+        rival = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
+        with pytest.raises(ChainInUse):
+            await rival.start()
+    finally:
+        await admin.close()
+        await ledger.close()
+
+
+async def test_a_search_path_that_finds_the_same_tables_finds_the_same_lease(
+        pg_url: str, postgres_url: str, gateway_keys: GatewayKeys) -> None:
+    """F7: the lease key follows the ledger table the search_path resolves to, not the path's first schema."""
+    first_schema = f"gwtest_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f"CREATE SCHEMA {first_schema}")  # exists, holds no ledger
+    try:
+        tables_schema = pg_url.rsplit("search_path=", 1)[1]
+        sep = "&" if "?" in postgres_url else "?"
+        both = f"{postgres_url}{sep}search_path={first_schema},{tables_schema}"
+        first = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0")
+        await first.start()  # creates the tables in the test's schema
+        second = open_ledger(both, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
+        second.store._create = False  # type: ignore[attr-defined]  # as a reader would: use the tables found
+        with pytest.raises(ChainInUse):
+            await second.start()
+        await first.close()
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {first_schema} CASCADE")
+        await admin.close()
+
+
+async def test_the_lock_file_takes_the_ledger_files_permissions_whatever_the_umask(
+        tmp_path: Path, gateway_keys: GatewayKeys) -> None:
+    """F8: a group-writable ledger gets a group-writable lock file (an operator's CLI in the group can
+    take turns with the service), not one the umask narrowed."""
+    import os
+
+    ledger_file = tmp_path / "ledger.sqlite3"
+    sqlite3.connect(ledger_file).close()
+    ledger_file.chmod(0o660)
+    old = os.umask(0o022)
+    try:
+        ledger = open_ledger(f"sqlite:///{ledger_file}", gateway_keys.ledger, chain_id="w0")
+        await ledger.start()
+        await ledger.close()
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "ledger.sqlite3-chain-locks").stat().st_mode & 0o777
+    assert mode == 0o660, oct(mode)
