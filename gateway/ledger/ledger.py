@@ -481,10 +481,12 @@ class Ledger:
         self._head_uncertain = False
 
     @staticmethod
-    def _requeued(waiter: _Waiter) -> _Waiter:
+    def _requeued(waiter: _Waiter, tried: bool) -> _Waiter:
+        """`waiter` to be queued again; `tried` counts against its retries (False: the store refused the
+        commit without trying it, as chained onto a failed one; the next try after the re-read is real)."""
         prepared, future, durable, on_failure, stamp = waiter
         assert on_failure is not None
-        times = on_failure.times + 1 if isinstance(on_failure, _Requeued) else 1
+        times = (on_failure.times if isinstance(on_failure, _Requeued) else 0) + tried
         return (prepared, future, durable, _Requeued(
             on_failure.on_failure if isinstance(on_failure, _Requeued) else on_failure, times), stamp)
 
@@ -690,7 +692,8 @@ class Ledger:
             # that refused the batch as chained onto a failed one (StoreBroken) wrote none of it; any other
             # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
             # A record already sealed again _REQUEUE_LIMIT times fails like any other.
-            again = [self._requeued(waiter) for waiter in batch if _unawaited(waiter) and _retries_left(waiter)]
+            tried = not isinstance(error, StoreBroken)
+            again = [self._requeued(waiter, tried) for waiter in batch if _unawaited(waiter) and _retries_left(waiter)]
             if again:
                 batch = [waiter for waiter in batch if not (_unawaited(waiter) and _retries_left(waiter))]
                 if not isinstance(error, StoreBroken) and submission.sealed:
