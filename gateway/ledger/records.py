@@ -193,8 +193,11 @@ def _check_source(name: str, rule: int) -> list[str]:
     its stored value ends up in `<name>_` when it differs from the hashed one)."""
     lines = [f"    if {name} is not None:"]
     if rule == _STR:
+        # PostgreSQL's text cannot hold NUL: a record with one would be refused by the store on every try.
         lines += [f"        if type({name}) is not str:",
-                  f"            raise TypeError('record field {name}: expected a string')"]
+                  f"            raise TypeError('record field {name}: expected a string')",
+                  f"        if '\\x00' in {name}:",
+                  f"            raise ValueError('record field {name}: a NUL character cannot be stored')"]
     elif rule == _HEX:
         lines += [f"        if type({name}) is not str or not _fullmatch_hex64({name}):",
                   f"            raise ValueError('record field {name}: expected a keyed reference "

@@ -25,6 +25,8 @@ HEX = "0123456789abcdef" * 4
         ("fields_sent", "claim.amount", TypeError),
         ("fields_dropped", ["ok", 3], TypeError),
         ("fields_transformed", 5, TypeError),
+        ("request_id", "r\x00", ValueError),
+        ("reason", "\x00", ValueError),
         ("cross_border", 1, TypeError),
         ("status", True, TypeError),
         ("attempt", 1.0, TypeError),
