@@ -8,6 +8,8 @@ import asyncio
 import sqlite3
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,47 @@ from gateway.ledger.sqlite_store import SqliteStore
 
 def outcome(request_id: str) -> RecordDraft:
     return RecordDraft(kind="outcome", partner="acme", route="r", request_id=request_id, status=200)
+
+
+async def slow_first_commit_of(pg_url: str, request_id: str, seconds: float) -> asyncpg.Connection:
+    """The first commit holding a record with `request_id` spends `seconds` inside COMMIT (a deferred
+    trigger standing in for a slow WAL flush); later ones are fast. Returns the connection that made it."""
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute(f"""
+        CREATE SEQUENCE once;
+        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.request_id = '{request_id}' AND nextval('once') = 1 THEN PERFORM pg_sleep({seconds}); END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ledger_records DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION slow();""")
+    return conn
+
+
+@asynccontextmanager
+async def another_schema(postgres_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A second, empty schema beside the test's own: (its name, the server URL's search_path prefix)."""
+    schema = f"gwtest_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema, f"{postgres_url}{'&' if '?' in postgres_url else '?'}search_path="
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+async def end_lease_session(lease: Any, pg_url: str) -> None:
+    """Ends the lease's server session (as a restart or idle_session_timeout would) and waits until the
+    client has seen it go."""
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.fetchval("SELECT pg_terminate_backend($1)", lease._conn.get_server_pid())
+    finally:
+        await admin.close()
+    while not lease.lost():
+        await asyncio.sleep(0.01)
 
 
 async def test_a_record_the_store_always_refuses_is_given_up_after_its_retries(
@@ -114,12 +157,8 @@ async def test_a_symlinked_path_to_the_ledger_finds_the_same_lease(tmp_path: Pat
 async def test_ledgers_in_two_postgres_schemas_do_not_hold_each_other_up(
         pg_url: str, postgres_url: str, gateway_keys: GatewayKeys) -> None:
     """R5: advisory locks are per database; the lease key covers the schema the ledger's tables are in."""
-    schema = f"gwtest_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        sep = "&" if "?" in postgres_url else "?"
-        other_url = f"{postgres_url}{sep}search_path={schema}"
+    async with another_schema(postgres_url) as (schema, search_path):
+        other_url = search_path + schema
         first = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0")
         await first.start()
         other = open_ledger(other_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
@@ -130,9 +169,6 @@ async def test_ledgers_in_two_postgres_schemas_do_not_hold_each_other_up(
             await same.start()
         await other.close()
         await first.close()
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
 
 
 async def test_a_sqlite_lease_is_kept_while_a_hung_commit_can_land_and_let_go_once_it_has(
@@ -196,19 +232,8 @@ async def test_a_postgres_commit_cut_by_the_watchdog_is_waited_for_before_the_he
                          checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    slow = await asyncpg.connect(pg_url)
+    slow = await slow_first_commit_of(pg_url, "late", 1.6)
     try:
-        # The first commit holding the outcome 'late' spends 1.6 s inside COMMIT (a deferred trigger standing in
-        # for a slow WAL flush); later ones are fast.
-        await slow.execute("""
-            CREATE SEQUENCE once;
-            CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.request_id = 'late' AND nextval('once') = 1 THEN PERFORM pg_sleep(1.6); END IF;
-                RETURN NULL;
-            END $$;
-            CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ledger_records DEFERRABLE INITIALLY DEFERRED
-                FOR EACH ROW EXECUTE FUNCTION slow();""")
         lost: list[str] = []
         ledger.append_unawaited(outcome("late"), on_failure=lambda: lost.append("late"))
         with pytest.raises(LedgerUnavailable):
@@ -235,31 +260,18 @@ async def test_a_lost_postgres_lease_stops_writing_until_it_is_taken_again(
     ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    lease = ledger.store._lease  # type: ignore[attr-defined]
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.fetchval("SELECT pg_terminate_backend($1)", lease._conn.get_server_pid())
-        while not lease.lost():
-            await asyncio.sleep(0.01)
-        rival = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
-        await rival.start()  # the chain is free on the server: another writer takes it
-        for i in range(1, 4):
-            with pytest.raises(LedgerUnavailable):
-                await ledger.append(disclosure_draft(i, gateway_keys))
-        assert not ledger.writable()
-        await rival.append(disclosure_draft(9, gateway_keys))
-        await rival.close()
-        recovered = None
-        for _ in range(100):  # the rival is gone: the ledger takes the lease again and goes on
-            try:
-                recovered = await ledger.append(disclosure_draft(5, gateway_keys))
-                break
-            except LedgerUnavailable:
-                await asyncio.sleep(0.05)
-        assert recovered is not None
-        await ledger.close()
-    finally:
-        await admin.close()
+    await end_lease_session(ledger.store._lease, pg_url)  # type: ignore[attr-defined]
+    rival = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
+    await rival.start()  # the chain is free on the server: another writer takes it
+    for i in range(1, 4):
+        with pytest.raises(LedgerUnavailable):
+            await ledger.append(disclosure_draft(i, gateway_keys))
+    assert not ledger.writable()
+    await rival.append(disclosure_draft(9, gateway_keys))
+    await rival.close()
+    # The rival is gone: the ledger takes the lease again and goes on.
+    await _append_when_writable(ledger, disclosure_draft(5, gateway_keys))
+    await ledger.close()
     stored = [r["request_id"] for r in await _rows(pg_url, gateway_keys) if r["kind"] == "disclosure"]
     assert stored == ["req-0", "req-9", "req-5"]
 
@@ -294,17 +306,8 @@ async def test_a_postgres_write_whose_connection_reset_mid_commit_is_not_written
                          checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    slow = await asyncpg.connect(pg_url)
+    slow = await slow_first_commit_of(pg_url, "late", 1.5)
     try:
-        await slow.execute("""
-            CREATE SEQUENCE once;
-            CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.request_id = 'late' AND nextval('once') = 1 THEN PERFORM pg_sleep(1.5); END IF;
-                RETURN NULL;
-            END $$;
-            CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ledger_records DEFERRABLE INITIALLY DEFERRED
-                FOR EACH ROW EXECUTE FUNCTION slow();""")
         ledger.append_unawaited(outcome("late"), on_failure=lambda: None)
         d1 = asyncio.ensure_future(ledger.append(disclosure_draft(1, gateway_keys)))
         await asyncio.sleep(0.5)  # the COMMIT is running on the server (the deferred trigger)
@@ -355,31 +358,23 @@ async def test_a_postgres_lease_whose_session_ended_is_taken_again_without_refus
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
     lease = ledger.store._lease  # type: ignore[attr-defined]
-    admin = await asyncpg.connect(pg_url)
+    await end_lease_session(lease, pg_url)
     try:
-        await admin.fetchval("SELECT pg_terminate_backend($1)", lease._conn.get_server_pid())
-        while not lease.lost():
-            await asyncio.sleep(0.01)
         assert (await ledger.append(disclosure_draft(1, gateway_keys))).sequence == 2
         assert not lease.lost()
         rival = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
         with pytest.raises(ChainInUse):
             await rival.start()
     finally:
-        await admin.close()
         await ledger.close()
 
 
 async def test_a_search_path_that_finds_the_same_tables_finds_the_same_lease(
         pg_url: str, postgres_url: str, gateway_keys: GatewayKeys) -> None:
     """F7: the lease key follows the ledger table the search_path resolves to, not the path's first schema."""
-    first_schema = f"gwtest_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    await admin.execute(f"CREATE SCHEMA {first_schema}")  # exists, holds no ledger
-    try:
+    async with another_schema(postgres_url) as (first_schema, search_path):  # exists, holds no ledger
         tables_schema = pg_url.rsplit("search_path=", 1)[1]
-        sep = "&" if "?" in postgres_url else "?"
-        both = f"{postgres_url}{sep}search_path={first_schema},{tables_schema}"
+        both = f"{search_path}{first_schema},{tables_schema}"
         first = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0")
         await first.start()  # creates the tables in the test's schema
         second = open_ledger(both, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0)
@@ -387,9 +382,6 @@ async def test_a_search_path_that_finds_the_same_tables_finds_the_same_lease(
         with pytest.raises(ChainInUse):
             await second.start()
         await first.close()
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {first_schema} CASCADE")
-        await admin.close()
 
 
 async def test_the_lock_file_takes_the_ledger_files_permissions_whatever_the_umask(
