@@ -420,9 +420,12 @@ class Ledger:
                 await self._wakeup
                 self._wakeup = None
                 continue
-            batch = self._take_batch()
+            batch: list[_Waiter] = []
             try:
                 async with self._commit_lock:
+                    # Taken under the lock (free but for prune, which holds it and drains): prune never sees a
+                    # batch taken and not yet sealed, whose records its head re-read would not resolve.
+                    batch = self._take_batch()
                     await self._submit(batch, force_checkpoint=False)
             except Exception as exc:
                 # A bug while sealing must not kill the writer and leave later appends waiting forever.
