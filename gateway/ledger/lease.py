@@ -122,7 +122,7 @@ def _lock_file_mode(path: str) -> int:
     """The ledger file's read/write bits (so whoever may write the ledger, a service or an operator's CLI
     in its group, may take its locks), 0600 while the ledger file does not exist yet."""
     try:
-        return os.stat(path.removesuffix("-chain-locks")).st_mode & 0o666 or 0o600
+        return os.stat(path.removesuffix("-chain-locks")).st_mode & 0o666 | 0o600  # the owner may always reopen it
     except OSError:
         return 0o600
 
