@@ -197,6 +197,8 @@ class PostgresChainLease:
         self._chain = chain
         self._key: int | None = None
         self._conn: Any = None
+        # The head re-read and a write (the store's writer task) may both find the session lost at once.
+        self._ensuring = asyncio.Lock()
 
     @classmethod
     async def claim(cls, connect: Callable[[], Awaitable[Any]], chain: str, wait_seconds: float
@@ -234,12 +236,13 @@ class PostgresChainLease:
     async def ensure(self) -> None:
         """Before the head is re-read: if the lease connection was lost, so was the lock; take it again at
         once or refuse (another writer may have taken the chain meanwhile)."""
-        if self._conn is not None and not self._conn.is_closed():
-            return
-        self._conn = None
-        if not await self._try_once():
-            await self.release()
-            raise _in_use(self._chain, "the PostgreSQL ledger", 0)
+        async with self._ensuring:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            self._conn = None
+            if not await self._try_once():
+                await self.release()
+                raise _in_use(self._chain, "the PostgreSQL ledger", 0)
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None

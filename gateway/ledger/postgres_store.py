@@ -105,6 +105,8 @@ _Session = tuple[int, Any]
 # How long close() waits for dropped writer sessions to end before it lets go of the chain's lease, and
 # how often it and the head re-read look.
 _ORPHAN_WAIT_SECONDS = 10.0
+# How long close() waits for the server to answer a connection's goodbye before cutting it.
+_CLOSE_TIMEOUT_SECONDS = 5.0
 _ORPHAN_POLL_SECONDS = 0.05
 log = logging.getLogger("gateway.ledger")
 
@@ -142,8 +144,13 @@ class PostgresStore:
 
     async def _connect_writer(self) -> asyncpg.Connection:
         conn = await self._connect()
-        session = await conn.fetchrow(
-            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        try:
+            session = await conn.fetchrow(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                timeout=_CLOSE_TIMEOUT_SECONDS)
+        except BaseException:
+            conn.terminate()
+            raise
         self._sessions[id(conn)] = (session[0], session[1])
         return conn
 
@@ -171,10 +178,16 @@ class PostgresStore:
             if self._writer is not None:
                 writer, self._writer = self._writer, None
                 self._sessions.pop(id(writer), None)
-                await writer.close()
+                try:
+                    await writer.close(timeout=_CLOSE_TIMEOUT_SECONDS)
+                except Exception:  # a server that does not answer: cut the connection
+                    writer.terminate()
             if self._pool is not None:
-                await self._pool.close()
-                self._pool = None
+                pool, self._pool = self._pool, None
+                try:
+                    await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_SECONDS)
+                except Exception:
+                    pool.terminate()
         finally:
             if self._lease is not None:
                 lease, self._lease = self._lease, None
@@ -285,6 +298,9 @@ class PostgresStore:
                 items.append(item)
                 taken += len(item[1])
             del self._pending[:len(items)]
+            # The epoch these items were taken in: abandon() (the watchdog) moves it, and a write taken before
+            # it must never start after it, however long what comes before the write waits.
+            epoch = self._epoch
             if self._broken:
                 self._refuse(items)
                 continue
@@ -301,11 +317,14 @@ class PostgresStore:
                     self._refuse(items, StoreBroken("the ledger lost its chain's lease",
                                                     reason="ledger-store-broken"))
                     continue
+                if self._broken or epoch != self._epoch:  # given up on while the lease was taken again
+                    self._refuse(items)
+                    continue
             started = time.perf_counter()
             rows = [row for item in items for row in item[1]]
             checkpoints = [row for item in items for row in item[2]]
             try:
-                await self._write(rows, checkpoints, sync=any(item[3] for item in items), epoch=self._epoch)
+                await self._write(rows, checkpoints, sync=any(item[3] for item in items), epoch=epoch)
             except BaseException as exc:
                 self._broken = True
                 self._refuse(items, exc, time.perf_counter() - started)

@@ -188,6 +188,15 @@ class PreparedRecord:
     values: tuple[Any, ...]
 
 
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (no lone surrogate), so that it can be stored and hashed as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_source(name: str, rule: int) -> list[str]:
     """The lines of `_check_columns` that check and encode column `name` (bound to a local of that name;
     its stored value ends up in `<name>_` when it differs from the hashed one)."""
@@ -197,7 +206,10 @@ def _check_source(name: str, rule: int) -> list[str]:
         lines += [f"        if type({name}) is not str:",
                   f"            raise TypeError('record field {name}: expected a string')",
                   f"        if '\\x00' in {name}:",
-                  f"            raise ValueError('record field {name}: a NUL character cannot be stored')"]
+                  f"            raise ValueError('record field {name}: a NUL character cannot be stored')",
+                  # A lone surrogate cannot be encoded: the record would fail at sealing, with its batch.
+                  f"        if not {name}.isascii() and not _encodable({name}):",
+                  f"            raise ValueError('record field {name}: not encodable as UTF-8')"]
     elif rule == _HEX:
         lines += [f"        if type({name}) is not str or not _fullmatch_hex64({name}):",
                   f"            raise ValueError('record field {name}: expected a keyed reference "
@@ -246,6 +258,7 @@ def _build_check_columns() -> Any:
     namespace: dict[str, Any] = {
         "_read_draft_columns": _read_draft_columns, "_fullmatch_hex64": _HEX64.fullmatch,
         "_dumps": orjson.dumps, "_loads": orjson.loads, "_SORT": orjson.OPT_SORT_KEYS, "_Mapping": Mapping,
+        "_encodable": _encodable,
     }
     exec(compile("\n".join(body), "<ledger record checks>", "exec"), namespace)  # noqa: S102 - constant source
     return namespace["_check_columns"]

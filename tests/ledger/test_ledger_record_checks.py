@@ -27,6 +27,7 @@ HEX = "0123456789abcdef" * 4
         ("fields_transformed", 5, TypeError),
         ("request_id", "r\x00", ValueError),
         ("reason", "\x00", ValueError),
+        ("reason", "lone \ud800 surrogate", ValueError),
         ("cross_border", 1, TypeError),
         ("status", True, TypeError),
         ("attempt", 1.0, TypeError),

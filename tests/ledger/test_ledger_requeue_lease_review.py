@@ -402,3 +402,42 @@ async def test_the_lock_file_takes_the_ledger_files_permissions_whatever_the_uma
         os.umask(old)
     mode = (tmp_path / "ledger.sqlite3-chain-locks").stat().st_mode & 0o777
     assert mode == 0o660, oct(mode)
+
+
+# -- the third review (/work/notes/review3.md) --------------------------------------------------------------
+
+
+async def test_a_write_given_up_on_while_the_lease_is_taken_again_is_never_written(
+        pg_url: str, gateway_keys: GatewayKeys) -> None:
+    """G1: the lease's session ended; the next write takes it again, slowly (1.5 s), and the watchdog
+    (1 s) gives up on that write meanwhile. The write must not start after that: the outcome riding in it
+    is sealed again after the head re-read, and stored once."""
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=1.0,
+                         checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    lease = ledger.store._lease  # type: ignore[attr-defined]
+    real_connect = lease._connect
+    connects = 0
+
+    async def slow_first_connect() -> Any:
+        nonlocal connects
+        connects += 1
+        if connects == 1:
+            await asyncio.sleep(1.5)
+        return await real_connect()
+
+    lease._connect = slow_first_connect
+    await end_lease_session(lease, pg_url)
+    lost: list[str] = []
+    ledger.append_unawaited(outcome("late"), on_failure=lambda: lost.append("late"))
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(disclosure_draft(1, gateway_keys))
+    await _append_when_writable(ledger, disclosure_draft(2, gateway_keys))
+    await asyncio.sleep(1.0)  # the slow re-take has long ended: anything it would still write is written
+    await ledger.flush()
+    rows = [r for r in await ledger.query(LedgerQuery(limit=None)) if r["chain"] == "w0"]
+    await ledger.close()
+    assert [r["request_id"] for r in rows if r["kind"] == "outcome"] == ["late"]
+    assert "req-1" not in [r["request_id"] for r in rows]  # refused with 503: never written
+    assert lost == []
