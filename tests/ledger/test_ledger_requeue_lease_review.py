@@ -123,12 +123,7 @@ async def test_outcomes_queued_again_from_two_failed_commits_keep_their_order_an
     finally:
         hold.execute("ROLLBACK")
         hold.close()
-    while True:  # the ledger takes records again once it has re-read the head
-        try:
-            await ledger.append(disclosure_draft(3, gateway_keys))
-            break
-        except LedgerUnavailable:
-            await asyncio.sleep(0.05)
+    await _append_when_writable(ledger, disclosure_draft(3, gateway_keys))  # once it has re-read the head
     await ledger.flush()
     outcomes = [r for r in await ledger.query(LedgerQuery(kind="outcome")) if r["chain"] == "w0"]
     await ledger.close()
@@ -238,12 +233,7 @@ async def test_a_postgres_commit_cut_by_the_watchdog_is_waited_for_before_the_he
         ledger.append_unawaited(outcome("late"), on_failure=lambda: lost.append("late"))
         with pytest.raises(LedgerUnavailable):
             await ledger.append(disclosure_draft(1, gateway_keys))
-        while True:
-            try:
-                await ledger.append(disclosure_draft(2, gateway_keys))
-                break
-            except LedgerUnavailable:
-                await asyncio.sleep(0.1)
+        await _append_when_writable(ledger, disclosure_draft(2, gateway_keys))
         await ledger.flush()
         rows = [r for r in await ledger.query(LedgerQuery(limit=None)) if r["chain"] == "w0"]
         await ledger.close()
