@@ -14,7 +14,7 @@ instead of refused requests.
 - PostgreSQL: a session advisory lock (`pg_try_advisory_lock`) held by a connection of its own, so
   that the writer connection can be dropped and reopened after an error without letting go of it. If
   the lease connection itself is lost, the server has released the lock: `ensure()` (called before the
-  head is re-read) takes it again or refuses, so a chain is never written without its lease.
+  head is re-read, and before a write once `lost()`) takes it again or refuses.
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ _QUERY_TIMEOUT_SECONDS = 10.0
 class PostgresChainLease:
     """A held chain of a PostgreSQL ledger: an advisory lock on a connection of its own. Advisory locks
     are per database, and the ledger's tables per schema (the URL's search_path): the key covers the
-    schema, so ledgers in two schemas of one database never hold each other up."""
+    ledger table the search_path resolves to, so ledgers in two schemas of one database never hold each
+    other up."""
 
     def __init__(self, connect: Callable[[], Awaitable[Any]], chain: str) -> None:
         self._connect = connect
@@ -237,7 +238,7 @@ class PostgresChainLease:
         """Before the head is re-read: if the lease connection was lost, so was the lock; take it again at
         once or refuse (another writer may have taken the chain meanwhile)."""
         async with self._ensuring:
-            if self._conn is not None and not self._conn.is_closed():
+            if not self.lost():
                 return
             self._conn = None
             if not await self._try_once():

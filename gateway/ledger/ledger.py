@@ -489,9 +489,9 @@ class Ledger:
         commit without trying it, as chained onto a failed one; the next try after the re-read is real)."""
         prepared, future, durable, on_failure, stamp = waiter
         assert on_failure is not None
-        times = (on_failure.times if isinstance(on_failure, _Requeued) else 0) + tried
-        return (prepared, future, durable, _Requeued(
-            on_failure.on_failure if isinstance(on_failure, _Requeued) else on_failure, times), stamp)
+        if isinstance(on_failure, _Requeued):
+            return (prepared, future, durable, _Requeued(on_failure.on_failure, on_failure.times + tried), stamp)
+        return (prepared, future, durable, _Requeued(on_failure, int(tried)), stamp)
 
     def _drop_landed(self, batch: list[_Waiter]) -> None:
         """Just after the head was re-read: the records queued again from failed commits that landed after
@@ -509,8 +509,8 @@ class Ledger:
         ) else 0
 
         def landed(waiter: _Waiter) -> bool:
-            entry = uncertain.get(id(waiter[0]))
-            return entry is not None and entry[0] is waiter[0] and entry[1] <= frontier
+            entry = uncertain.get(id(waiter[0]))  # the entry holds its record, so the id names only it
+            return entry is not None and entry[1] <= frontier
 
         kept = [waiter for waiter in batch if not landed(waiter)]
         queue = [waiter for waiter in self._queue if not landed(waiter)]
@@ -696,10 +696,16 @@ class Ledger:
             # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
             # A record already sealed again _REQUEUE_LIMIT times fails like any other.
             tried = not isinstance(error, StoreBroken)
-            again = [self._requeued(waiter, tried) for waiter in batch if _unawaited(waiter) and _retries_left(waiter)]
+            again: list[_Waiter] = []
+            failed: list[_Waiter] = []
+            for waiter in batch:
+                if _unawaited(waiter) and _retries_left(waiter):
+                    again.append(self._requeued(waiter, tried))
+                else:
+                    failed.append(waiter)
+            batch = failed  # what fails now; the records queued again settle with their next commit
             if again:
-                batch = [waiter for waiter in batch if not (_unawaited(waiter) and _retries_left(waiter))]
-                if not isinstance(error, StoreBroken) and submission.sealed:
+                if tried and submission.sealed:
                     last = submission.sealed[-1]
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])

@@ -105,9 +105,10 @@ _Session = tuple[int, Any]
 # How long close() waits for dropped writer sessions to end before it lets go of the chain's lease, and
 # how often it and the head re-read look.
 _ORPHAN_WAIT_SECONDS = 10.0
-# How long close() waits for the server to answer a connection's goodbye before cutting it.
-_CLOSE_TIMEOUT_SECONDS = 5.0
 _ORPHAN_POLL_SECONDS = 0.05
+# How long a short exchange waits for the server before the connection is cut: a new writer connection's
+# session query, a connection's goodbye at close().
+_ANSWER_TIMEOUT_SECONDS = 5.0
 log = logging.getLogger("gateway.ledger")
 
 
@@ -147,7 +148,7 @@ class PostgresStore:
         try:
             session = await conn.fetchrow(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                timeout=_CLOSE_TIMEOUT_SECONDS)
+                timeout=_ANSWER_TIMEOUT_SECONDS)
         except BaseException:
             conn.terminate()
             raise
@@ -179,13 +180,13 @@ class PostgresStore:
                 writer, self._writer = self._writer, None
                 self._sessions.pop(id(writer), None)
                 try:
-                    await writer.close(timeout=_CLOSE_TIMEOUT_SECONDS)
+                    await writer.close(timeout=_ANSWER_TIMEOUT_SECONDS)
                 except Exception:  # a server that does not answer: cut the connection
                     writer.terminate()
             if self._pool is not None:
                 pool, self._pool = self._pool, None
                 try:
-                    await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_SECONDS)
+                    await asyncio.wait_for(pool.close(), _ANSWER_TIMEOUT_SECONDS)
                 except Exception:
                     pool.terminate()
         finally:
