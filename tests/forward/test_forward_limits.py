@@ -15,6 +15,22 @@ from gateway.forward import PartnerLimiter, UpstreamPool
 MakePartner = Callable[[Responder], Awaitable[RawPartner]]
 
 
+async def held_call(pool: UpstreamPool, profile: Profile, route: Route, release: asyncio.Event) -> asyncio.Task[int]:
+    """A real call to `profile`'s partner that keeps its limiter slot until `release` is set (its task
+    returns the partner's status); returns once the slot is taken."""
+
+    async def call() -> int:
+        async with pool.limiter(profile):
+            response = await pool.send(profile, route, "GET", {"id": "1"}, [], {}, None)
+            await release.wait()
+            return response.status
+
+    task = asyncio.create_task(call())
+    while pool.limiter(profile).in_flight == 0:
+        await asyncio.sleep(0.001)
+    return task
+
+
 async def test_concurrency_cap_refuses_the_call_beyond_it_and_frees_on_exit() -> None:
     limiter = PartnerLimiter(None, None, 2)
     async with limiter, limiter:
@@ -85,15 +101,7 @@ async def test_pool_limiter_is_per_partner_and_caps_real_in_flight_calls(
     slow = Profile("slow-partner", Upstream(partner.url, None), Limits(max_concurrency=1))
     other = Profile("other-partner", Upstream(partner.url, None), Limits(max_concurrency=1))
 
-    async def held_call() -> int:
-        async with pool.limiter(slow):
-            response = await pool.send(slow, route, "GET", {"id": "1"}, [], {}, None)
-            await release.wait()
-            return response.status
-
-    task = asyncio.create_task(held_call())
-    while pool.limiter(slow).in_flight == 0:
-        await asyncio.sleep(0.001)
+    task = await held_call(pool, slow, route, release)
     with pytest.raises(RateLimited):
         async with pool.limiter(slow):
             pass
@@ -171,15 +179,7 @@ async def test_calls_in_flight_stay_counted_across_a_reload_that_changes_the_lim
     route = Route("/x/{id}")
     before = Profile("p", Upstream(partner.url, None), Limits(max_concurrency=1))
 
-    async def held_call() -> int:
-        async with pool.limiter(before):
-            response = await pool.send(before, route, "GET", {"id": "1"}, [], {}, None)
-            await release.wait()
-            return response.status
-
-    task = asyncio.create_task(held_call())
-    while pool.limiter(before).in_flight == 0:
-        await asyncio.sleep(0.001)
+    task = await held_call(pool, before, route, release)
     reloaded = Profile("p", Upstream(partner.url, None, total_timeout=5.0), Limits(max_concurrency=1))
     with pytest.raises(RateLimited) as info:  # the call admitted before the reload still holds the slot
         async with pool.limiter(reloaded):
