@@ -248,12 +248,19 @@ class Ledger:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.store.open()
+        """Open the store, take the chain's lease and read its head. A start() that fails gives everything
+        back (the store is closed, the lease let go) and may be called again, e.g. once another writer has
+        let go of the chain; a ledger that was started (or closed) cannot be started again."""
+        if self._closing is not None:
+            raise RuntimeError("ledger: this ledger was closed; a new Ledger is needed to write again")
+        if self._writer_task is not None:
+            raise RuntimeError("ledger: already started")
         try:
+            await self.store.open()
             await self.store.claim_chain(self.chain_id, self._chain_wait)
             await self._reload_head()
         except BaseException:
-            await self.store.close()  # and with it the chain's lease
+            await self.store.close()  # and with it the chain's lease; a later open() starts afresh
             raise
         self._accepting = True
         self._writable = True

@@ -156,9 +156,16 @@ class PostgresStore:
         return conn
 
     async def open(self) -> None:
+        """Connect the writer (and create the schema if need be); again after close(), e.g. when a ledger's
+        start() failed and is tried again."""
         conn = await self._connect_writer()
         if self._create:
-            await _migrate(conn)
+            try:
+                await _migrate(conn)
+            except BaseException:
+                self._sessions.pop(id(conn), None)  # nothing was written on it: no session to wait for
+                conn.terminate()
+                raise
         self._writer = conn
 
     async def claim_chain(self, chain: str, wait_seconds: float) -> None:

@@ -316,6 +316,16 @@ class SqliteStore:
                                   check_same_thread=check_same_thread, cached_statements=_ROWS_PER_INSERT + 32)
 
     async def open(self) -> None:
+        """Open the writer connection; after close() (a ledger start that failed, say) the store starts
+        afresh with threads of its own: a writer thread close() gave up on keeps only what it had."""
+        if self._closed:
+            self._writer_thread = _SerialThread("ledger-sqlite-writer", self._write_batch, self._writer_thread.max_rows)
+            self._reader_thread = _SerialThread("ledger-sqlite-reader")
+            self._writer = self._reader = self._lease = None
+            self._writer_waits = self._writer_sync = True
+            self._commits_since_checkpoint = 0
+            self._broken = False
+            self._closed = False
         await self._on(self._writer_thread, self._open_writer)
 
     async def claim_chain(self, chain: str, wait_seconds: float) -> None:
@@ -342,17 +352,20 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        # This store's connection, lease and threads as they are now: a thread close() gives up on below
+        # closes and lets go of these later, never of what a later open() of this store takes.
+        writer, lease = self._writer, self._lease
+        writer_thread, reader_thread = self._writer_thread, self._reader_thread
 
         def close_writer() -> None:
             try:
-                if self._writer is not None:
-                    self._writer.close()
-                    self._writer = None
+                if writer is not None:
+                    writer.close()
             finally:
                 # Here, on the writer thread, the lease ends only after any commit before it (one that hung
                 # past close()'s wait included) has ended: no other writer takes the chain while it could land.
-                if self._lease is not None:
-                    self._lease.release()
+                if lease is not None:
+                    lease.release()
 
         def close_reader() -> None:
             if self._reader is not None:
@@ -360,17 +373,18 @@ class SqliteStore:
                 self._reader = None
 
         try:
-            await asyncio.wait_for(self._on(self._writer_thread, close_writer), self._close_timeout)
+            await asyncio.wait_for(self._on(writer_thread, close_writer), self._close_timeout)
         except TimeoutError:
             # A commit that hangs (an I/O stall) holds the thread: shutdown must not hang with it. The
             # thread is a daemon; it closes the connection once the commit ends, or dies with the process.
             log.warning("ledger writer thread still busy after %.1f s; left to finish on its own",
                         self._close_timeout)
-            self._writer_thread.shutdown(wait=False)
+            writer_thread.shutdown(wait=False)
         else:
-            self._writer_thread.shutdown()
-        await self._on(self._reader_thread, close_reader)
-        self._reader_thread.shutdown()
+            writer_thread.shutdown()
+            self._writer = None
+        await self._on(reader_thread, close_reader)
+        reader_thread.shutdown()
 
     def _writer_conn(self) -> sqlite3.Connection:
         """The writer connection, for the writer thread: it waits for other connections' locks."""
