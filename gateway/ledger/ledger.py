@@ -14,6 +14,13 @@ fails too (StoreBroken: they were chained onto it, and the store refuses them); 
 until nothing is in flight and re-reads the chain head from the store before sealing anything more, so
 the chain continues correctly whether the failed commit landed or not and never forks or skips.
 
+Records nobody waits for that rode in a failed commit are sealed again (at most _REQUEUE_LIMIT times)
+unless the re-read head shows that commit landed. They commit before anything queued after them, in
+transactions of their own with nothing sealed behind them until they are reported, so a record the store
+refuses every time fails only itself, never another request's disclosure; retries that fail together are
+tried one by one next. While the head cannot be re-read they wait (each failed re-read counting as one
+of their retries) instead of being reported lost: their commit may have landed.
+
 `append_nowait()` is for records whose loss in a crash the design accepts (an outcome or a refusal: a
 crash may leave a disclosure without its outcome, never a forward without a disclosure). They queue
 behind everything appended before them, in order, and nobody waits for them; a batch holding only such
@@ -122,6 +129,7 @@ class _Submission:
     sealed: Sequence[Row] = ()  # its rows, for the report of a commit that lands after the watchdog
     deadline: float = 0.0  # loop time by which the store must have reported it (the commit watchdog)
     settled: bool = False
+    retry: bool = False  # records sealed again after a failed commit, alone in their transaction (_take_retries)
 
 
 def _unawaited(waiter: _Waiter) -> bool:
@@ -131,7 +139,8 @@ def _unawaited(waiter: _Waiter) -> bool:
 
 # How many times a record nobody waits for is sealed again after the commit it rode in failed, before it
 # is reported lost: enough for a passing fault; a record the store refuses every time (a full disk, a
-# value the store rejects) must not be retried for ever, nor hold close() and flush().
+# value the store rejects) must not be retried for ever, nor hold close() and flush(). A head re-read
+# that fails while it waits to be sealed again counts as one of them (see _head_unread).
 _REQUEUE_LIMIT = 2
 
 
@@ -140,14 +149,21 @@ def _retries_left(waiter: _Waiter) -> bool:
     return not isinstance(on_failure, _Requeued) or on_failure.times < _REQUEUE_LIMIT
 
 
+def _alone(waiter: _Waiter) -> bool:
+    on_failure = waiter[3]
+    return isinstance(on_failure, _Requeued) and on_failure.alone
+
+
 class _Requeued:
-    """The failure callback of a record sealed again, with how often it has been; calls the original."""
+    """The failure callback of a record sealed again, with how often it has been and whether it is to be
+    tried alone (a retry it shared with other records failed); calls the original."""
 
-    __slots__ = ("on_failure", "times")
+    __slots__ = ("alone", "on_failure", "times")
 
-    def __init__(self, on_failure: Callable[[], None], times: int) -> None:
+    def __init__(self, on_failure: Callable[[], None], times: int, alone: bool) -> None:
         self.on_failure = on_failure
         self.times = times
+        self.alone = alone
 
     def __call__(self) -> None:
         self.on_failure()
@@ -237,9 +253,16 @@ class Ledger:
         # One bound method for every submission: the stores group a transaction's submissions by their
         # callback, and `self._written` read anew is a new object each time.
         self._on_written = self._written
+        # Records nobody waits for that rode in a commit that failed (or were chained onto one), to be sealed
+        # again: ahead of everything in the queue (appended before all of it), each batch of them alone in
+        # flight and in its own transaction (_take_retries), so a record the store always refuses fails no
+        # other request's disclosure. They wait here, not reported lost, while the head cannot be re-read.
+        self._retries: list[_Waiter] = []
         # Where the next record queued again after a failed commit goes: behind those queued again before
-        # it (commits fail in order), so they keep their order. Back to 0 when a batch is taken.
+        # it (commits fail in order), so they keep their order. Back to 0 when retries are taken.
         self._requeue_at = 0
+        # Wakes the writer when the head re-read may be tried again for waiting retries (_head_unread).
+        self._retry_timer: asyncio.TimerHandle | None = None
         # Records nobody waits for that rode in a commit that failed or was given up on, queued again:
         # id(prepared) -> (prepared, the sequence and hash of that commit's last row). That commit may
         # have landed; the re-read head tells (see _drop_landed). Holding `prepared` keeps its id from
@@ -291,6 +314,9 @@ class Ledger:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         try:
             async with self._commit_lock:
                 await self._drained()
@@ -389,6 +415,30 @@ class Ledger:
             self._linger_over = False
         return batch
 
+    def _take_retries(self) -> list[_Waiter]:
+        """The next records to seal again: the leading one alone if a retry it shared failed, else the
+        leading run of those not marked alone (at most a batch)."""
+        retries = self._retries
+        count = 1
+        if not _alone(retries[0]):
+            limit = min(len(retries), self._max_batch)
+            while count < limit and not _alone(retries[count]):
+                count += 1
+        batch = retries[:count]
+        del retries[:count]
+        self._requeue_at = 0
+        self._last_batch_pressing, previous = 0, self._last_batch_pressing
+        self._lone = previous <= 1 and len(batch) == 1
+        return batch
+
+    def _reload_due(self) -> bool:
+        """Whether a head re-read may be tried now (its back-off has run out, or the ledger is closing)."""
+        return not self._accepting or asyncio.get_running_loop().time() >= self._reload_after
+
+    def _wake_for_retries(self) -> None:
+        self._retry_timer = None
+        self._wake()
+
     async def flush(self) -> None:
         """Wait until every record queued so far is committed (or has failed); raises nothing."""
         if self._settled_total < self._queued_total:
@@ -417,11 +467,15 @@ class Ledger:
     async def _run_writer(self) -> None:
         while True:
             # After a failure nothing is sealed until every submission has been reported and the head
-            # re-read (in _submit): what is in flight was chained onto the failed commit.
-            blocked = self._head_uncertain and bool(self._in_flight)
-            idle = (not self._queue or self._lingers()) and not self._checkpoint_due
+            # re-read: what is in flight was chained onto the failed commit. Nothing is sealed behind
+            # records sealed again either (a retry), until their commit is reported: were it to fail, what
+            # was chained onto it would fail too.
+            blocked = bool(self._in_flight) and (self._head_uncertain or self._in_flight[0].retry)
+            retry_due = bool(self._retries) and not self._in_flight and (
+                not self._head_uncertain or self._reload_due())
+            idle = (not self._queue or self._lingers()) and not self._checkpoint_due and not retry_due
             if blocked or idle:
-                if idle and not self._accepting and not self._in_flight:
+                if idle and not self._accepting and not self._in_flight and not self._retries:
                     return
                 self._wakeup = asyncio.get_running_loop().create_future()
                 await self._wakeup
@@ -430,10 +484,19 @@ class Ledger:
             batch: list[_Waiter] = []
             try:
                 async with self._commit_lock:
-                    # Taken under the lock (free but for prune, which holds it and drains): prune never sees a
-                    # batch taken and not yet sealed, whose records its head re-read would not resolve.
-                    batch = self._take_batch()
-                    await self._submit(batch, force_checkpoint=False)
+                    # Taken under the lock (free but for prune, which holds it and drains), and after the head
+                    # is known: prune never sees a batch taken and not yet sealed, and the records queued again
+                    # are checked against a re-read head (_drop_landed) before any of them is taken.
+                    if self._head_uncertain and not await self._head_known():
+                        if self._queue and not self._lingers():
+                            # Nothing can be sealed: refused at once (503), not held until the head can be read.
+                            batch = self._take_batch()
+                            self._fail(batch, "the disclosure ledger is unavailable")
+                            self._settled(len(batch))
+                        continue
+                    retry = bool(self._retries)
+                    batch = self._take_retries() if retry else self._take_batch()
+                    await self._submit(batch, force_checkpoint=False, retry=retry)
             except Exception as exc:
                 # A bug while sealing must not kill the writer and leave later appends waiting forever.
                 log.error("ledger writer failed on a batch: %s", type(exc).__name__)
@@ -446,8 +509,10 @@ class Ledger:
                 # goes first (it may queue records again), then everything queued.
                 self._abandon_in_flight("the ledger writer stopped")
                 self._fail(batch, "the ledger writer stopped")
+                self._fail(self._retries, "the ledger writer stopped")
                 self._fail(self._queue, "the ledger writer stopped")
-                self._settled(len(batch) + len(self._queue))
+                self._settled(len(batch) + len(self._retries) + len(self._queue))
+                self._retries.clear()
                 self._queue.clear()
                 self._pressing = 0
                 raise
@@ -468,12 +533,55 @@ class Ledger:
                 self._checkpoint_due = True
                 self._wake()
 
+    async def _head_known(self) -> bool:
+        """True once the chain head is known: after a failure it is re-read first, unless a recent attempt
+        failed and its back-off has not run out (while the ledger takes records; closing, it tries once more
+        for the final checkpoint), and the records queued again whose failed commit landed after all are
+        then dropped as stored (_drop_landed). False if it is not known (see _head_unread)."""
+        if not self._head_uncertain:
+            return True
+        attempted = self._reload_due()
+        if attempted and await self._head_reloaded():
+            if self._uncertain:
+                self._drop_landed()
+            return True
+        # A due checkpoint waits for the timer to ask again, so the writer does not spin.
+        self._checkpoint_due = False
+        self._head_unread(attempted=attempted)
+        return False
+
+    def _head_unread(self, *, attempted: bool) -> None:
+        """The head is not known: its re-read failed (`attempted`) or is backing off. The records queued
+        again keep waiting rather than being reported lost: the commit they rode in may have landed, which
+        only a head read can tell, and sealing them again needs that head anyway. Each failed attempt counts
+        as one of their retries (_REQUEUE_LIMIT), so they do not wait for ever, nor hold flush(); one out of
+        retries is reported lost, and so is everything queued once the ledger is closing."""
+        if not self._accepting:
+            gone = [*self._retries, *self._queue]
+            self._retries.clear()
+            self._queue.clear()
+            self._pressing = 0
+        elif not attempted or not self._retries:
+            return
+        else:
+            gone = [waiter for waiter in self._retries if not _retries_left(waiter)]
+            self._retries = [self._requeued(waiter, True) for waiter in self._retries if _retries_left(waiter)]
+            self._requeue_at = 0
+            if self._retries:
+                if self._retry_timer is not None:
+                    self._retry_timer.cancel()
+                self._retry_timer = asyncio.get_running_loop().call_at(self._reload_after, self._wake_for_retries)
+        unsure = sum(1 for waiter in gone if id(waiter[0]) in self._uncertain)
+        if unsure:
+            # Said as it is: not known to be lost. The outcome log line (outcome_not_recorded) follows.
+            log.warning("ledger: %d record(s) of a failed commit given up on while the chain head could not be "
+                        "re-read (chain %s): whether they were stored is unknown", unsure, self.chain_id)
+        self._fail(gone, "the disclosure ledger is unavailable")
+        self._settled(len(gone))
+
     async def _head_reloaded(self) -> bool:
-        """Re-read the head unless a recent attempt failed and its back-off has not run out (while the
-        ledger takes records; closing, it tries once more for the final checkpoint). False if not read."""
+        """Re-read the head now; False (and the next attempt backed off) if it could not be read."""
         loop = asyncio.get_running_loop()
-        if self._accepting and loop.time() < self._reload_after:
-            return False
         try:
             await self._reload_head()
         except Exception as exc:
@@ -491,19 +599,21 @@ class Ledger:
         self._head_uncertain = False
 
     @staticmethod
-    def _requeued(waiter: _Waiter, tried: bool) -> _Waiter:
+    def _requeued(waiter: _Waiter, tried: bool, alone: bool = False) -> _Waiter:
         """`waiter` to be queued again; `tried` counts against its retries (False: the store refused the
-        commit without trying it, as chained onto a failed one; the next try after the re-read is real)."""
+        commit without trying it, as chained onto a failed one; the next try after the re-read is real);
+        `alone`: it is to be tried in a transaction of its own (it stays so)."""
         prepared, future, durable, on_failure, stamp = waiter
         assert on_failure is not None
         if isinstance(on_failure, _Requeued):
-            return (prepared, future, durable, _Requeued(on_failure.on_failure, on_failure.times + tried), stamp)
-        return (prepared, future, durable, _Requeued(on_failure, int(tried)), stamp)
+            again = _Requeued(on_failure.on_failure, on_failure.times + tried, on_failure.alone or alone)
+            return (prepared, future, durable, again, stamp)
+        return (prepared, future, durable, _Requeued(on_failure, int(tried), alone), stamp)
 
-    def _drop_landed(self, batch: list[_Waiter]) -> None:
+    def _drop_landed(self) -> None:
         """Just after the head was re-read: the records queued again from failed commits that landed after
-        all are stored already. They leave the batch and the queue as settled; the others are sealed
-        again. `batch` (taken from the queue before the re-read) is changed in place.
+        all are stored already. They leave the retries as settled; the others are sealed again. A head
+        re-read that failed in between changes nothing: the entries wait for one that succeeds.
 
         Nothing was sealed since those commits failed, and the store writes in order and refuses what was
         chained onto a failed commit, so the stored head is the last row of the last of them that landed,
@@ -519,12 +629,11 @@ class Ledger:
             entry = uncertain.get(id(waiter[0]))  # the entry holds its record, so the id names only it
             return entry is not None and entry[1] <= frontier
 
-        kept = [waiter for waiter in batch if not landed(waiter)]
-        queue = [waiter for waiter in self._queue if not landed(waiter)]
-        stored = len(batch) - len(kept) + len(self._queue) - len(queue)
+        kept = [waiter for waiter in self._retries if not landed(waiter)]
+        stored = len(self._retries) - len(kept)
         if stored:
-            batch[:] = kept
-            self._queue[:] = queue
+            self._retries = kept
+            self._requeue_at = 0
             log.info("ledger: %d record(s) of a failed commit were found stored (chain %s, head %d); "
                      "not written again", stored, self.chain_id, frontier)
             self._settled(stored)
@@ -547,23 +656,15 @@ class Ledger:
                 except Exception as exc:  # a caller's report must not stop the others being told
                     log.error("ledger failure callback raised %s", type(exc).__name__)
 
-    async def _submit(self, batch: list[_Waiter], *, force_checkpoint: bool) -> None:
-        """Seal `batch` onto the chain (plus a checkpoint when due) and hand it to the store as one unit,
-        without waiting for the commit; `_written` settles it."""
-        if self._head_uncertain:
-            if not await self._head_reloaded():
-                # Nothing can be sealed: refuse the batch (a due checkpoint waits for the timer to ask again,
-                # so the writer does not spin). Once closing, refuse everything queued too: close() returns.
-                self._checkpoint_due = False
-                if not self._accepting:
-                    batch = [*batch, *self._queue]
-                    self._queue.clear()
-                    self._pressing = 0
-                self._fail(batch, "the disclosure ledger is unavailable")
-                self._settled(len(batch))
-                return
-            if self._uncertain:
-                self._drop_landed(batch)
+    async def _submit(self, batch: list[_Waiter], *, force_checkpoint: bool, retry: bool = False) -> None:
+        """Seal `batch` onto the chain (plus a checkpoint when due, unless it is a `retry`: records sealed
+        again commit with nothing else) and hand it to the store as one unit, without waiting for the
+        commit; `_written` settles it."""
+        if self._head_uncertain and not await self._head_known():
+            # Nothing can be sealed: refuse the batch. Once closing, everything queued was refused too.
+            self._fail(batch, "the disclosure ledger is unavailable")
+            self._settled(len(batch))
+            return
         head = self._head
         stamp = head.time
         sequence, prev_hash = head.sequence, head.hash
@@ -591,12 +692,13 @@ class Ledger:
         # After a failure, a due checkpoint is written even with nothing unsigned: it is the probe that
         # tells, without traffic, that the store commits again (/readyz), once per timer period.
         probe = self._checkpoint_due and not self._writable
-        checkpoint_now = probe or (since > 0 and (
+        # Records sealed again carry no checkpoint: their transaction holds nothing else (see _retries).
+        checkpoint_now = not retry and (probe or (since > 0 and (
             force_checkpoint
             or self._checkpoint_due
             or since >= self._checkpoint_every_records
             or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds
-        ))
+        )))
         if checkpoint_now:
             sequence += 1
             stamp = max(stamp, now_text())
@@ -618,7 +720,7 @@ class Ledger:
             self._checkpoint_due = False
         else:
             self._since_checkpoint = since
-        submission = _Submission(batch, results, len(rows), checkpoint_now, rows)
+        submission = _Submission(batch, results, len(rows), checkpoint_now, rows, retry=retry)
         # An unsynced batch of one record after a batch that held at most one record somebody waited for
         # commits inline when the store can (nothing in flight): with one request in flight the thread
         # hop cost more CPU than the commit. Under load it stays on the store's writer, which overlaps it
@@ -702,12 +804,14 @@ class Ledger:
             # that refused the batch as chained onto a failed one (StoreBroken) wrote none of it; any other
             # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
             # A record already sealed again _REQUEUE_LIMIT times fails like any other.
+            # Retries that failed together are tried one by one next: only one of them may be at fault.
             tried = not isinstance(error, StoreBroken)
+            alone = submission.retry and tried and len(batch) > 1
             again: list[_Waiter] = []
             failed: list[_Waiter] = []
             for waiter in batch:
                 if _unawaited(waiter) and _retries_left(waiter):
-                    again.append(self._requeued(waiter, tried))
+                    again.append(self._requeued(waiter, tried, alone))
                 else:
                     failed.append(waiter)
             batch = failed  # what fails now; the records queued again settle with their next commit
@@ -717,10 +821,8 @@ class Ledger:
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
                 at = self._requeue_at
-                self._queue[at:at] = again
+                self._retries[at:at] = again  # sealed again as soon as the head is re-read (_run_writer)
                 self._requeue_at = at + len(again)
-                if self._linger_timer is None:  # they go out with the next commit, or on the linger bound
-                    self._linger_timer = asyncio.get_running_loop().call_later(self._linger, self._end_linger)
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:
             if not self._head_uncertain:
@@ -796,7 +898,7 @@ class Ledger:
             if self._head_uncertain:
                 await self._reload_head()
                 if self._uncertain:
-                    self._drop_landed([])
+                    self._drop_landed()
             outcome: dict[str, Any] = {}
 
             def build(bounds: Sequence[ChainBounds]) -> tuple[Sequence[Row], Sequence[Row]]:
