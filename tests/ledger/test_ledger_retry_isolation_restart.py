@@ -235,17 +235,18 @@ async def test_records_kept_for_a_head_that_never_comes_back_are_reported_lost_o
 
 async def test_a_postgres_commit_cut_by_the_watchdog_is_not_reported_lost_when_the_head_re_read_fails(
         pg_url: str, gateway_keys: GatewayKeys) -> None:
-    """F9 on PostgreSQL: the watchdog (1 s) cuts a commit the server still finishes (at 1.6 s); the first
-    head re-read fails after 0.8 s (a server that does not answer, say). The outcome in that commit is
-    stored: it is neither reported lost nor, once the head is read, written a second time."""
+    """F9 on PostgreSQL: the watchdog (1 s) cuts a commit the server still finishes (at 1.4 s); the first
+    head re-read fails after 0.95 s (a server that does not answer, say), long after that commit ended. The
+    outcome in that commit is stored: it is neither reported lost nor, once the head is read, written a
+    second time."""
     from test_ledger_requeue_lease_review import slow_first_commit_of
 
     ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=1.0,
                          checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    slow = await slow_first_commit_of(pg_url, "late", 1.6)
-    reads = fail_first_head_reads(ledger, 1, after_seconds=0.8)
+    slow = await slow_first_commit_of(pg_url, "late", 1.4)
+    reads = fail_first_head_reads(ledger, 1, after_seconds=0.95)
     try:
         lost: list[str] = []
         ledger.append_unawaited(outcome("late"), on_failure=lambda: lost.append("late"))
