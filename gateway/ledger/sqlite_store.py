@@ -326,20 +326,26 @@ class SqliteStore:
             self._commits_since_checkpoint = 0
             self._broken = False
             self._closed = False
-        await self._on(self._writer_thread, self._open_writer)
+        # Assigned here, not on the thread: an open() cancelled (a start() given up on) while its thread
+        # still connects must not set a connection into the store after close() or a later open().
+        self._writer = await self._on(self._writer_thread, self._open_writer)
 
     async def claim_chain(self, chain: str, wait_seconds: float) -> None:
         self._lease = await SqliteChainLease.claim(self._lease_path, chain, wait_seconds)
 
-    def _open_writer(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
         # Used from the loop thread too (write_unsynced_now), never at the same time as from its own.
         conn = self._connect(check_same_thread=False)
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._rows_per_insert = max(1, min(_ROWS_PER_INSERT, variables // len(COLUMNS)))
-        if self._create:
-            conn.executescript("BEGIN IMMEDIATE;\n" + SQLITE_SCHEMA + "COMMIT;")
-        self._writer = conn
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._rows_per_insert = max(1, min(_ROWS_PER_INSERT, variables // len(COLUMNS)))
+            if self._create:
+                conn.executescript("BEGIN IMMEDIATE;\n" + SQLITE_SCHEMA + "COMMIT;")
+        except BaseException:
+            conn.close()  # a start() tried again opens its own
+            raise
+        return conn
 
     def _reader_conn(self) -> sqlite3.Connection:
         if self._reader is None:

@@ -321,3 +321,23 @@ async def test_a_sqlite_store_closed_behind_a_hung_commit_never_lets_go_of_a_lea
         await other.claim_chain("w1", 0)  # still held by the reopened store
     await other.close()
     await store.close()
+
+
+async def test_a_start_whose_store_could_not_open_can_be_retried(sqlite_url: str, gateway_keys: GatewayKeys) -> None:
+    """N6: another connection holds the SQLite write lock past the writer's lock wait while start() creates
+    the schema; start() fails, gives back its connection, and starts once the lock is let go."""
+    ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=0.3)
+    await ledger.start()
+    await ledger.close()
+    hold = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None, check_same_thread=False)
+    hold.execute("BEGIN IMMEDIATE")
+    again = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=0.3)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await again.start()
+    finally:
+        hold.execute("ROLLBACK")
+        hold.close()
+    await again.start()
+    assert (await again.append(disclosure_draft(0, gateway_keys))).sequence == 1
+    await again.close()
