@@ -4,7 +4,9 @@ The egress pipeline writes exactly one `request` line per request (see gateway.p
 only bounded, non-personal values: request id, caller service, partner, route, status, latency and the
 counts of fields kept, transformed and dropped. Bodies, query values, header values and subject ids are
 never passed to a logger; exceptions are logged by type name only, because an exception message may
-quote the data that caused it.
+quote the data that caused it. aiohttp's server-side loggers follow the same rule: `configure_logging`
+reduces their records to a fixed message and the exception's type name (`_ValueFreeRecords`), since
+aiohttp's parser errors quote the raw request line or header line.
 
 Nothing binds structlog context variables (request values are passed to each call explicitly), so the
 processor chain has no `merge_contextvars` step: add it back before using `bind_contextvars`.
@@ -79,6 +81,31 @@ class _UtcTimestamp:
         return f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
 
 
+# aiohttp's loggers on the server side: `aiohttp.server` logs a request it cannot parse with the parser's
+# exception, whose text quotes the offending request line or header line (a path parameter, an e-mail in a
+# header); `aiohttp.web` and `aiohttp.internal` log handler, payload and cookie trouble likewise. Their records
+# keep their level and logger name and lose everything else (see `_ValueFreeRecords`).
+_AIOHTTP_SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.internal")
+
+
+class _ValueFreeRecords(logging.Filter):
+    """Reduces a record to a fixed message naming only the exception's type: the message, its arguments,
+    the exception (its text and traceback, and any exception chained to it) and the stack are dropped, so
+    no handler can write a byte of the request that caused it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        record.msg = f"log record withheld (may quote the request): error={type(error).__name__ if error else '-'}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+_value_free = _ValueFreeRecords()
+
+
 def configure_logging(level: str = "info") -> None:
     """Configure structlog (and route aiohttp's stdlib loggers to the same level). Idempotent."""
     global _configured_factory, _installed
@@ -105,6 +132,8 @@ def configure_logging(level: str = "info") -> None:
     # aiohttp's access log would print the request line, whose path and query may carry personal
     # values; the pipeline's own line replaces it.
     logging.getLogger("aiohttp.access").disabled = True
+    for name in _AIOHTTP_SERVER_LOGGERS:
+        logging.getLogger(name).addFilter(_value_free)  # adds it once, however often this runs
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s")
 
 

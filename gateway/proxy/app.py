@@ -225,8 +225,10 @@ class DeadlineBody:
 
 class _AiohttpEgressRequest:
     """aiohttp's request as the stages read it (gateway.proxy.context.IncomingRequest), with its body
-    under the body deadline. In a running gateway only a connection the lean server handed to aiohttp
-    (after a request for another endpoint) brings an egress request here; it keeps the same bound."""
+    under the body deadline. In a running gateway the lean server reads every egress request itself (a
+    connection it hands to aiohttp closes after its one answer), so only a target that merely routes here
+    (absolute form, `/v1/p%61rtners/...`) arrives, and the pipeline refuses it (its raw target has no
+    partner); an app served by aiohttp alone serves egress here, under the same body bound."""
 
     __slots__ = ("_request", "content")
 

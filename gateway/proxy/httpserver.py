@@ -8,23 +8,35 @@ runs the pipeline and writes the answer's bytes itself.
 Only `{METHOD} /v1/partners/...` is served here. A request whose target is anything else (ops
 endpoints, the admin API, unknown paths, absolute or asterisk forms) hands its connection to aiohttp's
 own protocol for the unchanged Application: the `RequestHandler` that aiohttp's server would have
-created takes the transport and is fed the bytes of that request from its first byte, once the requests
-ahead of it are answered. llhttp reports no byte offsets, so where that request begins is found from
-the bytes read since the last point a fresh parser could start from (`_replay`): a read that began
-between messages, or the known end of a Content-Length body. When the request begins right there (how
+created takes the transport and is fed the bytes of that request from its first byte (and no further
+when the request is complete in them), once the requests ahead of it are answered. aiohttp answers that
+one request with `Connection: close` and closes the connection, so every egress request is read here,
+under this server's limits and deadlines, and never by aiohttp's parser (whose errors quote the request
+in its log records; gateway.logs strips those records too).
+
+llhttp reports no byte offsets, so where that request begins is found from the bytes read since the
+last point a fresh parser could start from (`_replay`): a read that began between messages, or the
+known end of a Content-Length body. When the request begins right there (how
 every non-pipelining client sends) that is free; when egress requests precede it in those bytes, a
 scratch parser finds where they end (`_end_of_messages`). Only when that point is unknown (a pipelined
 request behind a chunked body over `_REPLAY_MAX_BYTES` spread over several reads) is it refused with 400
 and the connection closed (fail closed).
 
 HTTP behaviour, as aiohttp's server had it unless said otherwise:
+- HTTP/1.0 and HTTP/1.1 only: any other version (llhttp takes a request line without one as 0.9) gets
+  505; the status line always says `HTTP/1.1` (the server's version, RFC 9110 6.2), so a close is always
+  said with `Connection: close`; an HTTP/1.1 request needs exactly one Host (400);
 - keep-alive by default for HTTP/1.1, close for HTTP/1.0 unless `Connection: keep-alive`; pipelined
   requests are answered in order, one at a time (reading pauses while one waits behind another);
+- a client that half-closes (FIN after its requests) still gets the answers owed, then the connection
+  closes; with none owed it closes at once;
 - bodies with Content-Length or chunked framing are handed to the pipeline as they arrive; the body
   stream holds at most about `_BODY_HIGH_WATER` bytes before reading pauses, so the route's limit
   (ReadBody) is enforced while reading; an answer given before the body was read to its end (413, or
   any refusal) closes the connection instead of reading the rest;
 - headers that must appear once (Host, Content-Type, ...: aiohttp's list) appear once (400);
+- Transfer-Encoding is `chunked` or absent: a coding before chunked gets 501 (RFC 9112 6.1), one whose
+  last coding is not chunked 400 (6.3), and any on an HTTP/1.0 request 400;
 - limits: request target 8,190 bytes (414), a header line 8,190 bytes, 128 headers, 64 KiB of head
   (431); malformed requests (llhttp's strict checks: CR/LF/NUL in values, Content-Length with
   Transfer-Encoding, duplicate Content-Length, bad chunk framing, ...) get 400; all as problem+json,
@@ -54,9 +66,13 @@ from http import HTTPStatus
 from typing import Any, Final, cast
 
 import httptools
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import parse_content_type
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.errors import GatewayError, MalformedRequest
@@ -89,11 +105,12 @@ _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"
 # Headers that aiohttp's parser refuses to see twice (its SINGLETON_HEADERS): two values would be
 # ambiguous (which Content-Type did the media-type check see?), so both servers refuse them.
 _SINGLETON_HEADERS: Final = (
-    "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Host", "Max-Forwards",
-    "Server", "Transfer-Encoding", "User-Agent",
-)
+    "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Max-Forwards", "Server",
+    "Transfer-Encoding", "User-Agent",
+)  # and Host, checked on its own (exactly one in HTTP/1.1)
 _UNSAFE_HEADER = re.compile(r"[\r\n\x00]")
-_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+# Always HTTP/1.1, whatever 1.x the request named: a server sends its own version (RFC 9110, 6.2).
+_STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _log = get_logger("gateway.server")
@@ -127,6 +144,18 @@ class ExpectationFailed(GatewayError):
     status = 417
     slug = "expectation-failed"
     title = "Expectation not supported"
+
+
+class HttpVersionNotSupported(GatewayError):
+    status = 505
+    slug = "http-version-not-supported"
+    title = "HTTP version not supported"
+
+
+class TransferCodingNotImplemented(GatewayError):
+    status = 501
+    slug = "transfer-coding-not-implemented"
+    title = "Transfer coding not implemented"
 
 
 class _Stop(Exception):
@@ -234,7 +263,7 @@ class LeanRequest:
 
     def __init__(
         self, method: str, raw_path: str, headers: CIMultiDict[str], version: str, keep_alive: bool,
-        content: LeanBody,
+        content: LeanBody, *, chunked: bool,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -245,7 +274,7 @@ class LeanRequest:
         declared = headers.get("Content-Length")
         # llhttp has already refused a malformed, negative or repeated Content-Length.
         self.content_length = None if declared is None else int(declared)
-        self.body_exists = "Transfer-Encoding" in headers or bool(self.content_length)
+        self.body_exists = chunked or bool(self.content_length)
         self._parsed_type = False
         self._content_type = "application/octet-stream"
         self._charset: str | None = None
@@ -272,7 +301,8 @@ class LeanRequest:
 
 
 class LeanServer:
-    """The listening socket and its connections; hands non-egress connections to aiohttp's server."""
+    """The listening socket and its connections; hands non-egress connections to aiohttp's server, which
+    answers the one request it is given and closes (its requests are all marked `Connection: close`)."""
 
     def __init__(
         self, pipeline_of: Callable[[], Pipeline], aiohttp_server: web.Server, *,
@@ -280,6 +310,7 @@ class LeanServer:
         keepalive_timeout: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.pipeline_of = pipeline_of
+        _close_after_answer(aiohttp_server)
         self.aiohttp_server = aiohttp_server
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
@@ -339,6 +370,7 @@ class EgressProtocol(asyncio.Protocol):
         # paused while any reason holds (see `_update_reading`).
         self._input_done = False
         self._closing = False  # the next answer closes the connection (shutdown)
+        self._eof = False  # the client half-closed: nothing more arrives, answers owed are still written
         self._refusal: Answer | None = None  # written after the queued answers, then the connection closes
         self._queue_paused = False
         self._body_paused = False
@@ -368,6 +400,7 @@ class EgressProtocol(asyncio.Protocol):
         self._completed = 0  # messages completed on this connection
         self._handoff: bytes | None = None  # bytes to give aiohttp once the requests ahead are answered
         self._url = b""
+        self._version = "1.1"  # of the message being read, once its request line is (see `_decide`)
         self._header_list: list[tuple[str, str]] = []
         self._head_size = 0
         self._head_bytes = 0
@@ -406,6 +439,28 @@ class EgressProtocol(asyncio.Protocol):
         self._wake_drain()
         self._server.forget(self)
 
+    def eof_received(self) -> bool:
+        """The client half-closed (FIN after its request, as `nc -N` or a shell pipe does): it sends nothing
+        more but still reads. The answers owed are written, then the connection closes; with none owed it
+        closes now (False lets the transport close it)."""
+        transport = self._transport
+        if transport is None:  # already closing (lingering): nothing more to wait for
+            return False
+        self._eof = True
+        self._input_done = True
+        self._cancel_head_timer()  # a head begun will never be completed
+        self._cancel_body_timer()
+        current = self._current
+        if current is not None:
+            # Its body can never arrive whole: its own pipeline run answers (the body read fails with a
+            # 400, or an earlier refusal), and nothing is forwarded.
+            current.content.set_exception(MalformedRequest("the request body ended early"))
+        handoff = self._handoff
+        if handoff is not None and _end_of_messages(handoff, 1) is None:
+            self._handoff = None  # a request for another path that can no longer be completed
+        # True keeps the write side open for what is owed.
+        return self._task is not None or bool(self._queue) or self._handoff is not None
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -435,10 +490,13 @@ class EgressProtocol(asyncio.Protocol):
                 self._head_bytes += len(data)
         self._chunk = data
         self._clean_start = not self._in_message
+        stopped = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
-            self._stopped()
+            # Acted on after the `try`: a hand-off run in here would chain this exception (and the
+            # parser's state) to anything aiohttp raises or logs.
+            stopped = True
         except httptools.HttpParserUpgrade:
             # Upgrades are not offered: the request is answered as a plain one, then the connection closes.
             self._end_input()
@@ -461,6 +519,8 @@ class EgressProtocol(asyncio.Protocol):
             self._chunk = b""
             if not self._in_message:
                 self._replay = None
+        if stopped:
+            self._stopped()
 
     def _extend_replay(self, data: bytes) -> None:
         """A read that continues a message: keep what is needed to locate a request pipelined behind it."""
@@ -545,8 +605,15 @@ class EgressProtocol(asyncio.Protocol):
             raise _Stop
 
     def _decide(self) -> None:
-        """The target is complete: egress requests stay here, any other goes to aiohttp."""
+        """The request line is complete: a version other than HTTP/1.0 or 1.1 is refused (llhttp takes
+        a line without one as 0.9 and parses any digit pair), egress requests stay here, any other goes
+        to aiohttp."""
         self._deciding = False
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._stop = HttpVersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served")
+            raise _Stop
+        self._version = version
         if self._url.startswith(_EGRESS_PREFIX_BYTES):
             return
         data = self._locate_handoff()
@@ -597,11 +664,26 @@ class EgressProtocol(asyncio.Protocol):
         parser = self._parser
         headers: CIMultiDict[str] = CIMultiDict(self._header_list)
         self._header_list = []
+        version = self._version
+        hosts = len(headers.getall("Host", ()))
+        if hosts != 1 and (hosts or version == "1.1"):
+            # RFC 9112, 3.2: exactly one Host in HTTP/1.1 (at most one in 1.0).
+            self._stop = MalformedRequest("an HTTP/1.1 request needs exactly one Host header")
+            raise _Stop
         for name in _SINGLETON_HEADERS:
             if name in headers and len(headers.getall(name)) > 1:
                 self._stop = MalformedRequest("a header that must appear once was sent twice")
                 raise _Stop
-        version = parser.get_http_version()
+        coding = headers.get("Transfer-Encoding")
+        if coding is not None and (version == "1.0" or coding.lower() != "chunked"):
+            if version == "1.0":  # HTTP/1.0 has no transfer codings: faulty framing (RFC 9112, 6.1)
+                self._stop = MalformedRequest("an HTTP/1.0 request cannot use Transfer-Encoding")
+            elif coding.rpartition(",")[2].strip().lower() != "chunked":
+                # The body's length cannot be known: 400 (RFC 9112, 6.3; llhttp would refuse it next).
+                self._stop = MalformedRequest("the request is not valid HTTP/1.1")
+            else:  # another coding before chunked: understood by no one here (RFC 9112, 6.1)
+                self._stop = TransferCodingNotImplemented("only the transfer coding chunked is supported")
+            raise _Stop
         expect = headers.get("Expect")
         expect_continue = False
         if expect is not None:
@@ -611,7 +693,7 @@ class EgressProtocol(asyncio.Protocol):
             expect_continue = version == "1.1"
         request = LeanRequest(
             parser.get_method().decode("ascii"), self._url.decode("utf-8", "surrogateescape"), headers, version,
-            parser.should_keep_alive(), LeanBody(self, expect_continue=expect_continue),
+            parser.should_keep_alive(), LeanBody(self, expect_continue=expect_continue), chunked=coding is not None,
         )
         self._current = request
         self._queue.append(request)
@@ -730,6 +812,11 @@ class EgressProtocol(asyncio.Protocol):
         self._transport = None
         self._lingering = transport
         self._linger_left = LINGER_BYTES
+        if self._eof:
+            # The client already half-closed: nothing can arrive to reset the answer; close once it is sent.
+            transport.close()
+            self._linger_timer = self._loop.call_later(LINGER_SECONDS, _close_or_abort, transport)
+            return
         if not transport.can_write_eof():
             transport.close()
             return
@@ -826,10 +913,16 @@ class EgressProtocol(asyncio.Protocol):
         self._server.forget(self)
         self._transport = None
         self._input_done = True
+        # aiohttp answers this one request and closes (see `LeanServer`); what the client pipelined behind
+        # it is not given to aiohttp's parser (any egress request in it is sent again on a new connection,
+        # to this server). Only a request not complete in these bytes gets the rest as it arrives.
+        end = _end_of_messages(data, 1)
+        if end is not None:
+            data = data[:end]
         handler = self._server.aiohttp_server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        if self._reading_paused:
+        if self._reading_paused and not self._eof:  # after EOF, aiohttp would close on reading it again
             transport.resume_reading()
         handler.data_received(data)
 
@@ -884,6 +977,21 @@ class EgressProtocol(asyncio.Protocol):
                 transport.abort()
 
 
+def _close_after_answer(server: web.Server) -> None:
+    """Make every request `server` reads one that closes its connection after the answer (aiohttp then
+    writes `Connection: close` and parses nothing more on it): so egress requests are always read by the
+    lean server, with its limits, deadlines and refusals, never by aiohttp's on a handed-over connection."""
+    make_request = server.request_factory
+
+    def make_closing_request(
+        message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler, writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        return make_request(message._replace(should_close=True), payload, protocol, writer, task)
+
+    server.request_factory = make_closing_request
+
+
 def _close_or_abort(transport: asyncio.Transport) -> None:
     """Close once the buffered answer is sent, or abort when bytes are still unsent at this deadline: the
     client stopped reading, and `close()` alone would wait for it forever."""
@@ -895,7 +1003,8 @@ def _close_or_abort(transport: asyncio.Transport) -> None:
 
 def _head(version: str, answer: Answer, close: bool) -> bytes:
     status = answer.status
-    lines = [f"HTTP/{version} {status} {_REASONS.get(status, '')}\r\n"]
+    line = _STATUS_LINES.get(status)
+    lines = [f"HTTP/1.1 {status} \r\n" if line is None else line]
     for name, value in answer.headers:
         if name.lower() in _FRAMING:
             continue
@@ -908,8 +1017,8 @@ def _head(version: str, answer: Answer, close: bool) -> bytes:
     if status not in _NO_BODY_STATUS:
         lines.append(f"Content-Length: {len(answer.body)}\r\n")
     if close:
-        if version == "1.1":
-            lines.append("Connection: close\r\n")
+        # Said for HTTP/1.0 requests too: the status line says 1.1, whose default is to persist.
+        lines.append("Connection: close\r\n")
     elif version == "1.0":
         lines.append("Connection: keep-alive\r\n")
     lines.append(_date_header())

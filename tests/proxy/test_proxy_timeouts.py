@@ -2,10 +2,11 @@
 - a request head that has begun must arrive whole within `request_head_timeout_seconds` (408, close);
 - a body must arrive whole within `request_body_timeout_seconds` of the gateway starting to read it, a
   deadline for the whole body (a client trickling bytes faster than the limit is still cut off): 408,
-  close, nothing forwarded, nothing recorded as a disclosure; also for an egress request on a connection
-  already handed to aiohttp;
-- a keep-alive connection idle for `keepalive_timeout_seconds` is closed, on the egress server and on
-  aiohttp's for other paths; the idle time counts from the last answer, and an active one stays open;
+  close, nothing forwarded, nothing recorded as a disclosure (a connection handed to aiohttp closes after
+  its one answer, so no egress request is read there);
+- a keep-alive connection idle for `keepalive_timeout_seconds` is closed, on the egress server (and a
+  head handed to aiohttp that never completes, after that limit); the idle time counts from the last
+  answer, and an active one stays open;
 - an answer the client does not read for that long is dropped with its connection."""
 
 from __future__ import annotations
@@ -131,19 +132,6 @@ async def test_a_trickled_body_gets_408_however_steady_its_bytes(quick_body: Gat
     assert [r["status"] for r in await quick_body.ledger_records(kind="refusal")] == [408]
 
 
-async def test_the_body_deadline_holds_on_a_connection_handed_to_aiohttp(quick_body: GatewayHarness) -> None:
-    # A request for another endpoint first hands the connection to aiohttp for good; an egress request
-    # after it there must not escape the deadline by trickling its body.
-    data = json.dumps(shipment_body()).encode()
-    async with Conn(quick_body) as conn:
-        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        _, status, _, _ = await conn.answer()
-        assert status == 200
-        await _trickled_body_is_cut_off(conn, _head(quick_body, f"Content-Length: {len(data)}"), data)
-    assert quick_body.partner.received == []
-    assert await quick_body.ledger_records(kind="disclosure") == []
-
-
 async def test_a_stalled_body_gets_408(quick_body: GatewayHarness) -> None:
     async with Conn(quick_body) as conn:
         await conn.send(_head(quick_body, "Transfer-Encoding: chunked") + b"10\r\n{\"order_id\": \"O")  # then nothing
@@ -190,12 +178,13 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_limit(quick_idl
         assert await conn.closed_by_server()
 
 
-async def test_an_idle_connection_handed_to_aiohttp_is_closed_after_the_limit(quick_idle: GatewayHarness) -> None:
+async def test_a_connection_handed_to_aiohttp_with_a_head_never_completed_is_closed_after_the_limit(
+    quick_idle: GatewayHarness,
+) -> None:
+    # aiohttp has no head deadline: its keep-alive limit bounds a head that stops after its first header
+    # (llhttp reports that header when the next one begins: the lean server hands over there).
     async with Conn(quick_idle) as conn:
-        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        _, status, headers, _ = await conn.answer()
-        assert status == 200
-        assert "connection" not in headers
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Then: nothing\r\n")
         assert await conn.closed_by_server()
 
 
