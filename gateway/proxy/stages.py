@@ -196,7 +196,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 class Parse(SyncStage):
-    """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed."""
+    """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed, or when
+    a header the route allowlists has a non-ASCII value."""
 
     name: ClassVar[str] = "parse"
 
@@ -227,8 +228,22 @@ class Parse(SyncStage):
                 # Two values for one header are ambiguous for an allowlist; refuse instead of guessing.
                 raise MalformedRequest("a header was sent twice", [Violation(f"headers.{name}", "duplicate")])
             seen.add(lower)
+            if not value.isascii():
+                _refuse_non_ascii(ctx, name, lower)
             headers[name] = value
         ctx.headers = headers
+
+
+def _refuse_non_ascii(ctx: RequestContext, name: str, lower: str) -> None:
+    """Refuses a non-ASCII value in a header the route allowlists (an undeclared one is dropped anyway).
+    Header bytes have no agreed charset: the servers decode UTF-8 and the upstream client writes Latin-1,
+    so the partner would receive other bytes than the caller sent (and the ledger recorded as kept). The
+    answer names the header, never its value."""
+    assert ctx.route is not None
+    if any(declared.lower() == lower for declared in ctx.route.policy.spec.request_headers):
+        raise MalformedRequest(
+            f"the header {name} must be ASCII", [Violation(f"headers.{name}", "non-ASCII value")]
+        )
 
 
 class Validate(SyncStage):
