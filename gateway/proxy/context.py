@@ -23,7 +23,7 @@ from multidict import MultiMapping
 
 if TYPE_CHECKING:
     from gateway.auth import Caller
-    from gateway.forward import PartnerLimiter, UpstreamResponse
+    from gateway.forward import OutboundRequest, PartnerLimiter, UpstreamResponse
     from gateway.ledger import AppendedRecord
     from gateway.policy import MinimisedRequest, ValidatedBody
     from gateway.profiles import PartnerProfile, Route
@@ -161,6 +161,7 @@ class RequestContext:
     minimised: MinimisedRequest | None = None
     sent_body: bytes | None = None
     body_digest: str | None = None
+    outbound: OutboundRequest | None = None  # the exact bytes for the partner, built before the ledger
     attempt: int = 1
     disclosure: AppendedRecord | None = None
     upstream: UpstreamResponse | None = None

@@ -218,7 +218,7 @@ async def test_stages_that_never_wait_are_called_without_a_coroutine(
     stages = harness.gateway.state.pipeline.stages
     sync = [stage for stage in stages if isinstance(stage, SyncStage)]
     assert [stage.name for stage in sync] == [
-        "match_route", "parse", "validate", "authorize", "minimise", "filter_response", "record_outcome"]
+        "match_route", "parse", "validate", "authorize", "minimise", "prepare", "filter_response", "record_outcome"]
 
     async def awaited(self: SyncStage, ctx: object) -> None:
         raise AssertionError(f"{type(self).__name__} was awaited")
