@@ -64,7 +64,13 @@ def decode_segment(raw: str) -> str:
     result = raw if decoded_once is None else decoded_once
     # The upstream client's rule for a path parameter (dots and spaces only, also after NFKC; deeper
     # encodings): applied here too, so such a path is refused at matching, never after the disclosure.
-    if result and segment_problem(result) is not None:
+    # For ASCII without '%' (nearly every segment) NFKC and decoding change nothing and `_unsafe` has
+    # refused the separators, so the rule is its dot-and-space test alone (~3 k instructions less).
+    if result and (
+        result.strip(". ") == ""
+        if "%" not in result and result.isascii()
+        else segment_problem(result) is not None
+    ):
         raise _malformed("a path segment may not be only dots and spaces, or hide a separator")
     return result
 

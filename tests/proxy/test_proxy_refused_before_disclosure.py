@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -99,7 +100,7 @@ async def test_the_request_is_built_and_checked_before_the_disclosure_even_if_ma
     # Should route matching and the upstream client's segment rule ever drift apart again, the bytes for
     # the partner are still built (and refused) by the Prepare stage, before anything is recorded.
     monkeypatch.setattr("gateway.proxy.stages.decode_tail", lambda raw_tail: raw_tail)
-    monkeypatch.setattr("gateway.profiles.matching.segment_problem", lambda value: None)
+    monkeypatch.setattr("gateway.profiles.matching.decode_segment", urllib.parse.unquote)
     status, headers, body = await raw_http(harness, _track(harness, b"..%20"))
     problem = assert_problem(status, headers, body, 400)
     assert [v["path"] for v in problem["violations"]] == ["path.tracking_number"]
