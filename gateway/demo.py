@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -191,7 +192,9 @@ async def _run(
                         tour_subject = tour_subject or str(subject)
                 path = _example_path(route, request.path)
                 query = ("?" + urlencode(list(request.query))) if request.query else ""
-                headers = {**auth, **dict(request.headers), "X-Request-Id": f"demo-{profile.id}"}
+                # A UUID: the only caller id shape (with a W3C trace-id) the gateway propagates.
+                request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo-{profile.id}"))
+                headers = {**auth, **dict(request.headers), "X-Request-Id": request_id}
                 if len(route.purposes) > 1:
                     headers["X-Purpose"] = route.purposes[0]
                 before = len(partners.calls.get(profile.id, []))

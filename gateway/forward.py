@@ -12,7 +12,10 @@ This module owns
   no redirects;
 - per-partner admission (`UpstreamPool.limiter`): a token bucket and a concurrency cap that refuse at
   once with `RateLimited` (429) rather than queue;
-- one try of one call (`UpstreamPool.send`). Retries are the pipeline's: each try is its own ledger record.
+- one try of one call (`UpstreamPool.send`), in two steps: `prepare` builds and checks the exact bytes
+  (the pipeline runs it before the disclosure record, so a request the client cannot send is refused
+  before anything is recorded) and `send_prepared` sends them. Retries are the pipeline's: each try is
+  its own ledger record and sends the same bytes.
 
 Outcome mapping, decided here so the pipeline has one rule to apply: any HTTP answer the partner gives,
 including 4xx and 5xx, comes back as an `UpstreamResponse` (the pipeline maps partner 5xx to 502).
@@ -50,9 +53,11 @@ from gateway.errors import (
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "OutboundRequest",
     "UpstreamPool",
     "UpstreamResponse",
     "build_upstream_url",
+    "segment_problem",
 ]
 
 # A response bigger than this is refused as a partner failure: the gateway buffers whole bodies to run the
@@ -146,6 +151,15 @@ class RouteLike(Protocol):
     def path_template(self) -> str: ...
 
 
+class OutboundRequest(NamedTuple):
+    """The exact bytes of one partner call (request line, headers, body), built and checked by
+    `UpstreamPool.prepare` before anything is recorded and sent as they are by `send_prepared`, so every
+    refusal that depends on the request happens before the disclosure record. A NamedTuple: one per call."""
+
+    data: bytes
+    no_body: bool  # a HEAD: the answer carries no body whatever its framing says
+
+
 class UpstreamResponse(NamedTuple):
     """One HTTP answer from a partner, whatever its status; `body` is complete and within the size cap.
     Immutable; a NamedTuple rather than a frozen dataclass because one is built per call (0.31 against
@@ -167,30 +181,43 @@ def _refuse_param(name: str, reason: str) -> MalformedRequest:
 
 def _check_segment(name: str, value: str) -> None:
     """Refuse a path parameter that is, or decodes to, anything but one ordinary path segment."""
+    if _PLAIN_SEGMENT.fullmatch(value) and value.strip(".") != "":
+        return  # segment_problem's own fast path, without its call
+    problem = segment_problem(value)
+    if problem is not None:
+        raise _refuse_param(name, problem)
+
+
+def segment_problem(value: str) -> str | None:
+    """Why `value` cannot be one path segment of a partner URL, or None when it can. The one rule for a
+    segment: route matching (gateway.profiles.matching, gateway.proxy.stages.decode_tail) applies it too,
+    so a caller's path is refused there, before anything is recorded, rather than here.
+
+    Refused: empty; only dots and spaces (`.`, `..`, `...`, `.. `: what a lenient partner or file system
+    may resolve as a dot segment), also after NFKC (fullwidth `．`, `‥`, a no-break space); a slash,
+    backslash, NUL, CR or LF; an absolute URI; at any of up to `_MAX_DECODE_ROUNDS` percent-decodings."""
     if not value:
-        raise _refuse_param(name, "empty")
+        return "empty"
     if _PLAIN_SEGMENT.fullmatch(value):
-        if value.strip(".") == "":
-            raise _refuse_param(name, "dot segment")
-        return
+        return "dot segment" if value.strip(".") == "" else None
     current = value
     for _ in range(_MAX_DECODE_ROUNDS + 1):
         # NFKC folds look-alikes a lenient partner might normalise: fullwidth "．", "‥", "／", "＼".
         for form in (current, unicodedata.normalize("NFKC", current)):
-            if form.strip(".") == "" or form.strip(". ") == "":
-                raise _refuse_param(name, "dot segment")
+            if form.strip(". ") == "":
+                return "dot segment"
             if any(ch in form for ch in _SEGMENT_BREAKERS):
-                raise _refuse_param(name, "path separator or control character")
+                return "path separator or control character"
             if "://" in form or form.startswith("//"):
-                raise _refuse_param(name, "absolute URI")
+                return "absolute URI"
         try:
             decoded = unquote(current, errors="strict") if "%" in current else current
         except UnicodeDecodeError:
-            raise _refuse_param(name, "invalid percent-encoding") from None
+            return "invalid percent-encoding"
         if decoded == current:
-            return
+            return None
         current = decoded
-    raise _refuse_param(name, "nested percent-encoding")
+    return "nested percent-encoding"
 
 
 @lru_cache(maxsize=256)
@@ -837,7 +864,27 @@ class UpstreamPool:
         request_id: str | None = None,
         content_type: str | None = None,
     ) -> UpstreamResponse:
-        """One try of one call. Returns any HTTP answer; raises `UpstreamError`/`UpstreamTimeout` otherwise.
+        """One try of one call: `prepare` then `send_prepared`."""
+        outbound = self.prepare(
+            profile, route, method, path_params, query, headers, body, request_id=request_id, content_type=content_type
+        )
+        return await self.send_prepared(profile, outbound)
+
+    def prepare(
+        self,
+        profile: ProfileLike,
+        route: RouteLike,
+        method: str,
+        path_params: Mapping[str, str],
+        query: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        request_id: str | None = None,
+        content_type: str | None = None,
+    ) -> OutboundRequest:
+        """The exact bytes of one call; raises `MalformedRequest` for anything that cannot be sent (a path
+        parameter that is not one plain segment, a header that could inject or is not Latin-1).
 
         `headers` are the already-minimised request headers; `content_type` (or a Content-Type among
         `headers`) labels `body`; `request_id` goes out as X-Request-Id.
@@ -849,15 +896,22 @@ class UpstreamPool:
         request = channel.request_head(method, target, headers, body, request_id, content_type)
         if body:
             request += body
+        return OutboundRequest(request, method == "HEAD")
+
+    async def send_prepared(self, profile: ProfileLike, outbound: OutboundRequest) -> UpstreamResponse:
+        """One try of one prepared call. Returns any HTTP answer; raises `UpstreamError`/`UpstreamTimeout`
+        otherwise."""
+        channel = self._channel(profile)
+        request, no_body = outbound
         started = time.perf_counter()
         connection = channel.take_idle()
         if connection is not None:
-            answer = await self._exchange_idle(channel, connection, request, method == "HEAD")
+            answer = await self._exchange_idle(channel, connection, request, no_body)
             return self._response(answer, started)
         try:
             async with asyncio.timeout(channel.upstream.total_timeout):
                 connection = await channel.acquire()
-                answer = await connection.exchange(request, method == "HEAD", self._max_response_bytes)
+                answer = await connection.exchange(request, no_body, self._max_response_bytes)
         except TimeoutError:
             if connection is not None:
                 channel.release(connection, reusable=False)

@@ -23,16 +23,20 @@ from multidict import MultiMapping
 
 if TYPE_CHECKING:
     from gateway.auth import Caller
-    from gateway.forward import PartnerLimiter, UpstreamResponse
+    from gateway.forward import OutboundRequest, PartnerLimiter, UpstreamResponse
     from gateway.ledger import AppendedRecord
     from gateway.policy import MinimisedRequest, ValidatedBody
     from gateway.profiles import PartnerProfile, Route
 
 EGRESS_PREFIX = "/v1/partners/"
 
-# A caller-supplied X-Request-Id is kept only when it is short and made of safe characters, so it can
-# go to logs, the ledger and the partner without escaping; anything else is replaced.
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A caller's X-Request-Id goes to the partner, the log line and the ledger as it is, unminimised, so it is
+# kept only in a shape that cannot carry a business key by accident (a phone number, an IMEI, an order
+# id, a dotted name): a canonical UUID (any version, either case; lowercased) or a W3C trace-id (32
+# lowercase hex digits, not all zeros). Anything else is replaced by a generated id, never echoed.
+_UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_ZERO_TRACE_ID = "0" * 32
 
 
 class _RequestIds:
@@ -67,9 +71,13 @@ os.register_at_fork(after_in_child=new_request_id.reset)
 
 
 def request_id_from(value: str | None) -> str:
-    """The caller's request id when it is safe to propagate, else a fresh random one."""
-    if value is not None and _REQUEST_ID_RE.match(value):
-        return value
+    """The caller's request id when it has a shape safe to propagate (a UUID, lowercased, or a W3C
+    trace-id), else a fresh random one."""
+    if value is not None:
+        if len(value) == 36 and _UUID_RE.fullmatch(value):
+            return value.lower()
+        if len(value) == 32 and value != _ZERO_TRACE_ID and _TRACE_ID_RE.fullmatch(value):
+            return value
     return new_request_id()
 
 
@@ -153,6 +161,7 @@ class RequestContext:
     minimised: MinimisedRequest | None = None
     sent_body: bytes | None = None
     body_digest: str | None = None
+    outbound: OutboundRequest | None = None  # the exact bytes for the partner, built before the ledger
     attempt: int = 1
     disclosure: AppendedRecord | None = None
     upstream: UpstreamResponse | None = None

@@ -37,6 +37,7 @@ from gateway.proxy.stages import (
     MatchRoute,
     Minimise,
     Parse,
+    Prepare,
     ReadBody,
     RecordDisclosure,
     RecordOutcome,
@@ -50,11 +51,12 @@ STAGES: tuple[type[Stage], ...] = (
     Authenticate,  # 401
     MatchRoute,  # 404 (400 for a traversal)
     ReadBody,  # 415, 413
-    Parse,  # 400
+    Parse,  # 400 (also a non-ASCII value in an allowlisted header)
     Validate,  # 422
     Authorize,  # 400 (X-Purpose), 403
     CheckSubject,  # 403, 451, 422
     Minimise,  # 422
+    Prepare,  # 400 (a path parameter or header the partner request cannot carry)
     Admit,  # 429
     RecordDisclosure,  # 503: nothing leaves without a durable record
     Forward,  # 502, 504

@@ -31,6 +31,7 @@ from gateway.errors import (
     UpstreamError,
     Violation,
 )
+from gateway.forward import segment_problem
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
@@ -100,12 +101,15 @@ class Authenticate:
 def decode_tail(raw_tail: str) -> str:
     """The partner-relative path from its raw (still percent-encoded) form, refusing every spelling of
     a traversal: dot segments (also percent-encoded, with `;` parameters or as full-width dots), encoded
-    or literal backslashes, encoded slashes, double encoding, control characters, invalid UTF-8."""
+    or literal backslashes, encoded slashes, double encoding, control characters, invalid UTF-8, and
+    whatever else the upstream client's segment rule (gateway.forward.segment_problem: dots and spaces
+    only, also after NFKC) would refuse in a path parameter, so that it is refused here, before the
+    disclosure record, and not in Forward."""
     if not raw_tail:
         return "/"
     decoded: list[str] = []
     for raw_segment in raw_tail.split("/"):
-        if _PLAIN_SEGMENT.fullmatch(raw_segment) and raw_segment not in (".", ".."):
+        if _PLAIN_SEGMENT.fullmatch(raw_segment) and raw_segment.strip(".") != "":
             decoded.append(raw_segment)
             continue
         try:
@@ -113,9 +117,11 @@ def decode_tail(raw_tail: str) -> str:
         except UnicodeDecodeError:
             raise MalformedRequest("the path is not valid UTF-8", [Violation("path", "invalid UTF-8")]) from None
         folded = unicodedata.normalize("NFKC", segment)
+        before_params = folded.split(";", 1)[0]
         if (
             not segment
-            or folded.split(";", 1)[0] in (".", "..")
+            or (before_params and before_params.strip(". ") == "")
+            or segment_problem(segment) is not None
             or "/" in folded
             or "\\" in folded
             or "%" in segment
@@ -196,7 +202,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 class Parse(SyncStage):
-    """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed."""
+    """Strict JSON body (gateway.strictjson), query string and caller headers; 400 when malformed, or when
+    a header the route allowlists has a non-ASCII value."""
 
     name: ClassVar[str] = "parse"
 
@@ -227,8 +234,22 @@ class Parse(SyncStage):
                 # Two values for one header are ambiguous for an allowlist; refuse instead of guessing.
                 raise MalformedRequest("a header was sent twice", [Violation(f"headers.{name}", "duplicate")])
             seen.add(lower)
+            if not value.isascii():
+                _refuse_non_ascii(ctx, name, lower)
             headers[name] = value
         ctx.headers = headers
+
+
+def _refuse_non_ascii(ctx: RequestContext, name: str, lower: str) -> None:
+    """Refuses a non-ASCII value in a header the route allowlists (an undeclared one is dropped anyway).
+    Header bytes have no agreed charset: the servers decode UTF-8 and the upstream client writes Latin-1,
+    so the partner would receive other bytes than the caller sent (and the ledger recorded as kept). The
+    answer names the header, never its value."""
+    assert ctx.route is not None
+    if any(declared.lower() == lower for declared in ctx.route.policy.spec.request_headers):
+        raise MalformedRequest(
+            f"the header {name} must be ASCII", [Violation(f"headers.{name}", "non-ASCII value")]
+        )
 
 
 class Validate(SyncStage):
@@ -343,6 +364,29 @@ class Minimise(SyncStage):
         ctx.body_digest = self._digest(ctx.sent_body)
 
 
+class Prepare(SyncStage):
+    """Builds the exact bytes for the partner (request line, headers, body: gateway.forward's `prepare`)
+    from the minimised request, before anything is recorded: a path parameter or header the upstream
+    client cannot send is refused here (400) with a refusal record, never after a disclosure record.
+    Forward sends these bytes as they are, on every try."""
+
+    name: ClassVar[str] = "prepare"
+
+    def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
+        self._upstream = services.upstream
+
+    def apply(self, ctx: RequestContext) -> None:
+        profile, route, minimised = ctx.profile, ctx.route, ctx.minimised
+        assert profile is not None
+        assert route is not None
+        assert minimised is not None
+        body = ctx.sent_body or None
+        ctx.outbound = self._upstream.prepare(
+            profile, route, ctx.request.method, minimised.path_params, minimised.query, minimised.headers, body,
+            request_id=ctx.request_id, content_type="application/json" if body else None,
+        )
+
+
 class Admit:
     """Takes a slot under the partner's rate and concurrency limits (429), held until the request ends,
     before anything is recorded: a refused call leaves a refusal, not a disclosure."""
@@ -432,7 +476,7 @@ class RecordDisclosure:
 
 
 class Forward:
-    """Sends the minimised request (gateway.forward injects the partner's credentials). Routes marked
+    """Sends the bytes Prepare built (with the partner's credentials, from gateway.forward). Routes marked
     idempotent are retried on partner failure, each try with its own disclosure and outcome record."""
 
     name: ClassVar[str] = "forward"
@@ -443,19 +487,14 @@ class Forward:
         self._series = services.metrics.series
 
     async def __call__(self, ctx: RequestContext) -> None:
-        profile, route, minimised = ctx.profile, ctx.route, ctx.minimised
+        profile, route, outbound = ctx.profile, ctx.route, ctx.outbound
         assert profile is not None
         assert route is not None
-        assert minimised is not None
+        assert outbound is not None
         tries = 1 + (profile.upstream.retries if route.idempotent else 0)
-        headers = minimised.headers
-        content_type = "application/json" if ctx.sent_body else None
         while True:
             try:
-                answer = await self._upstream.send(
-                    profile, route, ctx.request.method, minimised.path_params, minimised.query, headers,
-                    ctx.sent_body or None, request_id=ctx.request_id, content_type=content_type,
-                )
+                answer = await self._upstream.send_prepared(profile, outbound)
                 if answer.status >= 500:
                     raise UpstreamError(f"the partner answered {answer.status}", reason="upstream-5xx")
             except GatewayError as exc:

@@ -5,6 +5,7 @@ conftest) so the test modules can import it when the whole suite runs; conftest.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -300,6 +301,12 @@ async def harness(
 ) -> AsyncIterator[GatewayHarness]:
     async with running_harness(settings, fake_partner, gateway_keys) as running:
         yield running
+
+
+def request_id_for(label: str) -> str:
+    """A caller's X-Request-Id named by `label`, in a shape the gateway propagates (a UUID; it replaces
+    any other shape with one of its own)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, label))
 
 
 def shipment_body(**overrides: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from proxy_harness import (
     RAW_IMEI,
     RAW_PHONE,
     GatewayHarness,
+    request_id_for,
     shipment_body,
 )
 
@@ -77,11 +78,12 @@ async def post_shipment(harness: GatewayHarness, body: Any = None, **kwargs: Any
 
 
 async def test_forwarded_request_carries_only_minimised_values(harness: GatewayHarness) -> None:
-    response = await post_shipment(harness, headers={"X-Request-Id": "req-abc.1", "Idempotency-Key": "k-1",
+    caller_id = request_id_for("req-abc.1")
+    response = await post_shipment(harness, headers={"X-Request-Id": caller_id, "Idempotency-Key": "k-1",
                                                      "Cookie": "session=caller", "X-Debug": "1"})
     body = await response.json()
     assert response.status == 200, body
-    assert response.headers["X-Request-Id"] == "req-abc.1"
+    assert response.headers["X-Request-Id"] == caller_id
     # The response policy keeps the tracking number and re-identifies the phone; the rest is withheld.
     assert body == {"tracking_number": "T-1", "recipient": {"phone": RAW_PHONE}}
 
@@ -105,11 +107,11 @@ async def test_forwarded_request_carries_only_minimised_values(harness: GatewayH
     assert "cookie" not in headers
     assert "x-debug" not in headers
     assert headers["idempotency-key"] == "k-1"
-    assert headers["x-request-id"] == "req-abc.1"
+    assert headers["x-request-id"] == caller_id
     assert got.raw_path == "/api/shipments/S-1"
 
     disclosure_id = response.headers["X-Disclosure-Id"]
-    records = await harness.ledger_records(disclosure_id=None, request_id="req-abc.1")
+    records = await harness.ledger_records(disclosure_id=None, request_id=caller_id)
     by_kind = {r["kind"]: r for r in records}
     assert by_kind["disclosure"]["id"] == disclosure_id
     assert by_kind["disclosure"]["body_digest"] == harness.keys.ledger.body_digest(got.body)
@@ -216,7 +218,7 @@ async def test_stages_that_never_wait_are_called_without_a_coroutine(
     stages = harness.gateway.state.pipeline.stages
     sync = [stage for stage in stages if isinstance(stage, SyncStage)]
     assert [stage.name for stage in sync] == [
-        "match_route", "parse", "validate", "authorize", "minimise", "filter_response", "record_outcome"]
+        "match_route", "parse", "validate", "authorize", "minimise", "prepare", "filter_response", "record_outcome"]
 
     async def awaited(self: SyncStage, ctx: object) -> None:
         raise AssertionError(f"{type(self).__name__} was awaited")

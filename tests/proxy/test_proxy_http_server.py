@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
-from proxy_harness import PARTNER_ID, RAW_CUSTOMER, RAW_IMEI, RAW_PHONE, GatewayHarness, shipment_body
+from proxy_harness import PARTNER_ID, RAW_CUSTOMER, RAW_IMEI, RAW_PHONE, GatewayHarness, request_id_for, shipment_body
 
 from gateway.logs import configure_logging
 
@@ -84,10 +84,10 @@ def assert_problem(status: int, headers: dict[str, str], body: bytes, expected: 
 async def test_keep_alive_serves_egress_then_an_ops_request_closes_the_connection(harness: GatewayHarness) -> None:
     async with Conn(harness) as conn:
         for n in range(2):
-            await conn.send(shipment(harness, extra=f"X-Request-Id: ka-{n}\r\n"))
+            await conn.send(shipment(harness, extra=f"X-Request-Id: {request_id_for(f'ka-{n}')}\r\n"))
             version, status, headers, body = await conn.answer()
             assert (version, status) == ("HTTP/1.1", 200), body
-            assert headers["x-request-id"] == f"ka-{n}"
+            assert headers["x-request-id"] == request_id_for(f"ka-{n}")
             assert "connection" not in headers
             assert json.loads(body)["tracking_number"] == "T-1"
         # Another endpoint on the same connection: handed to aiohttp's server, which answers it and closes.
@@ -141,11 +141,11 @@ async def test_pipelined_requests_are_answered_in_order(harness: GatewayHarness)
     harness.partner.mode = "slow"  # the first answer takes longest: order must still hold
     async with Conn(harness) as conn:
         unknown = f"GET /v1/partners/{PARTNER_ID}/nothing-here HTTP/1.1\r\nHost: gw\r\nAuthorization: " \
-                  f"{harness.auth()['Authorization']}\r\nX-Request-Id: p-1\r\n\r\n".encode()
-        first, last = (shipment(harness, extra=f"X-Request-Id: p-{n}\r\n") for n in (0, 2))
+                  f"{harness.auth()['Authorization']}\r\nX-Request-Id: {request_id_for('p-1')}\r\n\r\n".encode()
+        first, last = (shipment(harness, extra=f"X-Request-Id: {request_id_for(f'p-{n}')}\r\n") for n in (0, 2))
         await conn.send(first + unknown + last)
         answers = [await conn.answer() for _ in range(3)]
-        assert [a[2]["x-request-id"] for a in answers] == ["p-0", "p-1", "p-2"]
+        assert [a[2]["x-request-id"] for a in answers] == [request_id_for(f"p-{n}") for n in range(3)]
         assert [a[1] for a in answers] == [200, 404, 200]
         assert_problem(answers[1][1], answers[1][2], answers[1][3], 404)
 
@@ -378,12 +378,12 @@ async def test_invalid_transfer_coding_on_an_authorised_request_is_refused(harne
 
 async def test_whitespace_after_a_header_value_is_not_part_of_it(harness: GatewayHarness) -> None:
     async with Conn(harness) as conn:
-        request = shipment(harness, extra="X-Request-Id: ws-1 \t\r\n")
+        request = shipment(harness, extra=f"X-Request-Id: {request_id_for('ws-1')} \t\r\n")
         # ... and after the token of Authorization (the line before Content-Type).
         await conn.send(request.replace(b"\r\nContent-Type", b" \r\nContent-Type"))
         _, status, headers, body = await conn.answer()
         assert status == 200, body
-        assert headers["x-request-id"] == "ws-1"
+        assert headers["x-request-id"] == request_id_for("ws-1")
 
 
 async def test_ops_request_sent_while_an_egress_request_is_in_flight_is_answered_after_it(
@@ -391,14 +391,14 @@ async def test_ops_request_sent_while_an_egress_request_is_in_flight_is_answered
 ) -> None:
     harness.partner.mode = "slow"  # 0.5 s
     async with Conn(harness) as conn:
-        await conn.send(shipment(harness, extra="X-Request-Id: fl-0\r\n"))
+        await conn.send(shipment(harness, extra=f"X-Request-Id: {request_id_for('fl-0')}\r\n"))
         for _ in range(200):
             if harness.partner.received:
                 break
             await asyncio.sleep(0.01)
         await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
         _, status, headers, _ = await conn.answer()
-        assert (status, headers["x-request-id"]) == (200, "fl-0")
+        assert (status, headers["x-request-id"]) == (200, request_id_for("fl-0"))
         _, status, _, body = await conn.answer()
         assert (status, json.loads(body)) == (200, {"status": "ok"})
 
@@ -471,11 +471,12 @@ async def test_no_request_bytes_in_any_log_of_a_handed_over_connection(
 async def test_a_client_that_half_closes_after_its_requests_gets_the_answers(harness: GatewayHarness) -> None:
     harness.partner.mode = "slow"  # the answers are owed well after the client's FIN arrives
     async with Conn(harness) as conn:
-        await conn.send(b"".join(shipment(harness, extra=f"X-Request-Id: hc-{n}\r\n") for n in range(2)))
+        ids = [request_id_for(f"hc-{n}") for n in range(2)]
+        await conn.send(b"".join(shipment(harness, extra=f"X-Request-Id: {rid}\r\n") for rid in ids))
         conn.writer.write_eof()
         for n in range(2):
             _, status, headers, body = await conn.answer()
-            assert (status, headers["x-request-id"]) == (200, f"hc-{n}"), body
+            assert (status, headers["x-request-id"]) == (200, request_id_for(f"hc-{n}")), body
         assert await conn.closed_by_server()
     assert len(harness.partner.received) == 2
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from proxy_harness import RAW_PHONE, FakePartner, GatewayHarness, running_harness, shipment_body
+from proxy_harness import RAW_PHONE, FakePartner, GatewayHarness, request_id_for, running_harness, shipment_body
 from test_proxy_http_server import SHIPMENT, Conn, assert_problem, shipment
 
 from gateway.config import Settings, load_settings
@@ -193,9 +193,9 @@ async def test_an_active_keep_alive_connection_stays_open(steady_idle: GatewayHa
         # Six requests 0.3 s apart: the connection lives well past the 1 s limit, never idle that long.
         for n in range(6):
             await asyncio.sleep(0.3)
-            await conn.send(shipment(steady_idle, extra=f"X-Request-Id: act-{n}\r\n"))
+            await conn.send(shipment(steady_idle, extra=f"X-Request-Id: {request_id_for(f'act-{n}')}\r\n"))
             _, status, headers, _ = await conn.answer()
-            assert (status, headers["x-request-id"]) == (200, f"act-{n}")
+            assert (status, headers["x-request-id"]) == (200, request_id_for(f"act-{n}"))
 
 
 async def test_idle_time_counts_from_the_answer_not_the_request(steady_idle: GatewayHarness) -> None:

@@ -1,5 +1,6 @@
-"""Generated request ids: 128 random bits in hex, cut from a pooled os.urandom buffer, never repeated
-across the pool's refills nor between a forked child and its parent."""
+"""Request ids: a caller's is kept only as a UUID (lowercased) or a W3C trace-id; generated ones are 128
+random bits in hex, cut from a pooled os.urandom buffer, never repeated across the pool's refills nor
+between a forked child and its parent."""
 
 from __future__ import annotations
 
@@ -17,9 +18,19 @@ def test_ids_are_hex_and_distinct_across_refills() -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_a_safe_caller_id_is_kept_and_an_unsafe_one_replaced() -> None:
-    assert request_id_from("req-abc.1") == "req-abc.1"
-    assert _HEX_ID.match(request_id_from("bad id"))
+def test_a_uuid_or_trace_id_is_kept_and_any_other_shape_replaced() -> None:
+    uuid = "123e4567-e89b-12d3-a456-426614174000"
+    assert request_id_from(uuid) == uuid
+    assert request_id_from(uuid.upper()) == uuid  # normalised to lowercase
+    assert request_id_from("4bf92f3577b34da6a3ce929d0e0e4736") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    for other in (
+        "req-abc.1", "886912345678", "ORDER-2026-000123", "kim.lee.example.com", "bad id", "0" * 32,
+        "4BF92F3577B34DA6A3CE929D0E0E4736", "4bf92f3577b34da6a3ce929d0e0e473", uuid + "\n", "{" + uuid + "}",
+        "123e4567e89b-12d3-a456-426614174000-", uuid.replace("-", ":"), "g" * 32, "",
+    ):
+        replaced = request_id_from(other)
+        assert _HEX_ID.match(replaced), other
+        assert replaced != other
     assert _HEX_ID.match(request_id_from(None))
 
 
