@@ -56,6 +56,7 @@ class _Upstream:
     connect_timeout: float = 2.0
     total_timeout: float = 10.0
     retries: int = 0
+    keep_alive: bool = True
 
 
 @dataclass(frozen=True)

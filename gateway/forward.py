@@ -124,6 +124,8 @@ class UpstreamLike(Protocol):
     def connect_timeout(self) -> float: ...
     @property
     def total_timeout(self) -> float: ...
+    @property
+    def keep_alive(self) -> bool: ...
 
 
 class LimitsLike(Protocol):
@@ -649,6 +651,7 @@ class _PartnerChannel:
         "connect_port",
         "credential",
         "host_header",
+        "keep_alive",
         "limiter",
         "limits",
         "max_connections",
@@ -666,6 +669,7 @@ class _PartnerChannel:
         self.connect_host = parts.hostname
         self.connect_port = parts.port or (443 if scheme == "https" else 80)
         self.host_header = netloc
+        self.keep_alive = upstream.keep_alive
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if scheme == "https" else None
         self.credential = _credential_header(upstream.auth)
         if self.credential is not None and _FORBIDDEN_IN_VALUE.search(self.credential[1]):
@@ -720,6 +724,8 @@ class _PartnerChannel:
             lines.append(f"X-Request-Id: {request_id}\r\n")
         if self.credential is not None:
             lines.append(f"{self.credential[0]}: {self.credential[1]}\r\n")
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
         if body is not None:
             lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         elif method in _BODYLESS_METHODS:
@@ -770,7 +776,7 @@ class _PartnerChannel:
         return connection
 
     def release(self, connection: _Connection, reusable: bool) -> None:
-        if reusable and not connection.closed and not self._closed:
+        if reusable and self.keep_alive and not connection.closed and not self._closed:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:

@@ -286,7 +286,7 @@ def build_profile(ctx: _FileContext, data: Mapping[str, Any], file: Path, pseudo
     upstream = Upstream(
         base_url=upstream_raw["base_url"].rstrip("/"), auth=_build_auth(ctx, upstream_raw.get("auth"), file.parent),
         connect_timeout=float(timeouts.get("connect", 2.0)), total_timeout=float(timeouts.get("total", 10.0)),
-        retries=int(upstream_raw.get("retries", 0)),
+        retries=int(upstream_raw.get("retries", 0)), keep_alive=bool(upstream_raw.get("keep_alive", True)),
     )
     if upstream.connect_timeout > upstream.total_timeout:
         ctx.add(("upstream", "timeouts"), "the connect timeout cannot exceed the total timeout")

@@ -36,6 +36,9 @@ class Upstream:
     connect_timeout: float = 2.0
     total_timeout: float = 10.0
     retries: int = 0
+    # False: one connection per call (`Connection: close`), for a partner whose late or repeated answer on
+    # a reused connection could reach the next caller (HTTP/1.1 cannot tell a late answer from the next).
+    keep_alive: bool = True
 
 
 @dataclass(frozen=True, slots=True)

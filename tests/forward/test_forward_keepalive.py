@@ -98,3 +98,23 @@ async def test_a_redirect_on_a_kept_alive_connection_is_refused(
     with pytest.raises(UpstreamError) as refused:
         await send(pool, profile)
     assert refused.value.reason == "upstream-redirect"
+
+
+async def test_a_partner_without_keep_alive_gets_one_connection_per_call(
+    pool: UpstreamPool, raw_partner_factory: MakePartner
+) -> None:
+    # A late or repeated answer on a reused connection would reach the next caller (HTTP/1.1 cannot tell it
+    # from the next answer); `keep_alive: false` closes every connection after its one call.
+    partner = await raw_partner_factory(lambda _: OK_RESPONSE)
+    kept = profile_for(partner.url)
+    closed = Profile(
+        "carrier-test", Upstream(partner.url, None, connect_timeout=0.5, total_timeout=2.0, keep_alive=False)
+    )
+    for _ in range(3):
+        assert (await pool.send(kept, ROUTE, "POST", {"shipment_id": "S-1"}, (), {}, BODY)).status == 200
+    assert partner.connections == 1
+    assert all(b"\r\nConnection: close\r\n" not in request for request in partner.received)
+    for _ in range(3):
+        assert (await pool.send(closed, ROUTE, "POST", {"shipment_id": "S-1"}, (), {}, BODY)).status == 200
+    assert partner.connections == 4
+    assert all(b"\r\nConnection: close\r\n" in request for request in partner.received[3:])

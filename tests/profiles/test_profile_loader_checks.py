@@ -40,6 +40,13 @@ def test_valid_profile_loads(write_profile: WriteProfile, pseudonymiser: Pseudon
     profile = profile_set.profiles["carrier-xx-test"]
     assert profile.upstream.base_url == "http://127.0.0.1:9999/carrier"
     assert profile.upstream.retries == 1  # a plain ${VAR:-1} is typed like the literal
+    assert profile.upstream.keep_alive  # the default
+
+
+def test_keep_alive_false_loads(write_profile: WriteProfile, pseudonymiser: Pseudonymiser) -> None:
+    text = VALID_PROFILE.replace("retries: ${TEST_RETRIES:-1}", "retries: 1\n  keep_alive: false", 1)
+    profile = load_profiles(write_profile(text), pseudonymiser=pseudonymiser, environ=ENV).profiles["carrier-xx-test"]
+    assert profile.upstream.keep_alive is False
     assert profile.upstream.auth is not None
     assert profile.upstream.auth.value == "Bearer secret-token-value"
     assert "secret-token-value" not in repr(profile)
@@ -95,6 +102,7 @@ BROKEN = [
      "  - id: track\n    method: POST\n    path: /shipments/{shipment_id}", "path: /shipments/{shipment_id}#2",
      "same method and path shape"),
     ("retries: ${TEST_RETRIES:-1}", "retries: [", "retries: [", "YAML syntax"),
+    ("retries: ${TEST_RETRIES:-1}", "retries: 1\n  keep_alive: nope", "keep_alive: nope", "is not of type 'boolean'"),
 ]
 
 
