@@ -85,7 +85,9 @@ class _UtcTimestamp:
 # exception, whose text quotes the offending request line or header line (a path parameter, an e-mail in a
 # header); `aiohttp.web` and `aiohttp.internal` log handler, payload and cookie trouble likewise. Their records
 # keep their level and logger name and lose everything else (see `_ValueFreeRecords`).
-_AIOHTTP_SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.internal")
+# `asyncio` likewise: its "Task exception was never retrieved", "Exception in callback ..." and "Fatal error
+# on transport/protocol" records quote the exception's text (an IDNA error quotes the host label it failed on).
+_REQUEST_QUOTING_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.internal", "asyncio")
 
 
 class _ValueFreeRecords(logging.Filter):
@@ -132,7 +134,7 @@ def configure_logging(level: str = "info") -> None:
     # aiohttp's access log would print the request line, whose path and query may carry personal
     # values; the pipeline's own line replaces it.
     logging.getLogger("aiohttp.access").disabled = True
-    for name in _AIOHTTP_SERVER_LOGGERS:
+    for name in _REQUEST_QUOTING_LOGGERS:
         logging.getLogger(name).addFilter(_value_free)  # adds it once, however often this runs
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s")
 

@@ -227,8 +227,9 @@ class _AiohttpEgressRequest:
     """aiohttp's request as the stages read it (gateway.proxy.context.IncomingRequest), with its body
     under the body deadline. In a running gateway the lean server reads every egress request itself (a
     connection it hands to aiohttp closes after its one answer), so only a target that merely routes here
-    (absolute form, `/v1/p%61rtners/...`) arrives, and the pipeline refuses it (its raw target has no
-    partner); an app served by aiohttp alone serves egress here, under the same body bound."""
+    (`/v1/p%61rtners/...`; the lean server refuses absolute-form targets) arrives, and the pipeline
+    refuses it (its raw target has no partner); an app served by aiohttp alone serves egress here, under
+    the same body bound."""
 
     __slots__ = ("_request", "content")
 

@@ -5,14 +5,17 @@ stream writer) was about a quarter of the event loop's CPU per egress request. T
 with llhttp, builds a small request object the pipeline reads (`LeanRequest`, an `IncomingRequest`),
 runs the pipeline and writes the answer's bytes itself.
 
-Only `{METHOD} /v1/partners/...` is served here. A request whose target is anything else (ops
-endpoints, the admin API, unknown paths, absolute or asterisk forms) hands its connection to aiohttp's
-own protocol for the unchanged Application: the `RequestHandler` that aiohttp's server would have
-created takes the transport and is fed the bytes of that request from its first byte (and no further
-when the request is complete in them), once the requests ahead of it are answered. aiohttp answers that
-one request with `Connection: close` and closes the connection, so every egress request is read here,
-under this server's limits and deadlines, and never by aiohttp's parser (whose errors quote the request
-in its log records; gateway.logs strips those records too).
+Only `{METHOD} /v1/partners/...` is served here. A target that is not a path (absolute, authority or
+asterisk form) is refused here (400): the gateway serves none of them. A request for any other path (ops
+endpoints, the admin API, unknown paths) is read here up to the end of its head, with this server's
+checks, limits and head deadline, then hands its connection to aiohttp's own protocol for the unchanged
+Application: a `RequestHandler` as aiohttp's server would have created it (`_HandedOverHandler`: its error
+answers are value-free problem+json, it answers a client that half-closed, and it ends by a deadline)
+takes the transport and is fed the bytes of that request from its first byte (and no further when the
+request is complete in them), once the requests ahead of it are answered. aiohttp answers that one
+request with `Connection: close` and closes the connection, so every egress request is read here, under
+this server's limits and deadlines, and never by aiohttp's parser (whose errors quote the request in its
+log records and error answers; gateway.logs strips those records too).
 
 llhttp reports no byte offsets, so where that request begins is found from the bytes read since the
 last point a fresh parser could start from (`_replay`): a read that began between messages, or the
@@ -606,16 +609,24 @@ class EgressProtocol(asyncio.Protocol):
 
     def _decide(self) -> None:
         """The request line is complete: a version other than HTTP/1.0 or 1.1 is refused (llhttp takes
-        a line without one as 0.9 and parses any digit pair), egress requests stay here, any other goes
-        to aiohttp."""
+        a line without one as 0.9 and parses any digit pair), and so is a target that is not origin-form
+        (absolute, authority or asterisk form: the gateway serves none of them, and aiohttp's request
+        building can fail on them without answering). Whether the request is handed to aiohttp is
+        decided once the whole head is read (`_hand_over_head`)."""
         self._deciding = False
         version = self._parser.get_http_version()
         if version != "1.1" and version != "1.0":
             self._stop = HttpVersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served")
             raise _Stop
         self._version = version
-        if self._url.startswith(_EGRESS_PREFIX_BYTES):
-            return
+        if not self._url.startswith(b"/"):
+            self._stop = MalformedRequest("the request target must be a path (origin-form)")
+            raise _Stop
+
+    def _hand_over_head(self) -> None:
+        """The head is complete and passed this server's checks: an egress request stays here, any other
+        is handed to aiohttp, whose parser thus only ever reads heads llhttp and these checks accepted
+        (its own refusals quote the offending line)."""
         data = self._locate_handoff()
         if data is None:
             self._stop = MalformedRequest("a pipelined request for another endpoint; send it on its own")
@@ -691,6 +702,8 @@ class EgressProtocol(asyncio.Protocol):
                 self._stop = ExpectationFailed("only the expectation 100-continue is supported")
                 raise _Stop
             expect_continue = version == "1.1"
+        if not self._url.startswith(_EGRESS_PREFIX_BYTES):
+            self._hand_over_head()
         request = LeanRequest(
             parser.get_method().decode("ascii"), self._url.decode("utf-8", "surrogateescape"), headers, version,
             parser.should_keep_alive(), LeanBody(self, expect_continue=expect_continue), chunked=coding is not None,
@@ -919,9 +932,14 @@ class EgressProtocol(asyncio.Protocol):
         end = _end_of_messages(data, 1)
         if end is not None:
             data = data[:end]
-        handler = self._server.aiohttp_server()
+        handler = _HandedOverHandler.of(self._server.aiohttp_server, complete=end is not None)
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        # A backstop: however aiohttp fares with the request (a body that never ends, a handler or a build
+        # of the request that fails without answering), the connection ends by this deadline.
+        handler.deadline = self._loop.call_later(
+            self._server.body_timeout + self._server.keepalive_timeout, _abort_unless_closed, transport,
+        )
         if self._reading_paused and not self._eof:  # after EOF, aiohttp would close on reading it again
             transport.resume_reading()
         handler.data_received(data)
@@ -987,9 +1005,69 @@ def _close_after_answer(server: web.Server) -> None:
         message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler, writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
-        return make_request(message._replace(should_close=True), payload, protocol, writer, task)
+        try:
+            return make_request(message._replace(should_close=True), payload, protocol, writer, task)
+        except Exception:
+            # Nothing can answer a request that could not be built (aiohttp's task ends here): close now
+            # rather than leave the connection open past every deadline.
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            raise
 
     server.request_factory = make_closing_request
+
+
+class _HandedOverHandler(RequestHandler):
+    """aiohttp's protocol for a handed-over connection, as `web.Server()` would build it, except:
+    - its error answers (a head its parser refuses, a handler that raises) are value-free problem+json:
+      aiohttp's own are text/plain and quote the parser's message, i.e. the offending request bytes;
+    - a client that half-closes after a complete request still gets the answer (aiohttp closes at the
+      FIN and drops it, while the handler, an admin write say, still runs): safe because the request is
+      the only one given to it and its answer closes the connection;
+    - it ends by `deadline` (set by `EgressProtocol._hand_over`) whatever happens, and cancels it when
+      it ends first."""
+
+    def __init__(self, manager: web.Server, *, complete: bool, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.complete = complete  # the whole request is in the bytes given at the hand-off
+        self.deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, server: web.Server, *, complete: bool) -> _HandedOverHandler:
+        # What `web.Server.__call__` does, with this class.
+        return cls(server, complete=complete, loop=server._loop, **server._kwargs)
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own logs the error (gateway.logs keeps no value of it) and raises when an answer began.
+        super().handle_error(request, status, exc, None)
+        error: GatewayError = (
+            MalformedRequest("the request is not valid HTTP/1.1") if status == 400 else InternalError("internal error")
+        )
+        response = problem_answer(error, request_id_from(None)).as_response()
+        response.force_close()
+        # aiohttp answers a request its parser refused as HTTP/1.0 (its status line says so), which
+        # implies the close; said anyway, as the lean server does.
+        response.headers["Connection"] = "close"
+        return response
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's signature
+        # True keeps the write side open for the answer; the handler closes after it. A request still
+        # arriving is cut short: closing at once (aiohttp's way) fails its body read.
+        return True if self.complete else None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        super().connection_lost(exc)
+
+
+def _abort_unless_closed(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        _log.debug("http_connection_aborted", reason="handed-over-deadline")
+    transport.abort()
 
 
 def _close_or_abort(transport: asyncio.Transport) -> None:

@@ -442,25 +442,35 @@ async def test_no_request_bytes_in_any_log_of_a_handed_over_connection(
     try:
         capsys.readouterr()
         # A malformed egress request pipelined behind an ops request (its raw target and a header value
-        # quoted by aiohttp's parser error), and a malformed ops request that aiohttp itself refuses.
+        # quoted by aiohttp's parser error), a malformed ops head (refused by the lean server, which reads
+        # every head before a hand-off), and an admin request whose chunked body aiohttp itself refuses.
         pipelined = HEALTHZ + (
             f"GET /v1/partners/{PARTNER_ID}/tracking/J\u00fcrgen-{RAW_PHONE} HTTP/1.1\r\nHost: gw\r\n"
             f"X-Imei: {RAW_IMEI}\x01\r\n\r\n"
         ).encode()
         ops = f"GET /metrics?c={RAW_CUSTOMER} HTTP/1.1\r\nHost: gw\r\nX-Mail: kim@example.com {RAW_PHONE}\x01\r\n\r\n"
-        statuses = []
-        for request in (pipelined, ops.encode()):
+        admin = (
+            f"POST /v1/admin/subjects/report?c={RAW_CUSTOMER} HTTP/1.1\r\nHost: gw\r\nX-Mail: kim@example.com\r\n"
+            f"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{RAW_PHONE}\r\n{RAW_IMEI}\r\n"
+        )
+        answers = []
+        for request in (pipelined, ops.encode(), admin.encode()):
             async with Conn(harness) as conn:
                 await conn.send(request)
-                statuses.append((await conn.answer())[1])
+                answers.append(await conn.answer())
                 assert await conn.closed_by_server()
         await asyncio.sleep(0.05)
         logged = written.getvalue() + capsys.readouterr().err
     finally:
         logging.getLogger().removeHandler(handler)
         structlog.reset_defaults()
-    assert statuses == [200, 400]
-    # aiohttp's record of the refused ops request is there, reduced to its exception's type.
+    assert [status for _, status, _, _ in answers] == [200, 400, 400]
+    for _, status, headers, body in answers[1:]:
+        assert_problem(status, headers, body, 400)
+        assert headers["connection"] == "close"
+        for value in (RAW_PHONE, RAW_IMEI, RAW_CUSTOMER, "kim@example.com"):
+            assert value.encode() not in body
+    # aiohttp's record of the refused admin body is there, reduced to its exception's type.
     assert "log record withheld (may quote the request): error=BadHttpMessage" in logged
     assert "Traceback" not in logged
     for value in (RAW_PHONE, RAW_IMEI, RAW_CUSTOMER, "kim@example.com", "rgen"):
@@ -536,3 +546,85 @@ async def test_versions_host_and_transfer_codings_outside_http_1_1_are_refused(
         assert headers["connection"] == "close"
         assert await conn.closed_by_server()
     await _nothing_forwarded_or_recorded(harness)
+
+
+# -- the second review's findings (/work/notes/review-http2.md 1, 2, 3) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "GET http://xn--kim-886912345678-.gw/x HTTP/1.1",  # aiohttp's request building failed on its host
+        f"GET http://gw{TRACKING} HTTP/1.1",  # absolute form of an egress target
+        "GET http://gw/healthz HTTP/1.1",
+        "CONNECT gw:443 HTTP/1.1",  # authority form
+        "OPTIONS * HTTP/1.1",  # asterisk form
+        "GET * HTTP/1.1",
+    ],
+)
+async def test_a_target_that_is_not_a_path_is_refused_by_the_lean_server(
+    harness: GatewayHarness, request_line: str
+) -> None:
+    server = harness.gateway.runner.server
+    assert server is not None
+    handled = server.requests_count
+    async with Conn(harness) as conn:
+        auth = harness.auth()["Authorization"]
+        await conn.send(f"{request_line}\r\nHost: gw\r\nAuthorization: {auth}\r\n\r\n".encode())
+        version, status, headers, body = await conn.answer()
+        assert version == "HTTP/1.1"
+        problem = assert_problem(status, headers, body, 400)
+        assert problem["type"].endswith("malformed-request")
+        assert headers["connection"] == "close"
+        assert b"886912345678" not in body
+        assert b"gw" not in body
+        assert await conn.closed_by_server()
+    await _nothing_forwarded_or_recorded(harness)
+    assert server.requests_count == handled  # never handed to aiohttp
+
+
+async def test_the_asyncio_logger_keeps_no_exception_text(capsys: pytest.CaptureFixture[str]) -> None:
+    # asyncio's "Exception in callback" (and "Task exception was never retrieved") records quote the
+    # exception's text: an IDNA error quotes the host label, i.e. request bytes.
+    configure_logging("info")
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    logging.getLogger().addHandler(handler)
+    try:
+        capsys.readouterr()
+
+        def fail() -> None:
+            raise UnicodeError("IDNA does not round-trip", f"xn--kim-{RAW_PHONE}-".encode())
+
+        asyncio.get_running_loop().call_soon(fail)
+        await asyncio.sleep(0.05)
+        logged = written.getvalue() + capsys.readouterr().err
+    finally:
+        logging.getLogger().removeHandler(handler)
+        structlog.reset_defaults()
+    assert "log record withheld (may quote the request): error=UnicodeError" in logged
+    assert RAW_PHONE not in logged
+    assert "Traceback" not in logged
+
+
+async def test_a_handed_over_request_followed_by_a_half_close_gets_its_answer(harness: GatewayHarness) -> None:
+    # The FIN right behind the request (printf | nc -N, a shell pipe): aiohttp alone closes at the FIN and
+    # drops the answer while the handler still runs.
+    for _ in range(3):
+        async with Conn(harness) as conn:
+            conn.writer.write(HEALTHZ)
+            conn.writer.write_eof()
+            _, status, headers, body = await conn.answer()
+            assert (status, json.loads(body)) == (200, {"status": "ok"})
+            assert headers["connection"] == "close"
+            assert await conn.closed_by_server()
+    # Behind an egress request still being answered, so the FIN is read after the hand-off.
+    harness.partner.mode = "slow"
+    async with Conn(harness) as conn:
+        conn.writer.write(shipment(harness, extra=f"X-Request-Id: {request_id_for('fin-0')}\r\n") + HEALTHZ)
+        conn.writer.write_eof()
+        _, status, headers, _ = await conn.answer()
+        assert (status, headers["x-request-id"]) == (200, request_id_for("fin-0"))
+        _, status, _, body = await conn.answer()
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert await conn.closed_by_server()

@@ -42,6 +42,7 @@ def _harness_with(name: str, **limits: float) -> Any:
 quick_head = _harness_with("quick_head", request_head_timeout_seconds=0.3, request_body_timeout_seconds=5.0)
 quick_body = _harness_with("quick_body", request_body_timeout_seconds=0.4)
 quick_idle = _harness_with("quick_idle", keepalive_timeout_seconds=0.3)
+quick_handoff = _harness_with("quick_handoff", request_body_timeout_seconds=0.4, keepalive_timeout_seconds=0.3)
 # A limit short enough to outlive in a test, with room for a loaded machine between requests.
 steady_idle = _harness_with("steady_idle", keepalive_timeout_seconds=1.0)
 
@@ -178,13 +179,25 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_limit(quick_idl
         assert await conn.closed_by_server()
 
 
-async def test_a_connection_handed_to_aiohttp_with_a_head_never_completed_is_closed_after_the_limit(
-    quick_idle: GatewayHarness,
-) -> None:
-    # aiohttp has no head deadline: its keep-alive limit bounds a head that stops after its first header
-    # (llhttp reports that header when the next one begins: the lean server hands over there).
-    async with Conn(quick_idle) as conn:
+async def test_a_head_for_another_path_never_completed_gets_408(quick_head: GatewayHarness) -> None:
+    # The lean server reads every head before a hand-off, so its head deadline holds for ops and admin too.
+    async with Conn(quick_head) as conn:
         await conn.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Then: nothing\r\n")
+        _, status, headers, body = await conn.answer()
+        assert_problem(status, headers, body, 408)
+        assert await conn.closed_by_server()
+
+
+async def test_a_handed_over_connection_ends_by_its_deadline(quick_handoff: GatewayHarness) -> None:
+    # aiohttp has no body deadline and no keep-alive limit while a request is in progress: an admin body
+    # that never ends would hold the connection for as long as the client likes. The hand-off's deadline
+    # (body limit + keep-alive limit: 0.7 s here) ends it.
+    auth = quick_handoff.auth(["gateway:admin"])["Authorization"]
+    async with Conn(quick_handoff) as conn:
+        await conn.send(
+            f"POST /v1/admin/subjects/report HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"subject_id\"".encode()
+        )
         assert await conn.closed_by_server()
 
 
