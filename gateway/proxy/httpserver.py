@@ -314,6 +314,7 @@ class LeanServer:
     ) -> None:
         self.pipeline_of = pipeline_of
         _close_after_answer(aiohttp_server)
+        _HandedOverHandler.check(aiohttp_server)
         self.aiohttp_server = aiohttp_server
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
@@ -1031,6 +1032,14 @@ class _HandedOverHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self.complete = complete  # the whole request is in the bytes given at the hand-off
         self.deadline: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def check(server: web.Server) -> None:
+        """Refuse to start on an aiohttp whose `web.Server` no longer keeps what `of` reads (private
+        attributes): at start, not at the first /healthz."""
+        if not hasattr(server, "_loop") or not isinstance(getattr(server, "_kwargs", None), dict):
+            raise RuntimeError("this aiohttp version's web.Server lacks _loop/_kwargs, which the gateway's "
+                               "hand-off of non-egress requests needs (tested with aiohttp 3.14)")
 
     @classmethod
     def of(cls, server: web.Server, *, complete: bool) -> _HandedOverHandler:

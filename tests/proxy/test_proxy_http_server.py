@@ -628,3 +628,18 @@ async def test_a_handed_over_request_followed_by_a_half_close_gets_its_answer(ha
         _, status, _, body = await conn.answer()
         assert (status, json.loads(body)) == (200, {"status": "ok"})
         assert await conn.closed_by_server()
+
+
+async def test_an_aiohttp_without_what_the_hand_off_reads_is_refused_at_start() -> None:
+    # The hand-off builds aiohttp's request handler from web.Server's private _loop and _kwargs: an
+    # aiohttp that renamed them must stop the gateway at start, not fail its first /healthz.
+    from aiohttp import web
+
+    from gateway.proxy.httpserver import _HandedOverHandler
+
+    class Renamed:
+        _loop = None
+
+    with pytest.raises(RuntimeError, match="_loop/_kwargs"):
+        _HandedOverHandler.check(Renamed())  # type: ignore[arg-type]
+    _HandedOverHandler.check(web.Server(lambda request: None))  # type: ignore[arg-type,return-value]
