@@ -829,14 +829,18 @@ class Ledger:
             # Retries that failed together are split in halves, each tried without the other: only one of
             # them may be at fault. That failure does not count against their retries (a record is split
             # off at most log2(max_batch_records) times, so the number of its commits stays bounded).
+            # A commit the watchdog cut cost a whole commit timeout: one that hangs every time is found by
+            # trying each record alone (one hang more, as before the halving), not by halves (one per level),
+            # and that cut counts.
             tried = not isinstance(error, StoreBroken)
             split = submission.retry and tried and len(batch) > 1
+            cut = split and isinstance(error, LedgerUnavailable) and error.reason == "ledger-commit-timeout"
             number = submission.number
             again: list[_Waiter] = []
             failed: list[_Waiter] = []
             for index, waiter in enumerate(batch):
                 if _unawaited(waiter) and _retries_left(waiter):
-                    again.append(self._requeued(waiter, tried and not split, (number, index)))
+                    again.append(self._requeued(waiter, tried and (cut or not split), (number, index)))
                 else:
                     failed.append(waiter)
             batch = failed  # what fails now; the records queued again settle with their next commit
@@ -846,10 +850,10 @@ class Ledger:
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
                 if split:
-                    half = (len(again) + 1) // 2
-                    first, second = self._groups + 1, self._groups + 2
-                    self._groups = second
-                    again = [self._requeued(waiter, False, group=first if index < half else second)
+                    size = 1 if cut else (len(again) + 1) // 2  # records per group: alone, or halves
+                    base = self._groups
+                    self._groups += (len(again) + size - 1) // size
+                    again = [self._requeued(waiter, False, group=base + 1 + index // size)
                              for index, waiter in enumerate(again)]
                 # Sealed again as soon as the head is re-read (_run_writer), in append order: a later commit's
                 # failure may be reported first (PostgresStore.abandon), and a retry's records go back first.

@@ -102,3 +102,41 @@ async def test_a_failed_retry_is_split_in_halves_so_one_refused_record_costs_few
     assert failed <= 24, failed
     report = await verify_url(ledger_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
+
+
+async def test_a_retry_cut_by_the_watchdog_is_tried_record_by_record_not_halved(
+        pg_url: str, gateway_keys: GatewayKeys, caplog: pytest.LogCaptureFixture) -> None:
+    """A record whose commit hangs every time costs a commit timeout per try, so a retry the watchdog cut
+    is not halved (a hang per level): each record is tried alone, as before the halving. The hanging record
+    is cut three times (its first commit, the shared retry, its own) and reported lost once; the others
+    are stored in append order."""
+    caplog.set_level(logging.WARNING, logger="gateway.ledger")
+    ledger = open_ledger(pg_url, gateway_keys.ledger, chain_id="w0", commit_timeout_seconds=0.3,
+                         checkpoint_every_records=10_000)
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("""
+            CREATE FUNCTION stall_always() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.request_id = 'slow' THEN PERFORM pg_sleep(5); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER stall_always BEFORE INSERT ON ledger_records
+                FOR EACH ROW EXECUTE FUNCTION stall_always();""")
+    finally:
+        await conn.close()
+    lost: list[str] = []
+    names = ["a", "b", "slow", "c", "d", "e"]
+    for name in names:
+        ledger.append_unawaited(outcome(name), on_failure=lambda name=name: lost.append(name))
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(disclosure_draft(1, gateway_keys))
+    await asyncio.wait_for(ledger.flush(), 30)
+    cuts = sum("ledger commit took longer" in r.getMessage() for r in caplog.records)
+    rows = sorted(await chain_rows(ledger), key=lambda r: r["sequence"])
+    await asyncio.wait_for(ledger.close(), 30)
+    assert lost == ["slow"]
+    assert [r["request_id"] for r in rows if r["kind"] != "checkpoint"] == ["req-0", "a", "b", "c", "d", "e"]
+    assert cuts == 3, cuts
