@@ -18,8 +18,12 @@ Records nobody waits for that rode in a failed commit are sealed again (at most 
 unless the re-read head shows that commit landed. They commit before anything queued after them, in
 transactions of their own with nothing sealed behind them until they are reported, so a record the store
 refuses every time fails only itself, never another request's disclosure; retries that fail together are
-tried one by one next. While the head cannot be re-read they wait (each failed re-read counting as one
-of their retries) instead of being reported lost: their commit may have landed.
+split in halves, each half in a transaction of its own (a bisection: one record the store refuses among n
+costs some 2 log2(n) commits, not n). Records sealed again keep their append order however the failed
+commits are reported (the PostgreSQL store reports the commits it never sent before the hung one it cut).
+While the head cannot be re-read they wait (each failed re-read counting as one
+of their retries, so only some tens of milliseconds with the re-read back-off) instead of being reported
+lost: their commit may have landed.
 
 `append_nowait()` is for records whose loss in a crash the design accepts (an outcome or a refusal: a
 crash may leave a disclosure without its outcome, never a forward without a disclosure). They queue
@@ -46,6 +50,7 @@ close, the writer adds an Ed25519-signed checkpoint record to the batch it is co
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import socket
@@ -128,6 +133,7 @@ class _Submission:
     checkpointed: bool
     sealed: Sequence[Row] = ()  # its rows, for the report of a commit that lands after the watchdog
     deadline: float = 0.0  # loop time by which the store must have reported it (the commit watchdog)
+    number: int = 0  # submissions are numbered in sealing order: the append order of their records
     settled: bool = False
     retry: bool = False  # records sealed again after a failed commit, alone in their transaction (_take_retries)
 
@@ -140,7 +146,8 @@ def _unawaited(waiter: _Waiter) -> bool:
 # How many times a record nobody waits for is sealed again after the commit it rode in failed, before it
 # is reported lost: enough for a passing fault; a record the store refuses every time (a full disk, a
 # value the store rejects) must not be retried for ever, nor hold close() and flush(). A head re-read
-# that fails while it waits to be sealed again counts as one of them (see _head_unread).
+# that fails while it waits to be sealed again counts as one of them (see _head_unread); a retry that
+# failed with others does not (it is split in halves, at most log2(max_batch_records) times: _settle).
 _REQUEUE_LIMIT = 2
 
 
@@ -149,21 +156,29 @@ def _retries_left(waiter: _Waiter) -> bool:
     return not isinstance(on_failure, _Requeued) or on_failure.times < _REQUEUE_LIMIT
 
 
-def _alone(waiter: _Waiter) -> bool:
+def _group(waiter: _Waiter) -> int:
     on_failure = waiter[3]
-    return isinstance(on_failure, _Requeued) and on_failure.alone
+    return on_failure.group if isinstance(on_failure, _Requeued) else 0
+
+
+def _order(waiter: _Waiter) -> tuple[int, int]:
+    on_failure = waiter[3]
+    assert isinstance(on_failure, _Requeued)
+    return on_failure.order
 
 
 class _Requeued:
-    """The failure callback of a record sealed again, with how often it has been and whether it is to be
-    tried alone (a retry it shared with other records failed); calls the original."""
+    """The failure callback of a record sealed again, with how often it has been, where it stands in append
+    order (the number of the submission it first rode in, its place there), and the group it is tried with
+    (0: any record not yet split off; else the half of a failed retry it is in); calls the original."""
 
-    __slots__ = ("alone", "on_failure", "times")
+    __slots__ = ("group", "on_failure", "order", "times")
 
-    def __init__(self, on_failure: Callable[[], None], times: int, alone: bool) -> None:
+    def __init__(self, on_failure: Callable[[], None], times: int, order: tuple[int, int], group: int) -> None:
         self.on_failure = on_failure
         self.times = times
-        self.alone = alone
+        self.order = order
+        self.group = group
 
     def __call__(self) -> None:
         self.on_failure()
@@ -258,9 +273,10 @@ class Ledger:
         # flight and in its own transaction (_take_retries), so a record the store always refuses fails no
         # other request's disclosure. They wait here, not reported lost, while the head cannot be re-read.
         self._retries: list[_Waiter] = []
-        # Where the next record queued again after a failed commit goes: behind those queued again before
-        # it (commits fail in order), so they keep their order. Back to 0 when retries are taken.
-        self._requeue_at = 0
+        # Numbers submissions (in sealing, hence append, order) and the halves of failed retries: records
+        # queued again are kept sorted by where they first rode, whatever order their failures are reported in.
+        self._submissions = 0
+        self._groups = 0
         # Wakes the writer when the head re-read may be tried again for waiting retries (_head_unread).
         self._retry_timer: asyncio.TimerHandle | None = None
         # Records nobody waits for that rode in a commit that failed or was given up on, queued again:
@@ -404,7 +420,6 @@ class Ledger:
     def _take_batch(self) -> list[_Waiter]:
         batch = self._queue[: self._max_batch]
         del self._queue[: self._max_batch]
-        self._requeue_at = 0
         pressing = sum(1 for _prepared, future, durable, _cb, _t in batch if durable or future is not None)
         self._pressing -= pressing
         self._last_batch_pressing, previous = pressing, self._last_batch_pressing
@@ -416,17 +431,16 @@ class Ledger:
         return batch
 
     def _take_retries(self) -> list[_Waiter]:
-        """The next records to seal again: the leading one alone if a retry it shared failed, else the
-        leading run of those not marked alone (at most a batch)."""
+        """The next records to seal again: the leading run of those in the same group as the first (the
+        half of a failed retry it is in, or those not split off yet), at most a batch."""
         retries = self._retries
+        group = _group(retries[0])
+        limit = min(len(retries), self._max_batch)
         count = 1
-        if not _alone(retries[0]):
-            limit = min(len(retries), self._max_batch)
-            while count < limit and not _alone(retries[count]):
-                count += 1
+        while count < limit and _group(retries[count]) == group:
+            count += 1
         batch = retries[:count]
         del retries[:count]
-        self._requeue_at = 0
         self._last_batch_pressing, previous = 0, self._last_batch_pressing
         self._lone = previous <= 1 and len(batch) == 1
         return batch
@@ -482,6 +496,7 @@ class Ledger:
                 self._wakeup = None
                 continue
             batch: list[_Waiter] = []
+            retry = False
             try:
                 async with self._commit_lock:
                     # Taken under the lock (free but for prune, which holds it and drains), and after the head
@@ -497,6 +512,11 @@ class Ledger:
                     retry = bool(self._retries)
                     batch = self._take_retries() if retry else self._take_batch()
                     await self._submit(batch, force_checkpoint=False, retry=retry)
+                if retry and not self._in_flight:
+                    # Committed inline (SQLite, a lone unsynced record): let the loop run before the next
+                    # retry, so retries one after another do not hold it for all of theirs.
+                    batch = []
+                    await asyncio.sleep(0)
             except Exception as exc:
                 # A bug while sealing must not kill the writer and leave later appends waiting forever.
                 log.error("ledger writer failed on a batch: %s", type(exc).__name__)
@@ -566,7 +586,6 @@ class Ledger:
         else:
             gone = [waiter for waiter in self._retries if not _retries_left(waiter)]
             self._retries = [self._requeued(waiter, True) for waiter in self._retries if _retries_left(waiter)]
-            self._requeue_at = 0
             if self._retries:
                 if self._retry_timer is not None:
                     self._retry_timer.cancel()
@@ -599,16 +618,18 @@ class Ledger:
         self._head_uncertain = False
 
     @staticmethod
-    def _requeued(waiter: _Waiter, tried: bool, alone: bool = False) -> _Waiter:
+    def _requeued(waiter: _Waiter, tried: bool, order: tuple[int, int] = (0, 0), group: int | None = None) -> _Waiter:
         """`waiter` to be queued again; `tried` counts against its retries (False: the store refused the
-        commit without trying it, as chained onto a failed one; the next try after the re-read is real);
-        `alone`: it is to be tried in a transaction of its own (it stays so)."""
+        commit without trying it, as chained onto a failed one, or it failed with others and is split off
+        to be tried without them); `order`: where it first rode (kept once set); `group`: the half of a
+        failed retry it is tried with from now on (None: the one it had)."""
         prepared, future, durable, on_failure, stamp = waiter
         assert on_failure is not None
         if isinstance(on_failure, _Requeued):
-            again = _Requeued(on_failure.on_failure, on_failure.times + tried, on_failure.alone or alone)
+            again = _Requeued(on_failure.on_failure, on_failure.times + tried, on_failure.order,
+                              on_failure.group if group is None else group)
             return (prepared, future, durable, again, stamp)
-        return (prepared, future, durable, _Requeued(on_failure, int(tried), alone), stamp)
+        return (prepared, future, durable, _Requeued(on_failure, int(tried), order, group or 0), stamp)
 
     def _drop_landed(self) -> None:
         """Just after the head was re-read: the records queued again from failed commits that landed after
@@ -633,7 +654,6 @@ class Ledger:
         stored = len(self._retries) - len(kept)
         if stored:
             self._retries = kept
-            self._requeue_at = 0
             log.info("ledger: %d record(s) of a failed commit were found stored (chain %s, head %d); "
                      "not written again", stored, self.chain_id, frontier)
             self._settled(stored)
@@ -720,7 +740,9 @@ class Ledger:
             self._checkpoint_due = False
         else:
             self._since_checkpoint = since
-        submission = _Submission(batch, results, len(rows), checkpoint_now, rows, retry=retry)
+        self._submissions += 1
+        submission = _Submission(batch, results, len(rows), checkpoint_now, rows, retry=retry,
+                                 number=self._submissions)
         # An unsynced batch of one record after a batch that held at most one record somebody waited for
         # commits inline when the store can (nothing in flight): with one request in flight the thread
         # hop cost more CPU than the commit. Under load it stays on the store's writer, which overlaps it
@@ -804,14 +826,21 @@ class Ledger:
             # that refused the batch as chained onto a failed one (StoreBroken) wrote none of it; any other
             # failure may hide a commit that landed, which the re-read head tells (_drop_landed).
             # A record already sealed again _REQUEUE_LIMIT times fails like any other.
-            # Retries that failed together are tried one by one next: only one of them may be at fault.
+            # Retries that failed together are split in halves, each tried without the other: only one of
+            # them may be at fault. That failure does not count against their retries (a record is split
+            # off at most log2(max_batch_records) times, so the number of its commits stays bounded).
+            # A commit the watchdog cut cost a whole commit timeout: one that hangs every time is found by
+            # trying each record alone (one hang more, as before the halving), not by halves (one per level),
+            # and that cut counts.
             tried = not isinstance(error, StoreBroken)
-            alone = submission.retry and tried and len(batch) > 1
+            split = submission.retry and tried and len(batch) > 1
+            cut = split and isinstance(error, LedgerUnavailable) and error.reason == "ledger-commit-timeout"
+            number = submission.number
             again: list[_Waiter] = []
             failed: list[_Waiter] = []
-            for waiter in batch:
+            for index, waiter in enumerate(batch):
                 if _unawaited(waiter) and _retries_left(waiter):
-                    again.append(self._requeued(waiter, tried, alone))
+                    again.append(self._requeued(waiter, tried and (cut or not split), (number, index)))
                 else:
                     failed.append(waiter)
             batch = failed  # what fails now; the records queued again settle with their next commit
@@ -820,9 +849,18 @@ class Ledger:
                     last = submission.sealed[-1]
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
-                at = self._requeue_at
-                self._retries[at:at] = again  # sealed again as soon as the head is re-read (_run_writer)
-                self._requeue_at = at + len(again)
+                if split:
+                    size = 1 if cut else (len(again) + 1) // 2  # records per group: alone, or halves
+                    base = self._groups
+                    self._groups += (len(again) + size - 1) // size
+                    again = [self._requeued(waiter, False, group=base + 1 + index // size)
+                             for index, waiter in enumerate(again)]
+                # Sealed again as soon as the head is re-read (_run_writer), in append order: a later commit's
+                # failure may be reported first (PostgresStore.abandon), and a retry's records go back first.
+                if not self._retries or _order(self._retries[-1]) < _order(again[0]):
+                    self._retries.extend(again)
+                else:
+                    self._retries = list(heapq.merge(self._retries, again, key=_order))
             self._fail(batch, "the disclosure ledger could not make the record durable", error)
         else:
             if not self._head_uncertain:

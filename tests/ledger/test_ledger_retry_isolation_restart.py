@@ -91,9 +91,9 @@ async def test_a_record_the_store_always_refuses_fails_no_other_requests_disclos
 
 async def test_retries_that_fail_together_each_get_a_try_of_their_own(
         sqlite_url: str, gateway_keys: GatewayKeys) -> None:
-    """F10: the records of a failed commit are tried again together first; when that try fails too, each is
-    tried alone, so the record the store refuses is the only one reported lost, and the order of the others
-    in the chain is their append order."""
+    """F10: the records of a failed commit are tried again together first; when that try fails too, they
+    are split in halves until the record the store refuses is alone, so it is the only one reported lost,
+    and the order of the others in the chain is their append order."""
     ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
