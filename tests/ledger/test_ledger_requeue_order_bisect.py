@@ -18,6 +18,23 @@ from gateway.keys import GatewayKeys
 from gateway.ledger import open_ledger
 
 
+async def stall_inserts_of(pg_url: str, request_id: str) -> None:
+    """A trigger that makes every INSERT of a record with `request_id` hang in the server for 5 s (the
+    watchdog cuts it first)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(f"""
+            CREATE OR REPLACE FUNCTION stall_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.request_id = '{request_id}' THEN PERFORM pg_sleep(5); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER stall_inserts BEFORE INSERT ON ledger_records
+                FOR EACH ROW EXECUTE FUNCTION stall_inserts();""")
+    finally:
+        await conn.close()
+
+
 async def test_outcomes_of_pipelined_commits_cut_by_the_watchdog_are_written_again_in_append_order(
         pg_url: str, gateway_keys: GatewayKeys) -> None:
     """Finding 1: commit 1 (outcome `first`) hangs in the server and commit 2 (outcome `second`) is pipelined
@@ -27,18 +44,7 @@ async def test_outcomes_of_pipelined_commits_cut_by_the_watchdog_are_written_aga
                          checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute("""
-            CREATE FUNCTION stall_once() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.request_id = 'first' THEN PERFORM pg_sleep(5); END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER stall_once BEFORE INSERT ON ledger_records
-                FOR EACH ROW EXECUTE FUNCTION stall_once();""")
-    finally:
-        await conn.close()
+    await stall_inserts_of(pg_url, "first")
     lost: list[str] = []
     ledger.append_unawaited(outcome("first"), on_failure=lambda: lost.append("first"))
     d1 = asyncio.ensure_future(ledger.append(disclosure_draft(1, gateway_keys)))  # commit 1: hangs
@@ -50,7 +56,7 @@ async def test_outcomes_of_pipelined_commits_cut_by_the_watchdog_are_written_aga
             await pending
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute("DROP TRIGGER stall_once ON ledger_records")
+        await conn.execute("DROP TRIGGER stall_inserts ON ledger_records")
     finally:
         await conn.close()
     await asyncio.wait_for(ledger.flush(), 20)
@@ -115,18 +121,7 @@ async def test_a_retry_cut_by_the_watchdog_is_tried_record_by_record_not_halved(
                          checkpoint_every_records=10_000)
     await ledger.start()
     await ledger.append(disclosure_draft(0, gateway_keys))
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute("""
-            CREATE FUNCTION stall_always() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.request_id = 'slow' THEN PERFORM pg_sleep(5); END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER stall_always BEFORE INSERT ON ledger_records
-                FOR EACH ROW EXECUTE FUNCTION stall_always();""")
-    finally:
-        await conn.close()
+    await stall_inserts_of(pg_url, "slow")
     lost: list[str] = []
     names = ["a", "b", "slow", "c", "d", "e"]
     for name in names:

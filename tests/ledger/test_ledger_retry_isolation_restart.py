@@ -117,6 +117,11 @@ async def test_retries_that_fail_together_each_get_a_try_of_their_own(
 # -- F9: a head that cannot be re-read does not lose (or double) the records queued again --------------------
 
 
+def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
+    """A SQLite store's write that fails every commit, as a broken disk would."""
+    raise sqlite3.OperationalError("disk I/O error")
+
+
 def fail_first_head_reads(ledger: Ledger, failures: int, after_seconds: float = 0.0) -> list[int]:
     """The next `failures` head re-reads fail, each after `after_seconds` (at once: the store refuses, as
     PostgreSQL does while it restarts; later: a server that does not answer); later ones read the head.
@@ -180,9 +185,6 @@ async def test_an_outcome_of_a_failed_commit_is_written_once_the_head_can_be_rea
     store = ledger.store
     assert isinstance(store, SqliteStore)
 
-    def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
     store._write_on_thread = failing_write  # type: ignore[method-assign]
     reads = fail_first_head_reads(ledger, 1)
     lost: list[str] = []
@@ -210,9 +212,6 @@ async def test_records_kept_for_a_head_that_never_comes_back_are_reported_lost_o
     await ledger.append(disclosure_draft(0, gateway_keys))
     store = ledger.store
     assert isinstance(store, SqliteStore)
-
-    def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
 
     store._write_on_thread = failing_write  # type: ignore[method-assign]
     reads = fail_first_head_reads(ledger, 1_000_000)
