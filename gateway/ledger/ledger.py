@@ -256,6 +256,9 @@ class Ledger:
         self._settled_total = 0
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._closing: asyncio.Future[None] | None = None
+        # Set while start() runs: close() waits for it (see _close) rather than closing the store under a
+        # claim of the chain's lease that may still succeed.
+        self._starting: asyncio.Future[None] | None = None
         # Records somebody waited for in the previous commit: 1 means a lone request (nothing else in
         # flight), see _commit.
         self._last_batch_pressing = 0
@@ -292,15 +295,24 @@ class Ledger:
         let go of the chain; a ledger that was started (or closed) cannot be started again."""
         if self._closing is not None:
             raise RuntimeError("ledger: this ledger was closed; a new Ledger is needed to write again")
-        if self._writer_task is not None:
+        if self._writer_task is not None or self._starting is not None:
             raise RuntimeError("ledger: already started")
+        starting = self._starting = asyncio.get_running_loop().create_future()
         try:
-            await self.store.open()
-            await self.store.claim_chain(self.chain_id, self._chain_wait)
-            await self._reload_head()
-        except BaseException:
-            await self.store.close()  # and with it the chain's lease; a later open() starts afresh
-            raise
+            try:
+                await self.store.open()
+                await self.store.claim_chain(self.chain_id, self._chain_wait)
+                await self._reload_head()
+                if self._closing is not None:
+                    # close() was called while this start waited (for the chain's lease, say) and waits for
+                    # it: what was taken is given back here, and the caller told.
+                    raise RuntimeError("ledger: closed while it was starting")
+            except BaseException:
+                await self.store.close()  # and with it the chain's lease; a later open() starts afresh
+                raise
+        finally:
+            self._starting = None
+            starting.set_result(None)
         self._accepting = True
         self._writable = True
         self._last_checkpoint_at = time.monotonic()
@@ -316,6 +328,10 @@ class Ledger:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        if self._starting is not None:
+            # A start() in progress ends within its chain wait and gives back what it took (it sees
+            # _closing); closing the store under its claim could leave a lease taken after the close.
+            await asyncio.shield(self._starting)
         if not self._accepting and self._writer_task is None:
             await self.store.close()
             return

@@ -340,3 +340,27 @@ async def test_a_start_whose_store_could_not_open_can_be_retried(sqlite_url: str
     await again.start()
     assert (await again.append(disclosure_draft(0, gateway_keys))).sequence == 1
     await again.close()
+
+
+async def test_a_close_during_starts_wait_for_the_chain_ends_that_start_and_leaks_no_lease(
+        ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    """close() while start() waits for the chain's lease (a shutdown during start-up): close() waits for
+    that start to end, the start gives back what it took and says so, and the chain is free afterwards.
+    Before, close() closed the store under the waiting claim: on SQLite the lease taken afterwards was
+    never let go, on PostgreSQL start() succeeded after close() had returned."""
+    holder = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0")
+    await holder.start()
+    waiting = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=5)
+    start = asyncio.ensure_future(waiting.start())
+    await asyncio.sleep(0.3)
+    closing = asyncio.ensure_future(waiting.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # it waits for the start
+    await holder.close()  # the chain is free: the waiting claim now succeeds
+    with pytest.raises(RuntimeError, match="closed while it was starting"):
+        await asyncio.wait_for(start, 10)
+    await asyncio.wait_for(closing, 10)
+    assert waiting._writer_task is None
+    third = open_ledger(ledger_url, gateway_keys.ledger, chain_id="w0", chain_wait_seconds=0.5)
+    await third.start()  # no lease left behind
+    await third.close()
