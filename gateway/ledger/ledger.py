@@ -852,25 +852,28 @@ class Ledger:
             split = submission.retry and tried and len(batch) > 1
             cut = split and isinstance(error, LedgerUnavailable) and error.reason == "ledger-commit-timeout"
             number = submission.number
-            again: list[_Waiter] = []
+            kept: list[tuple[int, _Waiter]] = []  # (place in the failed commit, record) of those sealed again
             failed: list[_Waiter] = []
             for index, waiter in enumerate(batch):
                 if _unawaited(waiter) and _retries_left(waiter):
-                    again.append(self._requeued(waiter, tried and (cut or not split), (number, index)))
+                    kept.append((index, waiter))
                 else:
                     failed.append(waiter)
             batch = failed  # what fails now; the records queued again settle with their next commit
-            if again:
+            if kept:
+                counts = tried and (cut or not split)
+                if split:
+                    size = 1 if cut else (len(kept) + 1) // 2  # records per group: alone, or halves
+                    base = self._groups
+                    self._groups += (len(kept) + size - 1) // size
+                    again = [self._requeued(waiter, counts, (number, index), base + 1 + n // size)
+                             for n, (index, waiter) in enumerate(kept)]
+                else:
+                    again = [self._requeued(waiter, counts, (number, index)) for index, waiter in kept]
                 if tried and submission.sealed:
                     last = submission.sealed[-1]
                     for waiter in again:
                         self._uncertain[id(waiter[0])] = (waiter[0], last[_SEQUENCE], last[_HASH])
-                if split:
-                    size = 1 if cut else (len(again) + 1) // 2  # records per group: alone, or halves
-                    base = self._groups
-                    self._groups += (len(again) + size - 1) // size
-                    again = [self._requeued(waiter, False, group=base + 1 + index // size)
-                             for index, waiter in enumerate(again)]
                 # Sealed again as soon as the head is re-read (_run_writer), in append order: a later commit's
                 # failure may be reported first (PostgresStore.abandon), and a retry's records go back first.
                 if not self._retries or _order(self._retries[-1]) < _order(again[0]):
