@@ -122,6 +122,17 @@ def failing_write(rows: Any, checkpoints: Any, sync: bool) -> None:
     raise sqlite3.OperationalError("disk I/O error")
 
 
+async def started_with_failing_writes(ledger: Ledger, gateway_keys: GatewayKeys) -> SqliteStore:
+    """Starts `ledger` (SQLite), commits one disclosure, then makes every later commit fail
+    (`failing_write`; `del store._write_on_thread` puts the real one back). Returns its store."""
+    await ledger.start()
+    await ledger.append(disclosure_draft(0, gateway_keys))
+    store = ledger.store
+    assert isinstance(store, SqliteStore)
+    store._write_on_thread = failing_write  # type: ignore[method-assign]
+    return store
+
+
 def fail_first_head_reads(ledger: Ledger, failures: int, after_seconds: float = 0.0) -> list[int]:
     """The next `failures` head re-reads fail, each after `after_seconds` (at once: the store refuses, as
     PostgreSQL does while it restarts; later: a server that does not answer); later ones read the head.
@@ -180,12 +191,7 @@ async def test_an_outcome_of_a_failed_commit_is_written_once_the_head_can_be_rea
     """F9: the commit really failed and the first head re-read fails too: the outcome waits for a head that
     can be read and is then written (once), instead of being reported lost."""
     ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
-
-    store._write_on_thread = failing_write  # type: ignore[method-assign]
+    store = await started_with_failing_writes(ledger, gateway_keys)
     reads = fail_first_head_reads(ledger, 1)
     lost: list[str] = []
     ledger.append_unawaited(outcome("kept"), on_failure=lambda: lost.append("kept"))
@@ -208,12 +214,7 @@ async def test_records_kept_for_a_head_that_never_comes_back_are_reported_lost_o
     re-reads, then are reported lost once each; flush() and close() return, and nothing spins."""
     ledger = open_ledger(sqlite_url, gateway_keys.ledger, chain_id="w0", checkpoint_every_records=10_000,
                          commit_timeout_seconds=1.0)
-    await ledger.start()
-    await ledger.append(disclosure_draft(0, gateway_keys))
-    store = ledger.store
-    assert isinstance(store, SqliteStore)
-
-    store._write_on_thread = failing_write  # type: ignore[method-assign]
+    store = await started_with_failing_writes(ledger, gateway_keys)
     reads = fail_first_head_reads(ledger, 1_000_000)
     lost: list[str] = []
     ledger.append_unawaited(outcome("gone"), on_failure=lambda: lost.append("gone"))
