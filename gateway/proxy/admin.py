@@ -151,17 +151,34 @@ class AdminRequestInvalid(Unprocessable):
 
 # -- authentication ------------------------------------------------------------------------------------
 async def authorise(services: GatewayServices, request: web.Request, scopes: Sequence[str]) -> Caller:
-    """The authenticated caller, if its token carries one of `scopes`; else 401 / 403."""
+    """The authenticated caller, if its token carries one of `scopes`; else 401 / 403. The service is
+    noted on the request as soon as its token verifies, so a refused (403) call is logged with its caller:
+    privilege probing by a service must be attributable."""
     caller = await services.authenticator.authenticate(request.headers.getall("Authorization", []))
+    request[_CALLER_KEY] = caller.service
     if not any(caller.has_scope(scope) for scope in scopes):
         raise ScopeMissing(f"the token lacks the scope {' or '.join(scopes)}")
     return caller
 
 
+# Hex digits of SHA-256 that tell apart services whose names the label cannot spell as they are.
+_SOURCE_DIGEST_CHARS: Final = 24
+_SOURCE_MAX: Final = 128
+
+
 def change_source(caller: Caller) -> str:
-    """`admin:<service>` as a registry source label: characters the label does not allow (a service name
-    may hold '@' or '+') become '_', so a legitimate admin is never refused for its name."""
-    return ("admin:" + _SOURCE_UNSAFE_RE.sub("_", caller.service))[:128]
+    """The registry source label of an admin service, one label per service (the ledger's record of who
+    changed consent or a hold must tell services apart). A name the label can spell (no '@' or '+', short
+    enough) is `admin:<service>`; any other is `admin/<readable part>:<digest of the exact name>`, whose
+    different prefix keeps it from ever equalling a spelt name, so only a SHA-256 collision (96 bits
+    kept) could give two services one label."""
+    service = caller.service
+    plain = "admin:" + service
+    if len(plain) <= _SOURCE_MAX and _SOURCE_UNSAFE_RE.search(service) is None:
+        return plain
+    digest = hashlib.sha256(service.encode("utf-8")).hexdigest()[:_SOURCE_DIGEST_CHARS]
+    readable = _SOURCE_UNSAFE_RE.sub("_", service)[: _SOURCE_MAX - len("admin/") - 1 - _SOURCE_DIGEST_CHARS]
+    return f"admin/{readable}:{digest}"
 
 
 # -- request bodies ------------------------------------------------------------------------------------
@@ -440,10 +457,10 @@ async def disclosure_page(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _logged(endpoint: str, handler: Handler) -> Handler:
+def logged(endpoint: str, handler: Handler) -> Handler:
     """One log line per admin request: endpoint, caller service (when known), status and latency only."""
 
-    async def logged(request: web.Request) -> web.StreamResponse:
+    async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
         try:
@@ -457,7 +474,7 @@ def _logged(endpoint: str, handler: Handler) -> Handler:
             _log.info("admin_request", endpoint=endpoint, caller=request.get(_CALLER_KEY), status=status,
                       latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    return logged
+    return handle
 
 
 def _state(request: web.Request) -> GatewayState:
@@ -469,9 +486,7 @@ def _state(request: web.Request) -> GatewayState:
 
 async def _caller(request: web.Request, scopes: Sequence[str]) -> tuple[GatewayState, Caller]:
     state = _state(request)
-    caller = await authorise(state.services, request, scopes)
-    request[_CALLER_KEY] = caller.service
-    return state, caller
+    return state, await authorise(state.services, request, scopes)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -585,4 +600,4 @@ def add_admin_routes(app: web.Application) -> None:
         ("POST", "/subjects/minor", "subject_minor", change_minor),
     ]
     for method, path, endpoint, handler in routes:
-        app.router.add_route(method, ADMIN_PREFIX + path, _logged(endpoint, handler))
+        app.router.add_route(method, ADMIN_PREFIX + path, logged(endpoint, handler))

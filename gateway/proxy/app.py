@@ -21,7 +21,7 @@ from multidict import MultiMapping
 from gateway import __version__
 from gateway.auth import CallerAuthenticator
 from gateway.config import Settings
-from gateway.errors import ConfigError, GatewayError, MalformedRequest, NotFound, ScopeMissing, Violation
+from gateway.errors import ConfigError, GatewayError, MalformedRequest, NotFound, Violation
 from gateway.forward import UpstreamPool
 from gateway.keys import load_keys
 from gateway.ledger import default_chain_id, open_ledger
@@ -339,10 +339,10 @@ async def admin_reload(request: web.Request) -> web.Response:
     """`POST /v1/admin/reload` (scope gateway:admin): 200 with the new set's size, or 422 with every
     problem of the refused set (file:line and reason), the running set unchanged. Under a supervisor, a
     set this process accepted is then reloaded by every worker."""
+    from gateway.proxy.admin import authorise
+
     state = request.app[STATE_KEY]
-    caller = await state.services.authenticator.authenticate(request.headers.getall("Authorization", []))
-    if not caller.has_scope(ADMIN_SCOPE):
-        raise ScopeMissing(f"the token lacks the scope {ADMIN_SCOPE}")
+    await authorise(state.services, request, (ADMIN_SCOPE,))
     try:
         summary = await state.reload()
     except ProfileLoadError as exc:
@@ -415,10 +415,11 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
-    app.router.add_post("/v1/admin/reload", admin_reload)
     # The admin and audit API (gateway.proxy.admin) imports this module, hence the late import.
-    from gateway.proxy.admin import add_admin_routes
+    from gateway.proxy.admin import add_admin_routes, logged
 
+    # Logged like every admin endpoint: a reload changes what every partner may receive.
+    app.router.add_post("/v1/admin/reload", logged("reload", admin_reload))
     add_admin_routes(app)
     app.router.add_route("*", "/v1/partners/{partner_id}", egress)
     app.router.add_route("*", "/v1/partners/{partner_id}/{tail:.*}", egress)

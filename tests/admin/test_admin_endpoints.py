@@ -312,3 +312,35 @@ def test_adding_the_admin_routes_twice_changes_nothing() -> None:
     count = len(list(app.router.routes()))
     add_admin_routes(app)
     assert len(list(app.router.routes())) == count
+
+
+# -- who did it: attributable admin calls ----------------------------------------------------------------
+async def test_reload_and_refused_admin_calls_are_logged_with_their_caller(
+    admin: AdminHarness, captured_logs: LogCapture
+) -> None:
+    status, _, _ = await call(admin, "POST", "/v1/admin/reload", headers=admin.auth("gateway:admin", service="ops"))
+    assert status == 200
+    status, _, _ = await call(admin, "POST", "/v1/admin/reload",
+                              headers=admin.auth("disclose:x:y", service="orders-service"))
+    assert status == 403
+    status, _, _ = await call(admin, "GET", "/v1/admin/partners",
+                              headers=admin.auth("disclose:x:y", service="orders-service"))
+    assert status == 403
+    lines = [(e.get("endpoint"), e.get("caller"), e.get("status"))
+             for e in captured_logs.events if e.get("event") == "admin_request"]
+    assert lines == [("reload", "ops", 200), ("reload", "orders-service", 403), ("partners", "orders-service", 403)]
+
+
+async def test_registry_changes_by_different_admin_services_keep_different_sources(admin: AdminHarness) -> None:
+    services = ["ops+oncall", "ops@oncall", "ops_oncall", "svc-" + "a" * 150 + "1", "svc-" + "a" * 150 + "2"]
+    sources = []
+    for service in services:
+        status, _, raw = await call(
+            admin, "POST", "/v1/admin/subjects/hold", headers=admin.auth("gateway:admin", service=service),
+            json={"subject_id": RAW_SUBJECT, "action": "place", "reason": "correction_pending"})
+        assert status == 200, raw
+        sources.append(orjson.loads(raw)["event"]["source"])
+    assert sources[2] == "admin:ops_oncall", "a name the label can spell stays readable"
+    assert len(set(sources)) == len(services), sources
+    records = await admin.ledger_records(kind="registry")
+    assert [r["caller"] for r in records] == sources
