@@ -117,6 +117,9 @@ class _Writer:
         self.bind = bind
         # Set when the code may record one path both kept and transformed (see GeneratedRoute).
         self.overlaps = False
+        # Identifier types that one leaf of the whole route pseudonymises (or reidentifies): outside an
+        # array that leaf runs at most once per call, so its count is set to 1 rather than incremented.
+        self.single_id_types: frozenset[str] = frozenset()
 
     def emit(self, depth: int, text: str) -> None:
         if depth > _MAX_INDENT or len(self.lines) > _MAX_SOURCE_LINES:
@@ -332,7 +335,10 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         w.emit(inner, "except InvalidIdentifier: return None")
         w.record(inner, "transformed", path, in_array)
         id_type = repr(action.id_type)
-        w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
+        if not in_array and action.id_type in w.single_id_types:
+            w.emit(inner, f"counts[{id_type}] = 1")
+        else:
+            w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
     else:
         w.emit(inner, f"try: {result} = {convert}({var})")
         w.emit(inner, "except NotGeneralisable: return None")
@@ -521,9 +527,22 @@ def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
     return function
 
 
+def _counted_id_types(node: PolicyNode) -> list[str]:
+    """The identifier type of every pseudonymise or reidentify leaf under `node` (one entry per leaf)."""
+    action = node.action
+    found = [action.id_type] if isinstance(action, Pseudonymise | Reidentify) else []
+    for child in node.fields.values():
+        found += _counted_id_types(child)
+    if node.items is not None:
+        found += _counted_id_types(node.items)
+    return found
+
+
 def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
                    bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str, bool]:
     w = _Writer(reject_unknown, free_text_reject, bind)
+    id_types = _counted_id_types(root)
+    w.single_id_types = frozenset(id_type for id_type in id_types if id_types.count(id_type) == 1)
     w.emit(0, f"def {name}(body):")
     # Report paths are dict keys (first place kept, as the reference engine's run records them).
     w.emit(1, "kept = {}; transformed = {}; dropped = {}; counts = {}; verbatim = []")

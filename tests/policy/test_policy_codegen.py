@@ -427,3 +427,35 @@ def test_report_skips_the_kept_transformed_pass_only_where_no_path_is_recorded_b
             assert not set(report.kept) & set(report.transformed)
     note = route({"note": free_text}).minimise_request({"note": mail}, (), {}, {}).report
     assert (note.kept, note.transformed) == ((), ("note",))
+
+
+def test_pseudonym_counts_set_to_one_only_for_a_single_leaf_outside_arrays() -> None:
+    """The generated walk sets a count to 1 (instead of incrementing it) only for an identifier type that
+    one leaf of the route pseudonymises, outside any array; counts and their order equal the reference
+    engine's when one type has several leaves or a leaf under an array."""
+    from gateway.policy import parse_action
+
+    phone = {"pseudonymise": {"type": "phone", "mode": "hmac"}}
+    imei = {"pseudonymise": {"type": "imei", "mode": "hmac"}}
+    mail = {"pseudonymise": {"type": "email", "mode": "hmac"}}
+    spec = RoutePolicySpec(request_body={path: parse_action(action) for path, action in {
+        "a.phone": phone, "b.phone": phone, "imei": imei, "mail": mail, "list[].mail": mail,
+        "list[].phone": phone}.items()})
+    policy = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=BENCH_BINDER)
+    source = policy.generated.sources[-1]
+    assert "counts['imei'] = 1" in source
+    assert "counts['phone'] = 1" not in source
+    assert "counts['email'] = 1" not in source
+    reference = reference_of(policy, BENCH_BINDER)
+    number, device, address = "+886912345678", "490154203237518", "mei.hua.lin@example.com"
+    bodies: list[Any] = [
+        {"imei": device, "a": {"phone": number}, "b": {"phone": number}, "mail": address},
+        {"list": [{"mail": address, "phone": number}, {"phone": number}], "mail": address, "b": {"phone": number},
+         "imei": device},
+        {"b": {"phone": None}, "imei": None, "list": [{"mail": None}]},
+    ]
+    for body in bodies:
+        assert_same(policy, reference, body)
+        got = policy.minimise_validated(policy.validate_request(body), (), {}, {}).report.pseudonymised
+        expected = reference.minimise_request(body, (), {}, {}).report.pseudonymised
+        assert list(got.items()) == list(expected.items())
