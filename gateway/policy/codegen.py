@@ -152,6 +152,14 @@ class _Missing:
 _MISS = _Missing()
 
 
+# JSON types whose schema check (written out) leaves no NaN or infinity: an "integer" float is integral.
+# Every other value the walk puts in its output is tested (`v - v` is 0.0 only for a finite float), so a
+# body the generated walk served holds no NaN or infinity outside the caller-supplied containers, which
+# canonical_dumps_with_known_keys tests itself; MinimisedRequest.canonical_body then skips its search for
+# the `null` orjson writes them as.
+_FINITE_TYPES = frozenset({"string", "integer", "boolean", "null", "object", "array"})
+
+
 def _native_type(schema: Any) -> str | None:
     """The single JSON type of a schema node written out as plain code, or None (closure or trivial)."""
     if not isinstance(schema, dict) or not _NATIVE_KEYWORDS.issuperset(schema):
@@ -287,6 +295,7 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
                 w.emit(depth, f"{kind} = type({var})")
                 w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
                 w.emit(depth, f"{hits} = scan({var}) if {kind} is str else None")
+                w.emit(depth, f"if {kind} is float and {var} - {var}: return None")  # NaN or infinity
             if w.free_text_reject:
                 w.emit(depth, f"if {hits}: return None")
                 w.record(depth, "kept", path, in_array)
@@ -309,6 +318,9 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         elif known is None:
             w.emit(depth, f"{kind} = type({var})")
             w.emit(depth, f"if {kind} is dict or {kind} is list: verbatim_append({var})")
+            w.emit(depth, f"elif {kind} is float and {var} - {var}: return None")  # NaN or infinity
+        elif known not in _FINITE_TYPES:
+            w.emit(depth, f"if type({var}) is float and {var} - {var}: return None")
         w.emit(depth, store(var))
         return
     if isinstance(action, Drop):
@@ -346,6 +358,7 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         kind = w.name("t")
         w.emit(inner, f"{kind} = type({result})")
         w.emit(inner, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
+        w.emit(inner, f"elif {kind} is float and {result} - {result}: return None")  # NaN or infinity
     w.emit(inner, store(result))
 
 
@@ -475,6 +488,8 @@ def _emit_like_element(w: _Writer, depth: int, item: str, out: str, shape: str, 
     w.emit(depth + 1, "else:")
     for value, name in zip(values, names, strict=True):
         _emit_check(w, depth + 2, value, plan.checks[name])
+        if name in plan.kept and _native_type(plan.checks[name]) not in _FINITE_TYPES:
+            w.emit(depth + 2, f"if type({value}) is float and {value} - {value}: return None")  # NaN or infinity
     kept = ", ".join(f"{name!r}: {value}" for value, name in zip(values, names, strict=True) if name in plan.kept)
     w.emit(depth + 2, f"{out}.append({{{kept}}})")
     w.emit(depth + 2, "continue")
