@@ -261,8 +261,8 @@ _plain_key_sequences: set[tuple[Any, ...]] = set()
 
 
 def _keys_plainly_canonical(value: Any) -> bool:
-    """The key half of `_plainly_canonical`, for `canonical_dumps_with_known_keys`, whose numbers are
-    checked on the bytes."""
+    """The key half of `_plainly_canonical`, for `canonical_dumps_with_known_keys`, whose integers are
+    checked on the bytes; NaN and infinity (which orjson writes as null) are tested here too."""
     if type(value) is dict:
         keys = tuple(value)
         if keys not in _plain_key_sequences:
@@ -275,24 +275,30 @@ def _keys_plainly_canonical(value: Any) -> bool:
         items = value
     for item in items:
         kind = type(item)
-        if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
+        if kind is dict or kind is list:
+            if not _keys_plainly_canonical(item):
+                return False
+        elif kind is float and item - item:  # NaN or infinity: the careful path refuses it
             return False
     return True
 
 
-def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes:
+def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any], finite_outside: bool = False) -> bytes:
     """`canonical_dumps(obj)`, for a value whose objects all have ASCII keys that no two of one object
     share up to case, except those within the containers of `unchecked`: the policy engine's output,
     whose own objects carry only allowlisted names (checked when the policy was compiled). Only the
     `unchecked` containers are walked; numbers are checked on the bytes (orjson refuses integers beyond
-    53 bits, NaN and infinity come out as null); anything doubtful takes `canonical_dumps` itself."""
+    53 bits, NaN and infinity come out as null); anything doubtful takes `canonical_dumps` itself.
+    `finite_outside`: the caller proved that no NaN or infinity is in `obj` outside the `unchecked`
+    containers (the generated policy walk's output); the containers' floats are tested here, so the
+    search for `null` in the bytes is skipped."""
     try:
         out = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
     except orjson.JSONEncodeError:
         return canonical_dumps(obj)
     # `find`, not `in`: bytes.__contains__ first tries its operand as a byte value (an integer), and the
     # TypeError it raises and clears for a bytes operand costs about 1 k instructions per call.
-    if out.find(b"null") >= 0:
+    if not finite_outside and out.find(b"null") >= 0:
         return canonical_dumps(obj)
     remembered = _plain_key_sequences
     for container in unchecked:
@@ -300,7 +306,10 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any]) -> bytes
             # `_keys_plainly_canonical` written out for a remembered key sequence: only the values remain.
             for item in container.values():
                 kind = type(item)
-                if (kind is dict or kind is list) and not _keys_plainly_canonical(item):
+                if kind is dict or kind is list:
+                    if not _keys_plainly_canonical(item):
+                        return canonical_dumps(obj)
+                elif kind is float and item - item:  # NaN or infinity (orjson writes null)
                     return canonical_dumps(obj)
         elif not _keys_plainly_canonical(container):
             return canonical_dumps(obj)

@@ -117,6 +117,9 @@ class _Writer:
         self.bind = bind
         # Set when the code may record one path both kept and transformed (see GeneratedRoute).
         self.overlaps = False
+        # Identifier types that one leaf of the whole route pseudonymises (or reidentifies): outside an
+        # array that leaf runs at most once per call, so its count is set to 1 rather than incremented.
+        self.single_id_types: frozenset[str] = frozenset()
 
     def emit(self, depth: int, text: str) -> None:
         if depth > _MAX_INDENT or len(self.lines) > _MAX_SOURCE_LINES:
@@ -147,6 +150,14 @@ class _Missing:
 
 
 _MISS = _Missing()
+
+
+# JSON types whose schema check (written out) leaves no NaN or infinity: an "integer" float is integral.
+# Every other value the walk puts in its output is tested (`v - v` is 0.0 only for a finite float), so a
+# body the generated walk served holds no NaN or infinity outside the caller-supplied containers, which
+# canonical_dumps_with_known_keys tests itself; MinimisedRequest.canonical_body then skips its search for
+# the `null` orjson writes them as.
+_FINITE_TYPES = frozenset({"string", "integer", "boolean", "null", "object", "array"})
 
 
 def _native_type(schema: Any) -> str | None:
@@ -284,6 +295,7 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
                 w.emit(depth, f"{kind} = type({var})")
                 w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
                 w.emit(depth, f"{hits} = scan({var}) if {kind} is str else None")
+                w.emit(depth, f"if {kind} is float and {var} - {var}: return None")  # NaN or infinity
             if w.free_text_reject:
                 w.emit(depth, f"if {hits}: return None")
                 w.record(depth, "kept", path, in_array)
@@ -306,6 +318,9 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         elif known is None:
             w.emit(depth, f"{kind} = type({var})")
             w.emit(depth, f"if {kind} is dict or {kind} is list: verbatim_append({var})")
+            w.emit(depth, f"elif {kind} is float and {var} - {var}: return None")  # NaN or infinity
+        elif known not in _FINITE_TYPES:
+            w.emit(depth, f"if type({var}) is float and {var} - {var}: return None")
         w.emit(depth, store(var))
         return
     if isinstance(action, Drop):
@@ -332,7 +347,10 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         w.emit(inner, "except InvalidIdentifier: return None")
         w.record(inner, "transformed", path, in_array)
         id_type = repr(action.id_type)
-        w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
+        if not in_array and action.id_type in w.single_id_types:
+            w.emit(inner, f"counts[{id_type}] = 1")
+        else:
+            w.emit(inner, f"counts[{id_type}] = counts.get({id_type}, 0) + 1")
     else:
         w.emit(inner, f"try: {result} = {convert}({var})")
         w.emit(inner, "except NotGeneralisable: return None")
@@ -340,6 +358,7 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         kind = w.name("t")
         w.emit(inner, f"{kind} = type({result})")
         w.emit(inner, f"if {kind} is dict or {kind} is list: verbatim_append({result})")
+        w.emit(inner, f"elif {kind} is float and {result} - {result}: return None")  # NaN or infinity
     w.emit(inner, store(result))
 
 
@@ -469,6 +488,8 @@ def _emit_like_element(w: _Writer, depth: int, item: str, out: str, shape: str, 
     w.emit(depth + 1, "else:")
     for value, name in zip(values, names, strict=True):
         _emit_check(w, depth + 2, value, plan.checks[name])
+        if name in plan.kept and _native_type(plan.checks[name]) not in _FINITE_TYPES:
+            w.emit(depth + 2, f"if type({value}) is float and {value} - {value}: return None")  # NaN or infinity
     kept = ", ".join(f"{name!r}: {value}" for value, name in zip(values, names, strict=True) if name in plan.kept)
     w.emit(depth + 2, f"{out}.append({{{kept}}})")
     w.emit(depth + 2, "continue")
@@ -521,9 +542,22 @@ def _compile_source(w: _Writer, name: str) -> Callable[[Any], Any]:
     return function
 
 
+def _counted_id_types(node: PolicyNode) -> list[str]:
+    """The identifier type of every pseudonymise or reidentify leaf under `node` (one entry per leaf)."""
+    action = node.action
+    found = [action.id_type] if isinstance(action, Pseudonymise | Reidentify) else []
+    for child in node.fields.values():
+        found += _counted_id_types(child)
+    if node.items is not None:
+        found += _counted_id_types(node.items)
+    return found
+
+
 def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
                    bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str, bool]:
     w = _Writer(reject_unknown, free_text_reject, bind)
+    id_types = _counted_id_types(root)
+    w.single_id_types = frozenset(id_type for id_type in id_types if id_types.count(id_type) == 1)
     w.emit(0, f"def {name}(body):")
     # Report paths are dict keys (first place kept, as the reference engine's run records them).
     w.emit(1, "kept = {}; transformed = {}; dropped = {}; counts = {}; verbatim = []")

@@ -427,3 +427,77 @@ def test_report_skips_the_kept_transformed_pass_only_where_no_path_is_recorded_b
             assert not set(report.kept) & set(report.transformed)
     note = route({"note": free_text}).minimise_request({"note": mail}, (), {}, {}).report
     assert (note.kept, note.transformed) == ((), ("note",))
+
+
+def test_pseudonym_counts_set_to_one_only_for_a_single_leaf_outside_arrays() -> None:
+    """The generated walk sets a count to 1 (instead of incrementing it) only for an identifier type that
+    one leaf of the route pseudonymises, outside any array; counts and their order equal the reference
+    engine's when one type has several leaves or a leaf under an array."""
+    from gateway.policy import parse_action
+
+    phone = {"pseudonymise": {"type": "phone", "mode": "hmac"}}
+    imei = {"pseudonymise": {"type": "imei", "mode": "hmac"}}
+    mail = {"pseudonymise": {"type": "email", "mode": "hmac"}}
+    spec = RoutePolicySpec(request_body={path: parse_action(action) for path, action in {
+        "a.phone": phone, "b.phone": phone, "imei": imei, "mail": mail, "list[].mail": mail,
+        "list[].phone": phone}.items()})
+    policy = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=BENCH_BINDER)
+    source = policy.generated.sources[-1]
+    assert "counts['imei'] = 1" in source
+    assert "counts['phone'] = 1" not in source
+    assert "counts['email'] = 1" not in source
+    reference = reference_of(policy, BENCH_BINDER)
+    number, device, address = "+886912345678", "490154203237518", "mei.hua.lin@example.com"
+    bodies: list[Any] = [
+        {"imei": device, "a": {"phone": number}, "b": {"phone": number}, "mail": address},
+        {"list": [{"mail": address, "phone": number}, {"phone": number}], "mail": address, "b": {"phone": number},
+         "imei": device},
+        {"b": {"phone": None}, "imei": None, "list": [{"mail": None}]},
+    ]
+    for body in bodies:
+        assert_same(policy, reference, body)
+        got = policy.minimise_validated(policy.validate_request(body), (), {}, {}).report.pseudonymised
+        expected = reference.minimise_request(body, (), {}, {}).report.pseudonymised
+        assert list(got.items()) == list(expected.items())
+
+
+def test_non_finite_floats_leave_the_generated_path_or_are_found_in_caller_containers() -> None:
+    """A body the generated walk served skips canonical_body's search for `null` (NaN and infinity come out
+    of orjson as null): the walk hands a non-finite float in any value it outputs back to the reference
+    engine, and the caller-supplied containers are tested at every depth. Outcomes and canonical bytes (or
+    refusals) equal the reference engine's; the search is skipped only on the generated path."""
+    from gateway.policy import parse_action
+
+    spec = RoutePolicySpec(
+        request_body={path: parse_action(action) for path, action in {
+            "n": "keep", "u": "keep", "box": "keep", "note": {"keep": {"free_text": True}},
+            "rows[].price": "keep", "rows[].sku": "keep", "where": {"generalise": {"location": 2}}}.items()},
+        schema={"type": "object", "properties": {
+            "n": {"type": "number"}, "rows": {"type": "array", "items": {"type": "object", "properties": {
+                "price": {"type": "number"}, "sku": {"type": "string"}}}}}},
+        free_text="redact")
+    policy = CompiledRoutePolicy(spec, partner_id="p", pseudonymiser=BENCH_BINDER)
+    assert policy.generated.fused is not None
+    reference = reference_of(policy, BENCH_BINDER)
+    nan, inf = float("nan"), float("inf")
+    rows = [{"price": 1.5, "sku": "a"}, {"price": 2.5, "sku": "b"}, {"price": 3.0, "sku": "c"}]
+    fine: dict[str, Any] = {"n": 1.5, "u": 2.5, "box": {"a": [1.5, {"b": 2.0}], "c": 0.5}, "note": 3.5, "rows": rows}
+    bad_values = [nan, inf, -inf]
+    bodies: list[Any] = [fine]
+    for bad in bad_values:
+        bodies += [{**fine, "n": bad}, {**fine, "u": bad}, {**fine, "note": bad}, {**fine, "box": {"c": bad}},
+                   {**fine, "box": {"a": [1.5, {"b": bad}]}}, {**fine, "box": [[bad]]},
+                   {**fine, "rows": [{"price": 1.5, "sku": "a"}, {"price": bad, "sku": "b"}]},
+                   {**fine, "rows": [{"price": bad, "sku": "a"}]}, {**fine, "where": bad}]
+    for body in bodies:
+        assert_same(policy, reference, body)
+    served = policy.minimise_validated(policy.validate_request(fine), (), {}, {})
+    assert served.finite_outside
+    assert not reference.minimise_request(fine, (), {}, {}).finite_outside
+    for body in bodies[1:]:
+        # Whichever path served it, the NaN or infinity never comes out as `null` bytes.
+        try:
+            canonical = policy.minimise_validated(policy.validate_request(body), (), {}, {}).canonical_body()
+        except GatewayError:
+            continue
+        assert b"null" not in canonical

@@ -139,10 +139,12 @@ paths = st.lists(st.text(max_size=6), max_size=4).map(tuple)
 
 
 @settings(max_examples=100, deadline=None)
-@given(paths, paths, paths, st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3), st.none() | paths)
+@given(paths, paths, paths, st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3), st.none() | paths,
+       st.booleans())
 def test_slot_constructors_equal_the_dataclass_constructors(kept: tuple[str, ...], transformed: tuple[str, ...],
                                                             dropped: tuple[str, ...], counts: dict[str, int],
-                                                            unchecked: tuple[Any, ...] | None) -> None:
+                                                            unchecked: tuple[Any, ...] | None,
+                                                            finite: bool) -> None:
     """engine._new_report / _new_minimised / _new_validated build the same frozen values as the classes'
     own __init__, and the values stay frozen."""
     import dataclasses
@@ -153,10 +155,11 @@ def test_slot_constructors_equal_the_dataclass_constructors(kept: tuple[str, ...
     assert report == engine.MinimisationReport(kept, transformed, dropped, counts)
     assert dataclasses.astuple(report) == dataclasses.astuple(engine.MinimisationReport(kept, transformed, dropped,
                                                                                          counts))
-    minimised = engine._new_minimised({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked)
-    expected = engine.MinimisedRequest({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked)
+    minimised = engine._new_minimised({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked, finite)
+    expected = engine.MinimisedRequest({"a": 1}, (("q", "1"),), {"p": "2"}, {"H": "3"}, report, unchecked, finite)
     assert minimised == expected
     assert minimised.unchecked_containers == unchecked
+    assert minimised.finite_outside is finite
     policy = CompiledRoutePolicy(RoutePolicySpec(), partner_id="p", pseudonymiser=PSEUDONYMISER)
     validated = engine._new_validated(policy, {"a": 1}, None)
     assert (validated.policy, validated.body, validated.walked) == (policy, {"a": 1}, None)
