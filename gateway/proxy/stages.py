@@ -32,6 +32,7 @@ from gateway.errors import (
     Violation,
 )
 from gateway.forward import segment_problem
+from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
@@ -326,8 +327,11 @@ class CheckSubject:
         ctx.legal_reference = check_legal_reference(route, ctx.request.headers.get("X-Legal-Reference"))
         status = SubjectStatus.unknown_subject()
         if route.subject is not None:
-            subject_id = self._read(ctx, route.subject)
-            if not subject_id:
+            read = self._read(ctx, route.subject)
+            # Blank (only white space or invisible format characters) is missing too: such an id names
+            # nobody, and its reference would never carry a hold, a withdrawal or a minor flag.
+            subject_id = None if read is None else normal_subject_id(read)
+            if subject_id is None:
                 raise SchemaViolation(
                     "the data subject's id is missing", [Violation(route.subject.path, "required")]
                 )
