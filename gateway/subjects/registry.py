@@ -14,7 +14,8 @@ reaches the database, and the API refuses anything that is not a 64-hex referenc
 Freshness: `status()` reads the database on every call (one query) unless `cache_seconds` > 0, so a
 withdrawal that has returned is seen by every request that starts afterwards, on every replica that reads
 the same database. With a cache, another replica may serve a stale status for at most `cache_seconds`
-(this replica drops its own entries on every change it makes).
+(this replica drops its own entries on every change it makes, and never caches a read that overlapped
+one of its changes).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class SubjectRegistry(ABC):
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._cache: dict[str, dict[str | None, tuple[float, SubjectStatus]]] = {}
+        # Bumped when a local change starts and again when it has committed: a read that saw the counter
+        # move may hold the status from before the change and is returned but never cached (otherwise it
+        # would re-insert the old status after apply() dropped the entry, for the whole TTL). One counter
+        # for all subjects: an overlapping change elsewhere only costs a read its caching.
+        self._generation = 0
 
     def subject_ref(self, subject_id: str) -> str:
         """The keyed reference the registry is keyed by (the raw id is never stored)."""
@@ -132,7 +138,10 @@ class SubjectRegistry(ABC):
         hit = self._cache.get(subject_ref, {}).get(consent_purpose)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         status = await self._read_status(subject_ref, consent_purpose)
+        if generation != self._generation:
+            return status  # a local change overlapped this read: do not cache what it saw
         if len(self._cache) >= _CACHE_MAX_SUBJECTS:
             self._cache.clear()  # crude bound; a full cache only costs extra reads
         self._cache.setdefault(subject_ref, {})[consent_purpose] = (now + self._cache_seconds, status)
@@ -208,8 +217,13 @@ class SubjectRegistry(ABC):
     async def apply(self, event: RegistryEvent) -> RegistryEvent:
         """Apply a planned event in one transaction; the returned copy says whether it changed anything.
         Returns only once committed (durable), so the change holds for every later status()."""
-        changed = await self._apply(event)
-        self._cache.pop(event.subject_ref, None)
+        self._generation += 1
+        try:
+            changed = await self._apply(event)
+        finally:
+            # Also after a failure: the commit may have landed all the same.
+            self._generation += 1
+            self._cache.pop(event.subject_ref, None)
         return replace(event, changed=changed)
 
     @abstractmethod
