@@ -142,3 +142,18 @@ async def test_without_a_change_the_retry_still_goes_out(harness: GatewayHarness
     assert len(harness.partner.received) == 2  # type: ignore[attr-defined]
     disclosures = await harness.ledger_records(kind="disclosure")
     assert [d["attempt"] for d in disclosures] == [1, 2]
+
+
+async def test_an_unreadable_registry_at_the_retry_fails_closed(harness: GatewayHarness) -> None:
+    # The registry goes away (closed, as at a shutdown) while try 1 is at the partner: the re-check cannot
+    # read the subject's status, so the retry is not sent (500), and the ledger says so for attempt 2.
+    partner: SlowlyFailingPartner = harness.partner  # type: ignore[assignment]
+    request = asyncio.create_task(harness.session.post(harness.url + SHIPMENT, json=shipment_body(),
+                                                       headers=harness.auth()))
+    await asyncio.wait_for(partner.first_try_arrived.wait(), 5)
+    await harness.gateway.state.services.subjects.close()
+    response = await request
+    assert response.status == 500, await response.read()
+    assert len(partner.received) == 1
+    records = await _records(harness)
+    assert _shape(records) == [("disclosure", 1, None), ("outcome", 1, 502), ("refusal", 2, 500)]
