@@ -140,3 +140,21 @@ async def test_the_subject_registry_runs_as_the_least_privilege_roles(pg_url: st
         assert await conn.fetchval("SELECT count(*) FROM subject_state WHERE on_hold") == 1
     finally:
         await conn.close()
+
+
+async def test_a_registry_schema_without_a_version_is_brought_current_by_the_owner(
+    pg_url: str, gateway_keys: GatewayKeys
+) -> None:
+    # A database whose registry tables an earlier gateway created (no subject_meta, no removal triggers):
+    # the next start as the owner runs the DDL again and records the version; a writer can start after that.
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(PG_SUBJECT_SCHEMA)
+        await conn.execute("DROP TABLE subject_meta; DROP TRIGGER subject_state_no_delete ON subject_state")
+        async with open_registry(pg_url, gateway_keys.ledger):
+            pass
+        assert await conn.fetchval("SELECT value FROM subject_meta WHERE name = 'schema_version'") == "1"
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'subject_state_no_delete'") == 1
+    finally:
+        await conn.close()
