@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, MalformedRequest, Violation
 
 MASTER_KEY_FILE = "master.key"
 LEDGER_HMAC_FILE = "ledger-hmac.key"
@@ -70,6 +70,19 @@ class HmacSha256:
         return outer.hexdigest()
 
 
+def normal_subject_id(subject_id: str) -> str | None:
+    """The form of a data subject's id that its reference is computed from (NFC, surrounding white space
+    removed), or None when the id is blank: empty, or only white space (U+3000, tab, newline...) and
+    invisible format characters (U+200B, U+FEFF...). A blank id names nobody; every caller that checks a
+    subject (the egress CheckSubject stage, the subject-rights API, the CLI) uses this one test, so the
+    check and the reference always agree on what the id is. Format characters inside a real id are kept
+    (and surrounding ones are not stripped): that keeps every existing non-blank id's reference unchanged."""
+    normal = unicodedata.normalize("NFC", subject_id.strip())
+    if all(char.isspace() or unicodedata.category(char) == "Cf" for char in normal):
+        return None
+    return normal
+
+
 @dataclass(frozen=True)
 class LedgerKeys:
     """Keys the ledger and the subject registry need. `hmac_key` never leaves the gateway."""
@@ -84,8 +97,11 @@ class LedgerKeys:
 
     def subject_ref(self, subject_id: str) -> str:
         """Keyed, stable reference for a data subject: the same for every spelling that only differs in
-        surrounding white space or Unicode form. 64 hex characters (HMAC-SHA256)."""
-        normal = unicodedata.normalize("NFC", subject_id.strip())
+        surrounding white space or Unicode form. 64 hex characters (HMAC-SHA256). A blank id names nobody:
+        refused (MalformedRequest) rather than mapped to the one reference every blank id would share."""
+        normal = normal_subject_id(subject_id)
+        if normal is None:
+            raise MalformedRequest("a subject id is required", [Violation("subject_id", "empty")])
         mac: HmacSha256 = self._subject_mac  # type: ignore[attr-defined]
         return mac.hexdigest(normal.encode("utf-8"))
 

@@ -163,6 +163,9 @@ class RequestContext:
     body_digest: str | None = None
     outbound: OutboundRequest | None = None  # the exact bytes for the partner, built before the ledger
     attempt: int = 1
+    # Set when the subject re-check before retry `attempt` refused it: `disclosure` is then the earlier
+    # try's (its outcome already queued), and the runner records a refusal for this attempt instead.
+    retry_refused: bool = False
     disclosure: AppendedRecord | None = None
     upstream: UpstreamResponse | None = None
     response: Answer | None = None

@@ -6,8 +6,8 @@ the long-lived services and one profile set; a reload builds a new one and swaps
 stage configured without error, so in-flight requests finish on the pipeline they started with.
 
 The runner turns a refusal into a problem+json response, records it (a refusal in the ledger when the
-partner is known and the caller authenticated, also when the ledger failed the disclosure's commit; an
-outcome when the disclosure was already recorded),
+partner is known and the caller authenticated, also when the ledger failed the disclosure's commit or
+the subject re-check refused a retry; an outcome when the disclosure was already recorded),
 and writes the metrics and the one log line of the request (just after the response has been handed
 to the server, so the caller does not wait for them).
 """
@@ -146,7 +146,9 @@ class Pipeline:
         reason = _reason_label(error)
         # A failed or timed-out disclosure commit may still land (a hung commit the watchdog gave up on):
         # the refusal queued behind it says, in the ledger itself, that this request was not forwarded.
-        if ctx.forwarded and not ledger_failed:
+        # A retry the subject re-check refused was never sent: the earlier try's outcome is already
+        # queued, and this attempt gets a refusal.
+        if ctx.forwarded and not ledger_failed and not ctx.retry_refused:
             record_outcome(self._writer, ctx, error.status, None, reason)
         elif ctx.caller is not None:
             self._writer.append_nowait(
@@ -164,7 +166,7 @@ class Pipeline:
                     reason=reason,
                     # On a retried route an earlier try may have been forwarded under the same request id:
                     # the attempt says which try's disclosure this refusal answers.
-                    attempt=ctx.attempt if ledger_failed else None,
+                    attempt=ctx.attempt if ledger_failed or ctx.retry_refused else None,
                 ),
                 request_id=ctx.request_id,
                 event="refusal_not_recorded",
@@ -189,7 +191,7 @@ class Pipeline:
         reason = None
         if error is not None:
             reason = _reason_label(error)
-            if not ctx.forwarded:
+            if not ctx.forwarded or ctx.retry_refused:
                 series.refusals(partner, reason).inc()
         _log.info_line("request", {
             "request_id": ctx.request_id,
@@ -201,7 +203,8 @@ class Pipeline:
             "outcome": outcome,
             "reason": reason,
             "latency_ms": round(elapsed * 1000.0, 3),
-            "attempts": ctx.attempt if ctx.forwarded else 0,
+            # Tries actually sent: a retry refused by the subject re-check was not.
+            "attempts": (ctx.attempt - ctx.retry_refused) if ctx.forwarded else 0,
             "fields_kept": kept,
             "fields_transformed": transformed,
             "fields_dropped": dropped,

@@ -32,10 +32,12 @@ from gateway.errors import (
     Violation,
 )
 from gateway.forward import segment_problem
+from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
 from gateway.proxy.context import Answer, RequestContext
+from gateway.proxy.problems import InternalError
 from gateway.proxy.services import GatewayServices
 from gateway.strictjson import parse_json
 from gateway.subjects import SubjectStatus, check_legal_reference, check_subject
@@ -326,8 +328,11 @@ class CheckSubject:
         ctx.legal_reference = check_legal_reference(route, ctx.request.headers.get("X-Legal-Reference"))
         status = SubjectStatus.unknown_subject()
         if route.subject is not None:
-            subject_id = self._read(ctx, route.subject)
-            if not subject_id:
+            read = self._read(ctx, route.subject)
+            # Blank (only white space or invisible format characters) is missing too: such an id names
+            # nobody, and its reference would never carry a hold, a withdrawal or a minor flag.
+            subject_id = None if read is None else normal_subject_id(read)
+            if subject_id is None:
                 raise SchemaViolation(
                     "the data subject's id is missing", [Violation(route.subject.path, "required")]
                 )
@@ -339,6 +344,20 @@ class CheckSubject:
             ctx.cross_border = transfer.cross_border
             ctx.transfer_basis = transfer.basis
         check_subject(route, status, transfer)
+
+    async def recheck(self, ctx: RequestContext) -> None:
+        """The registry half of this check again (hold, minor, consent), for the subject the request
+        already named: Forward runs it before every retry, because a retry is a new disclosure and must
+        not leave after a hold or withdrawal that became durable while the earlier try was in flight.
+        The transfer decision and the legal reference depend only on the request and the profile set it
+        runs on, which do not change between tries, so they are not re-made (a route that got here had
+        its transfer allowed)."""
+        route = ctx.route
+        assert route is not None
+        if ctx.subject_ref is None:
+            return  # a route without a subject: nothing in the registry can change its answer
+        status = await self._registry.status(ctx.subject_ref, route.consent_purpose)
+        check_subject(route, status, None)
 
 
 class Minimise(SyncStage):
@@ -477,7 +496,9 @@ class RecordDisclosure:
 
 class Forward:
     """Sends the bytes Prepare built (with the partner's credentials, from gateway.forward). Routes marked
-    idempotent are retried on partner failure, each try with its own disclosure and outcome record."""
+    idempotent are retried on partner failure, each try with its own disclosure and outcome record; each
+    retry first re-runs the subject check (a hold or withdrawal made meanwhile refuses it: nothing more
+    is sent, the retry gets a refusal record with its attempt number, the caller the subject refusal)."""
 
     name: ClassVar[str] = "forward"
 
@@ -485,6 +506,23 @@ class Forward:
         self._upstream = services.upstream
         self._writer = LedgerWriter(services)
         self._series = services.metrics.series
+        # The CheckSubject stage's own logic (not a copy), re-run before each retry.
+        self._subject = CheckSubject()
+        self._subject.configure(services, profiles)
+
+    async def _recheck_subject(self, ctx: RequestContext) -> None:
+        """Refuses the retry (ctx.retry_refused: the runner records a refusal for this attempt, and the
+        earlier try keeps the outcome already queued) when the subject may no longer be disclosed to."""
+        try:
+            await self._subject.recheck(ctx)
+        except GatewayError:
+            ctx.retry_refused = True
+            raise
+        except Exception as exc:
+            # Fail closed, as the first check does: an unreadable registry sends nothing more.
+            ctx.retry_refused = True
+            _log.error("subject_recheck_failed", request_id=ctx.request_id, error=type(exc).__name__)
+            raise InternalError("the data subject's status could not be read") from exc
 
     async def __call__(self, ctx: RequestContext) -> None:
         profile, route, outbound = ctx.profile, ctx.route, ctx.outbound
@@ -502,6 +540,7 @@ class Forward:
                     raise
                 record_outcome(self._writer, ctx, exc.status, None, exc.reason)
                 ctx.attempt += 1
+                await self._recheck_subject(ctx)
                 ctx.disclosure = await self._writer.append(disclosure_draft(ctx, self._writer.chain_id))
                 self._series.disclosures(profile.id, ctx.purpose or "").inc()
                 continue

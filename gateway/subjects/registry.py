@@ -6,7 +6,10 @@ Tables (created idempotently by `start()`, next to the ledger's own tables):
 - `subject_state(subject_ref, on_hold, hold_reason, hold_since, minor, guardian_consent, minor_since,
   updated_at)`: current hold and minor status;
 - `subject_events(id, subject_ref, at, kind, consent_purpose, hold_reason, minor, guardian_consent,
-  source, changed)`: every change ever asked for; UPDATE and DELETE are refused by triggers.
+  source, changed)`: every change ever asked for; UPDATE and DELETE (PostgreSQL: and TRUNCATE) are
+  refused by triggers. On PostgreSQL, triggers also refuse DELETE and TRUNCATE of the current-state rows
+  (a removed state row would silently lift a hold), and `subject_meta` holds the schema version, so a
+  start as a least-privilege role (deploy/sql/postgres-roles.sql) runs no DDL once the schema is current.
 
 Rows are keyed by the keyed subject reference (`LedgerKeys.subject_ref`): the raw subject id never
 reaches the database, and the API refuses anything that is not a 64-hex reference.
@@ -14,7 +17,8 @@ reaches the database, and the API refuses anything that is not a 64-hex referenc
 Freshness: `status()` reads the database on every call (one query) unless `cache_seconds` > 0, so a
 withdrawal that has returned is seen by every request that starts afterwards, on every replica that reads
 the same database. With a cache, another replica may serve a stale status for at most `cache_seconds`
-(this replica drops its own entries on every change it makes).
+(this replica drops its own entries on every change it makes, and never caches a read that overlapped
+one of its changes).
 """
 
 from __future__ import annotations
@@ -98,6 +102,11 @@ class SubjectRegistry(ABC):
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._cache: dict[str, dict[str | None, tuple[float, SubjectStatus]]] = {}
+        # Bumped when a local change starts and again when it has committed: a read that saw the counter
+        # move may hold the status from before the change and is returned but never cached (otherwise it
+        # would re-insert the old status after apply() dropped the entry, for the whole TTL). One counter
+        # for all subjects: an overlapping change elsewhere only costs a read its caching.
+        self._generation = 0
 
     def subject_ref(self, subject_id: str) -> str:
         """The keyed reference the registry is keyed by (the raw id is never stored)."""
@@ -132,7 +141,10 @@ class SubjectRegistry(ABC):
         hit = self._cache.get(subject_ref, {}).get(consent_purpose)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         status = await self._read_status(subject_ref, consent_purpose)
+        if generation != self._generation:
+            return status  # a local change overlapped this read: do not cache what it saw
         if len(self._cache) >= _CACHE_MAX_SUBJECTS:
             self._cache.clear()  # crude bound; a full cache only costs extra reads
         self._cache.setdefault(subject_ref, {})[consent_purpose] = (now + self._cache_seconds, status)
@@ -208,8 +220,13 @@ class SubjectRegistry(ABC):
     async def apply(self, event: RegistryEvent) -> RegistryEvent:
         """Apply a planned event in one transaction; the returned copy says whether it changed anything.
         Returns only once committed (durable), so the change holds for every later status()."""
-        changed = await self._apply(event)
-        self._cache.pop(event.subject_ref, None)
+        self._generation += 1
+        try:
+            changed = await self._apply(event)
+        finally:
+            # Also after a failure: the commit may have landed all the same.
+            self._generation += 1
+            self._cache.pop(event.subject_ref, None)
         return replace(event, changed=changed)
 
     @abstractmethod
@@ -460,9 +477,13 @@ def _make_record(
 # PostgreSQL
 
 
-_PG_SCHEMA = """
+# Bumped whenever PG_SUBJECT_SCHEMA changes: start() runs the DDL only when `subject_meta` does not say this
+# version, so the least-privilege roles of deploy/sql/postgres-roles.sql (no CREATE, not the owner) can start.
+PG_SUBJECT_SCHEMA_VERSION = 1
+
+PG_SUBJECT_SCHEMA = f"""CREATE TABLE IF NOT EXISTS subject_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS subject_consent (
-    subject_ref text NOT NULL CHECK (subject_ref ~ '^[0-9a-f]{64}$'),
+    subject_ref text NOT NULL CHECK (subject_ref ~ '^[0-9a-f]{{64}}$'),
     consent_purpose text NOT NULL,
     granted boolean NOT NULL,
     changed_at timestamptz NOT NULL,
@@ -470,7 +491,7 @@ CREATE TABLE IF NOT EXISTS subject_consent (
     PRIMARY KEY (subject_ref, consent_purpose)
 );
 CREATE TABLE IF NOT EXISTS subject_state (
-    subject_ref text PRIMARY KEY CHECK (subject_ref ~ '^[0-9a-f]{64}$'),
+    subject_ref text PRIMARY KEY CHECK (subject_ref ~ '^[0-9a-f]{{64}}$'),
     on_hold boolean NOT NULL DEFAULT false,
     hold_reason text,
     hold_since timestamptz,
@@ -481,7 +502,7 @@ CREATE TABLE IF NOT EXISTS subject_state (
 );
 CREATE TABLE IF NOT EXISTS subject_events (
     id bigserial PRIMARY KEY,
-    subject_ref text NOT NULL CHECK (subject_ref ~ '^[0-9a-f]{64}$'),
+    subject_ref text NOT NULL CHECK (subject_ref ~ '^[0-9a-f]{{64}}$'),
     at timestamptz NOT NULL,
     kind text NOT NULL,
     consent_purpose text,
@@ -497,7 +518,21 @@ BEGIN RAISE EXCEPTION 'subject_events is append-only'; END $$;
 DROP TRIGGER IF EXISTS subject_events_no_change ON subject_events;
 CREATE TRIGGER subject_events_no_change BEFORE UPDATE OR DELETE ON subject_events
 FOR EACH ROW EXECUTE FUNCTION subject_events_append_only();
-"""
+CREATE OR REPLACE TRIGGER subject_events_no_truncate BEFORE TRUNCATE ON subject_events
+FOR EACH STATEMENT EXECUTE FUNCTION subject_events_append_only();
+CREATE OR REPLACE FUNCTION subject_current_no_removal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '% rows are updated, never removed', TG_TABLE_NAME; END $$;
+CREATE OR REPLACE TRIGGER subject_consent_no_delete BEFORE DELETE ON subject_consent
+FOR EACH ROW EXECUTE FUNCTION subject_current_no_removal();
+CREATE OR REPLACE TRIGGER subject_consent_no_truncate BEFORE TRUNCATE ON subject_consent
+FOR EACH STATEMENT EXECUTE FUNCTION subject_current_no_removal();
+CREATE OR REPLACE TRIGGER subject_state_no_delete BEFORE DELETE ON subject_state
+FOR EACH ROW EXECUTE FUNCTION subject_current_no_removal();
+CREATE OR REPLACE TRIGGER subject_state_no_truncate BEFORE TRUNCATE ON subject_state
+FOR EACH STATEMENT EXECUTE FUNCTION subject_current_no_removal();
+INSERT INTO subject_meta (name, value) VALUES ('schema_version', '{PG_SUBJECT_SCHEMA_VERSION}')
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value;
+"""  # noqa: S608 - only the constant schema version is formatted in
 
 _PG_STATUS = """
 SELECT s.on_hold, s.hold_reason, s.minor, s.guardian_consent, c.granted
@@ -533,9 +568,8 @@ class PostgresSubjectRegistry(SubjectRegistry):
         except (OSError, asyncpg.PostgresError) as exc:
             raise ConfigError(f"subject registry: cannot connect to PostgreSQL: {type(exc).__name__}") from exc
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _PG_SCHEMA_LOCK)
-                await conn.execute(_PG_SCHEMA)
+            async with pool.acquire() as conn:
+                await _migrate(conn)
         except BaseException:
             await pool.close()
             raise
@@ -618,6 +652,19 @@ class PostgresSubjectRegistry(SubjectRegistry):
                            guardian_consent=r["guardian_consent"], source=r["source"], changed=r["changed"])
              for r in event_rows],
         )
+
+
+async def _migrate(conn: Any) -> None:
+    """Create or update the tables unless `subject_meta` already says the current version (checked first,
+    like the ledger store): a role with only the grants of deploy/sql/postgres-roles.sql then starts
+    without running any DDL. Replicas starting together serialise on an advisory lock."""
+    async with conn.transaction():
+        if await conn.fetchval("SELECT to_regclass('subject_meta') IS NOT NULL"):
+            version = await conn.fetchval("SELECT value FROM subject_meta WHERE name = 'schema_version'")
+            if version == str(PG_SUBJECT_SCHEMA_VERSION):
+                return
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _PG_SCHEMA_LOCK)
+        await conn.execute(PG_SUBJECT_SCHEMA)
 
 
 def open_registry(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import MalformedRequest, Violation
-from gateway.keys import LedgerKeys
+from gateway.keys import LedgerKeys, normal_subject_id
 from gateway.ledger.records import AppendedRecord, RecordDraft
 from gateway.subjects.model import EventKind, RegistryEvent
 from gateway.subjects.registry import SubjectRegistry
@@ -63,7 +63,7 @@ class SubjectRights:
         self.keys = keys
 
     def subject_ref(self, subject_id: str) -> str:
-        if not isinstance(subject_id, str) or not subject_id.strip():
+        if not isinstance(subject_id, str) or normal_subject_id(subject_id) is None:
             raise MalformedRequest("a subject id is required", [Violation("subject_id", "empty")])
         return self.keys.subject_ref(subject_id)
 

@@ -9,7 +9,8 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.keys import HmacSha256, LedgerKeys, _derive
+from gateway.errors import MalformedRequest
+from gateway.keys import HmacSha256, LedgerKeys, _derive, normal_subject_id
 
 
 @pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
@@ -33,3 +34,20 @@ def test_subject_ref_and_body_digest_are_hmac_under_derived_keys() -> None:
     assert keys.subject_ref(" Ki\u0301m ") == expected
     assert keys.subject_ref("K\u00edm") == expected
     assert keys.body_digest(b'{"a":1}') == hmac.new(digest_key, b'{"a":1}', hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\u3000", "\t\n", "\u200b", "\ufeff \u2060"])
+def test_a_blank_subject_id_has_no_reference(blank: str) -> None:
+    # One helper decides what a subject id is for the egress check, the rights API and the CLI: a blank id
+    # names nobody, so it gets no reference (HMAC("") would be shared by every blank spelling).
+    signing = Ed25519PrivateKey.generate()
+    keys = LedgerKeys(hmac_key=os.urandom(32), signing_key=signing, verify_key=signing.public_key())
+    assert normal_subject_id(blank) is None
+    with pytest.raises(MalformedRequest):
+        keys.subject_ref(blank)
+
+
+def test_the_normal_id_keeps_inner_format_characters() -> None:
+    # Only a wholly blank id is refused; a real id keeps its reference (no existing ledger entry moves).
+    assert normal_subject_id(" Ki\u0301m\n") == "K\u00edm"
+    assert normal_subject_id("a\u200bb") == "a\u200bb"
