@@ -56,8 +56,14 @@ def _refuse(reason: str, path: str = ROOT) -> MalformedRequest:
                             reason="bad-json")
 
 
+# How a refusal path shows an object key: parsing knows no profile, so every key here is the caller's,
+# and a key name may itself be personal data (`{"kim@example.com": ...}`): never echoed, only its place
+# (`*.*[2]`). Same marker as the policy's undeclared keys (gateway/policy/codegen.py).
+_KEY = "*"
+
+
 def _child(path: str, key: str) -> str:
-    return key if path == ROOT else f"{path}.{key}"
+    return _KEY if path == ROOT else f"{path}.{_KEY}"
 
 
 def _encoding_problem(data: bytes) -> str | None:

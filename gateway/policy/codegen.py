@@ -104,7 +104,7 @@ class _Writer:
     """Source text being built, with the names its constants are bound to."""
 
     def __init__(self, reject_unknown: bool, free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any],
-                 Any]]) -> None:
+                 Any]], names: frozenset[str] = frozenset()) -> None:
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"MISS": _MISS, "InvalidIdentifier": InvalidIdentifier,
                                           "NotGeneralisable": NotGeneralisable, "scan": scan, "redact": redact}
@@ -115,6 +115,8 @@ class _Writer:
         self.reject_unknown = reject_unknown
         self.free_text_reject = free_text_reject
         self.bind = bind
+        # The key names the profile writes (profile_names): the only ones a report may hold by name.
+        self.names = names
         # Set when the code may record one path both kept and transformed (see GeneratedRoute).
         self.overlaps = False
         # Identifier types that one leaf of the whole route pseudonymises (or reidentifies): outside an
@@ -291,11 +293,10 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
             if known == "string":  # the schema check proved it: no type tests
                 w.emit(depth, f"{hits} = scan({var})")
             else:
-                # A container holding free text is rare: the reference engine scans it.
+                # A container holding free text is rare: the reference engine scans it; a number it refuses.
                 w.emit(depth, f"{kind} = type({var})")
-                w.emit(depth, f"if {kind} is dict or {kind} is list: return None")
+                w.emit(depth, f"if {kind} is not str and {var} is not None and {kind} is not bool: return None")
                 w.emit(depth, f"{hits} = scan({var}) if {kind} is str else None")
-                w.emit(depth, f"if {kind} is float and {var} - {var}: return None")  # NaN or infinity
             if w.free_text_reject:
                 w.emit(depth, f"if {hits}: return None")
                 w.record(depth, "kept", path, in_array)
@@ -424,10 +425,11 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
     if w.reject_unknown:
         w.emit(depth + 2, "return None")
     else:
-        # The path of an undeclared key, built once per key name (an array's elements repeat them).
-        paths = _UnknownPaths(prefix)
-        lookup, build = w.constant(paths.known.get, "unknown_get"), w.constant(paths.build, "unknown_path")
-        w.emit(depth + 2, f"dropped[{lookup}({key}) or {build}({key})] = None")
+        # A name the profile writes is reported by name, any other (the caller's) under the marker: one
+        # lookup in a table of profile names only, so no caller-chosen name is kept or written.
+        paths, marker = undeclared_paths(prefix, w.names)
+        lookup = w.constant(paths.get, "unknown_get")
+        w.emit(depth + 2, f"dropped[{lookup}({key}, {marker!r})] = None")
     # An object left empty says nothing the partner needs; the reference engine omits it too.
     w.emit(depth, f"if {out}: {store(out)}" if node.path else store(out))
 
@@ -495,24 +497,52 @@ def _emit_like_element(w: _Writer, depth: int, item: str, out: str, shape: str, 
     w.emit(depth + 2, "continue")
 
 
-# How many undeclared key names (chosen by callers) one object of a route remembers the path of.
-_MAX_UNKNOWN_PATHS = 256
+# An undeclared key's name is chosen by the caller and may itself be personal data (a contact book keyed by
+# phone number, `{"kim@example.com": 1}`), and the report ends up in the append-only ledger: it is never
+# written out. Its drop is reported under the object's path with this marker (`recipient.*`, `*` at the
+# root); only a name the profile itself writes (an allowlist segment or a schema property) is reported by
+# name (docs/ledger.md).
+UNDECLARED = "*"
 
 
-class _UnknownPaths:
-    """Report paths of undeclared keys under one object, by key name; at most _MAX_UNKNOWN_PATHS."""
+def profile_names(root: PolicyNode, schema: Any) -> frozenset[str]:
+    """Every object key name the route's profile writes: the segments of its declared paths and the
+    property names (and required names) of its request schema. Only these may appear in a report or a
+    violation path by name; any other key is the caller's and is rendered as `UNDECLARED`."""
+    names: set[str] = set()
+    nodes = [root]
+    while nodes:
+        node = nodes.pop()
+        names.update(node.fields)
+        nodes.extend(node.fields.values())
+        if node.items is not None:
+            nodes.append(node.items)
+    return frozenset(names | schema_names(schema))
 
-    __slots__ = ("known", "prefix")
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.known: dict[str, str] = {}
+def schema_names(schema: Any) -> set[str]:
+    """The key names a JSON Schema declares: the keys of every `properties` and the `required` entries."""
+    names: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(name for name in properties if isinstance(name, str))
+            required = node.get("required")
+            if isinstance(required, list):
+                names.update(name for name in required if isinstance(name, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
 
-    def build(self, key: str) -> str:
-        path = self.prefix + key
-        if len(self.known) < _MAX_UNKNOWN_PATHS:
-            self.known[key] = path
-        return path
+
+def undeclared_paths(prefix: str, names: frozenset[str]) -> tuple[dict[str, str], str]:
+    """The report paths of keys under the object whose children's paths start with `prefix`: a name the
+    profile writes by name, any other under the object's marker (returned second)."""
+    return {name: prefix + name for name in names}, prefix + UNDECLARED
 
 
 def _emit_unknown(w: _Writer, depth: int, path_expr: str, once: bool) -> None:
@@ -554,8 +584,9 @@ def _counted_id_types(node: PolicyNode) -> list[str]:
 
 
 def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
-                   bind: Callable[[FieldAction], Callable[[Any], Any]]) -> tuple[GeneratedWalk, str, bool]:
-    w = _Writer(reject_unknown, free_text_reject, bind)
+                   bind: Callable[[FieldAction], Callable[[Any], Any]],
+                   names: frozenset[str]) -> tuple[GeneratedWalk, str, bool]:
+    w = _Writer(reject_unknown, free_text_reject, bind, names)
     id_types = _counted_id_types(root)
     w.single_id_types = frozenset(id_type for id_type in id_types if id_types.count(id_type) == 1)
     w.emit(0, f"def {name}(body):")
@@ -585,17 +616,22 @@ _GIVE_UP = (_TooComplex, SyntaxError, RecursionError, MemoryError)
 
 def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject_unknown: bool,
                    free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any], Any]],
-                   schema_compiles: bool) -> GeneratedRoute:
+                   schema_compiles: bool, names: frozenset[str] | None = None) -> GeneratedRoute:
     """The generated functions for one route's request body. `bind` gives the value function of a
     pseudonymise, reidentify, generalise or mask action; `schema_compiles` says whether fastschema
-    serves the schema (otherwise jsonschema does every check and nothing schema-related is generated)."""
+    serves the schema (otherwise jsonschema does every check and nothing schema-related is generated);
+    `names` the profile's key names (default: `profile_names(root, schema)`), which the reference engine
+    must be given too, so that both report an undeclared key alike."""
+    if names is None:
+        names = profile_names(root, schema)
     check: GeneratedCheck | None = None
     walk: GeneratedWalk | None = None
     fused: GeneratedWalk | None = None
     sources: list[str] = []
     overlaps = True
     try:
-        walk, source, overlaps = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind)
+        walk, source, overlaps = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind,
+                                                  names)
         sources.append(source)
     except _GIVE_UP:
         walk = None
@@ -607,7 +643,7 @@ def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject
             sources.append(source)
             if walk is not None:
                 fused, source, overlaps = _walk_function(root, schema, "fused", reject_unknown, free_text_reject,
-                                                         bind)
+                                                         bind, names)
                 sources.append(source)
         except _GIVE_UP:
             fused = None

@@ -14,6 +14,9 @@ one, `validate` and `minimise_request` the separate ones.
 Reports use the declared path form (`items[].sku`) so one field is one entry however many array
 elements carried it. Query parameters, path parameters and headers are reported as `query:NAME`,
 `path:NAME` and `header:NAME`, so they can never be confused with a body field of the same name.
+Only names the profile writes are reported (or echoed in a refusal) by name: an undeclared key, query
+parameter or header has a name the caller chose, which may be a phone or an e-mail, and shows as its
+parent's marker (`recipient.*`, `*`, `query:*`, `header:*`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ from gateway.policy.actions import (
     generalise_location,
     mask_value,
 )
-from gateway.policy.codegen import GeneratedRoute, WalkResult, generate_route, value_function
+from gateway.policy.codegen import (
+    UNDECLARED,
+    GeneratedRoute,
+    WalkResult,
+    generate_route,
+    profile_names,
+    undeclared_paths,
+    value_function,
+)
 from gateway.policy.freetext import redact, scan
 from gateway.policy.schema import ROOT, CompiledSchema
 from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
@@ -252,7 +263,10 @@ class _Run:
         return MISSING
 
     def scan_free_text(self, value: Any, path: str) -> Any:
-        """`value` with identifiers in its strings redacted (or refused), recursing into containers."""
+        """`value` with identifiers in its strings redacted (or refused), recursing into containers.
+        Free text is text: a number (an IMEI or phone written as a JSON number would pass the scanner) is
+        refused, and so is an object key holding an identifier, whatever the mode (a redacted key could
+        collide with its sibling)."""
         kind = type(value)
         if kind is str:
             hits = scan(value)
@@ -264,10 +278,19 @@ class _Run:
             self.transformed[path] = None
             return redact(value, hits)
         if kind is dict:
-            return {key: self.scan_free_text(item, path) for key, item in value.items()}
+            out = {}
+            for key, item in value.items():
+                if type(key) is str and (hits := scan(key)):
+                    found = ", ".join(sorted({hit.id_type for hit in hits}))
+                    return self.refuse(IdentifierInFreeText, path,
+                                       f"an object key in free text contains an identifier ({found})")
+                out[key] = self.scan_free_text(item, path)
+            return out
         if kind is list:
             return [self.scan_free_text(item, path) for item in value]
-        return value
+        if value is None or kind is bool:
+            return value
+        return self.refuse(SchemaViolation, path, "free text must be a string, not a number")
 
     def report(self) -> MinimisationReport:
         kept = self.kept
@@ -420,6 +443,8 @@ class _Builder:
             return self.items
         if self.items is not None:
             raise ValueError(f"{declared!r} treats {self.path or ROOT!r} as an object and an array")
+        if segment == UNDECLARED:  # `recipient.*` in a report means "undeclared keys under recipient"
+            raise ValueError(f"{declared!r}: the name {UNDECLARED!r} is reserved for undeclared fields")
         node = self.fields.get(segment)
         if node is None:
             node = self.fields[segment] = _Builder(f"{self.path}.{segment}" if self.path else segment)
@@ -449,25 +474,30 @@ class _Builder:
             plain = self.items.check_names(section) and plain
         return plain
 
-    def compile(self, partner_id: str, binder: PseudonymBinder) -> Apply:
+    def compile(self, partner_id: str, binder: PseudonymBinder, names: frozenset[str] | None = None) -> Apply:
+        """The node as one function; `names` are the profile's key names (codegen.profile_names; default:
+        this tree's own), the only undeclared keys reported by name."""
+        if names is None:
+            names = profile_names(self, None)
         if self.action is not None:
             return _leaf(self.action, self.path, partner_id, binder)
         if self.items is not None:
-            return _array(self.path, self.items.compile(partner_id, binder))
+            return _array(self.path, self.items.compile(partner_id, binder, names))
         fields: dict[str, Apply | str] = {}
         for name, node in self.fields.items():
             plain_keep = isinstance(node.action, Keep) and not node.action.free_text
-            fields[name] = node.path if plain_keep else node.compile(partner_id, binder)
-        return _object(self.path, fields)
+            fields[name] = node.path if plain_keep else node.compile(partner_id, binder, names)
+        return _object(self.path, fields, names)
 
 
-def _object(path: str, fields: dict[str, Apply | str]) -> Apply:
+def _object(path: str, fields: dict[str, Apply | str], names: frozenset[str]) -> Apply:
     """An object node. `fields` maps a declared name to its function, or, for a plain `keep` leaf, to the
     leaf's path: most declared fields are plain keeps, and handling them inline saves a call per field."""
     lookup = fields.get
-    prefix = f"{path}." if path else ""
-    # Paths of undeclared keys, built once per key; bounded, since the keys come from callers.
-    unknown_paths: dict[str, str] = {}
+    # Report paths of undeclared keys: by name only for a name the profile writes, else the object's
+    # marker (`recipient.*`): the caller's key names never reach the report, the ledger or a refusal.
+    unknown_paths, marker = undeclared_paths(f"{path}." if path else "", names)
+    unknown_path = unknown_paths.get
 
     def apply_object(value: Any, run: _Run) -> Any:
         if type(value) is not dict:
@@ -480,11 +510,7 @@ def _object(path: str, fields: dict[str, Apply | str]) -> Apply:
         for key, item in value.items():
             entry = lookup(key)
             if entry is None:
-                unknown = unknown_paths.get(key)
-                if unknown is None:
-                    unknown = prefix + key
-                    if len(unknown_paths) < 256:
-                        unknown_paths[key] = unknown
+                unknown = unknown_path(key, marker)
                 if run.reject_unknown:
                     run.unknown(unknown)
                 else:
@@ -525,7 +551,7 @@ def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: Pse
     """The body policy as one function, and whether all its declared names are ASCII (so the keys it
     writes are canonical); raises `PolicyCompileError` naming the declared path."""
     root, plain_names = _body_tree(policy, section)
-    return root.compile(partner_id, binder), plain_names
+    return root.compile(partner_id, binder, profile_names(root, None)), plain_names
 
 
 def _body_tree(policy: Mapping[str, FieldAction], section: tuple[str, ...]) -> tuple[_Builder, bool]:
@@ -600,12 +626,14 @@ class CompiledRoutePolicy:
         _check_body_actions(spec.request_body, ("request", "body"))
         self._schema = CompiledSchema(spec.schema) if spec.schema is not None else None
         request_tree, self._plain_request_names = _body_tree(spec.request_body, ("request", "body"))
-        self._request_body = request_tree.compile(partner_id, pseudonymiser)
+        # The key names the profile writes: the generated walk and this engine report the same ones by name.
+        names = profile_names(request_tree, spec.schema)
+        self._request_body = request_tree.compile(partner_id, pseudonymiser, names)
         self._generated = generate_route(
             request_tree, spec.schema, reject_unknown=spec.unknown_fields == "reject",
             free_text_reject=spec.free_text == "reject",
             bind=lambda action: value_function(action, partner_id, pseudonymiser.bind, pseudonymiser.bind_reverse),
-            schema_compiles=self._schema is not None and self._schema.compiled_fast)
+            schema_compiles=self._schema is not None and self._schema.compiled_fast, names=names)
         self._response_body, _ = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
         self._query = _compile_names(spec.request_query, "query:", partner_id, pseudonymiser,
                                      ("request", "query"), fold_case=False)
@@ -714,7 +742,7 @@ class CompiledRoutePolicy:
         for name, value in query:
             entry = self._query.get(name)
             if entry is None:
-                run.unknown(f"query:{name}")
+                run.unknown(_UNDECLARED_QUERY)  # the caller's name, never written out
                 continue
             result = entry[1](value, run)
             if result is not MISSING:
@@ -797,6 +825,11 @@ def _apply_root(apply: Apply, body: Any | None, run: _Run) -> Any | None:
     return result
 
 
+# The report paths of undeclared query parameters and headers: their names are the caller's (a header
+# `X-Contact-kim@...`, a query `?kim@example.com=1`) and are never written out (docs/ledger.md).
+_UNDECLARED_QUERY = f"query:{UNDECLARED}"
+_UNDECLARED_HEADER = f"header:{UNDECLARED}"
+
 # How many caller-chosen names (header names) a policy remembers what it does with; beyond that it works
 # each out again, so a caller sending ever new names cannot grow the memory.
 _NAME_CACHE_MAX = 256
@@ -826,8 +859,7 @@ def _resolve_header(policy: Mapping[str, tuple[str, Apply]], name: str,
                     resolved: dict[str, tuple[str, Apply] | str]) -> tuple[str, Apply] | str:
     """The declared entry of header `name` as sent, or (undeclared) the path its drop is reported under;
     remembered in `resolved` while it holds fewer than _NAME_CACHE_MAX names."""
-    lowered = name.lower()
-    entry = policy.get(lowered) or f"header:{lowered}"
+    entry = policy.get(name.lower()) or _UNDECLARED_HEADER
     if len(resolved) < _NAME_CACHE_MAX:
         resolved[name] = entry
     return entry

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from gateway.errors import SchemaViolation, Violation
+from gateway.policy.codegen import UNDECLARED, schema_names
 from gateway.policy.fastschema import compile_fast
 
 ROOT = "$"
@@ -30,13 +31,17 @@ def check_schema(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
-def render_path(parts: Iterable[Any]) -> str:
-    """A JSON Schema error path as the profile's dotted form with concrete indices: items[2].sku."""
+def render_path(parts: Iterable[Any], names: frozenset[str] | None = None) -> str:
+    """A JSON Schema error path as the profile's dotted form with concrete indices: items[2].sku. With
+    `names` (the schema's own property names), any other key is the caller's and shows as `*`: a key
+    name may be personal data (`{"kim@example.com": ...}`) and is never echoed."""
     text = ""
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
+            if names is not None and part not in names:
+                part = UNDECLARED
             text = f"{text}.{part}" if text else str(part)
     return text or ROOT
 
@@ -62,32 +67,33 @@ def _reason(error: ValidationError) -> str:
     return f"violates {keyword}"
 
 
-def _violations(error: ValidationError) -> list[Violation]:
+def _violations(error: ValidationError, names: frozenset[str]) -> list[Violation]:
     base: list[Any] = list(error.absolute_path)
     keyword = error.validator
     instance = error.instance
     # These keywords fail on the parent object; the useful path is the property they are about.
     if keyword == "required" and isinstance(instance, dict):
         required: Any = error.validator_value
-        names = [name for name in required if name not in instance]
-        return [Violation(render_path([*base, name]), _reason(error)) for name in names]
+        missing = [name for name in required if name not in instance]
+        return [Violation(render_path([*base, name], names), _reason(error)) for name in missing]
     if keyword == "additionalProperties" and isinstance(instance, dict) and isinstance(error.schema, dict):
         declared = error.schema.get("properties", {})
         extra = [name for name in instance if name not in declared]
         if extra and not error.schema.get("patternProperties"):
-            return [Violation(render_path([*base, name]), _reason(error)) for name in extra]
-    return [Violation(render_path(base), _reason(error))]
+            return [Violation(render_path([*base, name], names), _reason(error)) for name in extra]
+    return [Violation(render_path(base, names), _reason(error))]
 
 
 class CompiledSchema:
     """One route's request schema with its validator built once; `validate` raises `SchemaViolation`."""
 
-    __slots__ = ("_fast", "_validator", "schema")
+    __slots__ = ("_fast", "_names", "_validator", "schema")
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self.schema = schema
         self._validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         self._fast = compile_fast(schema)
+        self._names = frozenset(schema_names(schema))
 
     @property
     def compiled_fast(self) -> bool:
@@ -104,7 +110,7 @@ class CompiledSchema:
             return
         found: list[Violation] = []
         for error in (first, *errors):
-            for violation in _violations(error):
+            for violation in _violations(error, self._names):
                 if violation not in found:
                     found.append(violation)
             if len(found) >= MAX_VIOLATIONS:

@@ -34,7 +34,7 @@ def test_deny_by_default_keeps_only_named_fields(make_policy: MakePolicy) -> Non
     result = minimise(policy, {"order": {"id": "O-1", "total": 5, "note": "x"}, "user": {"name": "An"}})
     assert result.body == {"order": {"id": "O-1", "total": 5}}
     assert result.report.kept == ("order.id", "order.total")
-    assert set(result.report.dropped) == {"order.note", "user"}
+    assert set(result.report.dropped) == {"order.*", "*"}  # undeclared names are never written
 
 
 def test_parent_keep_keeps_the_subtree(make_policy: MakePolicy) -> None:
@@ -55,7 +55,7 @@ def test_arrays_apply_to_every_element(make_policy: MakePolicy) -> None:
     body = {"items": [{"sku": "A", "price": 3, "tags": ["x", "y"]}, {"sku": "B"}], "matrix": [[1, 2], [3]]}
     result = minimise(policy, body)
     assert result.body == {"items": [{"sku": "A", "tags": ["x", "y"]}, {"sku": "B"}], "matrix": [[1, 2], [3]]}
-    assert result.report.dropped == ("items[].price",)
+    assert result.report.dropped == ("items[].*",)
     assert "items[].sku" in result.report.kept
 
 
@@ -136,14 +136,14 @@ def test_unknown_fields_reject_names_every_path(make_policy: MakePolicy) -> None
     with pytest.raises(FieldNotAllowed) as caught:
         minimise(policy, {"a": 1, "b": 2, "items": [{"sku": 1, "price": 2}]}, query=[("lang", "vi"), ("debug", "1")])
     assert caught.value.status == 422
-    assert {v.path for v in caught.value.violations} == {"b", "items[].price", "query:debug"}
+    assert {v.path for v in caught.value.violations} == {"*", "items[].*", "query:*"}
 
 
 def test_unknown_headers_are_dropped_even_in_reject_mode(make_policy: MakePolicy) -> None:
     policy = make_policy({"a": "keep"}, headers={"Idempotency-Key": "keep"}, unknown_fields="reject")
     result = minimise(policy, {"a": 1}, headers={"idempotency-key": "k1", "Authorization": "Bearer t", "Cookie": "c"})
     assert result.headers == {"Idempotency-Key": "k1"}
-    assert set(result.report.dropped) == {"header:authorization", "header:cookie"}
+    assert set(result.report.dropped) == {"header:*"}
 
 
 def test_query_and_path_parameters(make_policy: MakePolicy, pseudonymiser: Pseudonymiser) -> None:
@@ -155,7 +155,7 @@ def test_query_and_path_parameters(make_policy: MakePolicy, pseudonymiser: Pseud
     assert result.query == (("lang", "vi"), ("phone", token), ("lang", "en"))
     assert result.path_params == {"shipment_id": "S-1", "msisdn": token}
     assert result.body is None
-    assert "query:x" in result.report.dropped
+    assert "query:*" in result.report.dropped
     assert {"query:phone", "path:msisdn"} <= set(result.report.transformed)
 
 
@@ -198,7 +198,7 @@ def test_response_filter_and_reidentify(make_policy: MakePolicy, pseudonymiser: 
                                     {"content-type": "application/json", "Set-Cookie": "s"})
     assert result.body == {"tracking": "T1", "recipient": {"phone": pseudonymiser.reidentify(PARTNER, "phone", token)}}
     assert result.headers == {"Content-Type": "application/json"}
-    assert "internal" in result.report.dropped  # never a refusal: the caller did nothing wrong
+    assert "*" in result.report.dropped  # never a refusal: the caller did nothing wrong
     with pytest.raises(UpstreamError):
         policy.filter_response({"recipient": {"phone": "not-a-token"}}, {})
 
@@ -235,5 +235,74 @@ def test_schema_violations_name_paths_not_values(make_policy: MakePolicy) -> Non
     with pytest.raises(SchemaViolation) as caught:
         policy.validate({"order": {"country": "secret-value"}, "extra": 1})
     paths = {v.path for v in caught.value.violations}
-    assert paths == {"order.country", "location", "extra"}
+    assert paths == {"order.country", "location", "*"}  # "extra" is the caller's name: never echoed
     assert "secret-value" not in str(caught.value.to_problem())
+
+
+def test_schema_violations_below_undeclared_keys_never_echo_the_key(make_policy: MakePolicy) -> None:
+    """An instance key the schema does not declare (a map keyed by phone or e-mail) shows as `*` in a
+    violation path; declared property names stay readable (review-privacy F3)."""
+    schema = {"type": "object", "properties": {"contacts": {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}}}}}
+    policy = make_policy({"contacts": "keep"}, schema=schema)
+    body = {"contacts": {PHONE: {"kind": 1}, "kim@example.com": {}}}
+    with pytest.raises(SchemaViolation) as caught:
+        policy.validate(body)
+    assert {v.path for v in caught.value.violations} == {"contacts.*.kind"}
+    problem = str(caught.value.to_problem())
+    assert all(text not in problem for text in (PHONE, "kim@"))
+    with pytest.raises(SchemaViolation):
+        policy.validate_request(body)
+
+
+@pytest.mark.parametrize("unknown_fields", ["drop", "reject"])
+def test_undeclared_key_names_are_never_reported_or_echoed(make_policy: MakePolicy, unknown_fields: str) -> None:
+    """Names of undeclared keys, query parameters and headers are the caller's (review-privacy F3): reported
+    under their parent's marker, in the report (the ledger's fields_dropped) and in refusals alike; a key
+    spelt like a report path cannot pass for one."""
+    policy = make_policy({"recipient.name": "keep", "items[].sku": "keep"}, query={"lang": "keep"},
+                         headers={"Idempotency-Key": "keep"}, unknown_fields=unknown_fields)
+    body = {"recipient": {"name": "Kim", PHONE: "primary"}, "items": [{"sku": "A", "kim@example.com": 1}],
+            "header:authorization": "x", "query:lang": "y"}
+    query = [("lang", "vi"), ("kim@example.com", "1")]
+    headers = {"X-Contact-kim-at-example.com": "1", "Idempotency-Key": "k"}
+    if unknown_fields == "reject":
+        with pytest.raises(FieldNotAllowed) as caught:
+            minimise(policy, body, query=query, headers=headers)
+        assert {v.path for v in caught.value.violations} == {"recipient.*", "items[].*", "*", "query:*"}
+        problem = str(caught.value.to_problem())
+        assert all(text not in problem for text in (PHONE, "kim", "header:authorization"))
+        return
+    result = minimise(policy, body, query=query, headers=headers)
+    assert result.body == {"recipient": {"name": "Kim"}, "items": [{"sku": "A"}]}
+    assert set(result.report.dropped) == {"recipient.*", "items[].*", "*", "query:*", "header:*"}
+    validated = policy.minimise_validated(policy.validate_request(body), query, {}, headers)
+    assert validated.report == result.report
+
+
+@pytest.mark.parametrize("value", [int(IMEI), 8.5, {PHONE: "call"}, {"x": {"kim@example.com": 1}}, [1, "a"]])
+@pytest.mark.parametrize("mode", ["redact", "reject"])
+def test_free_text_is_text_a_number_or_an_identifier_in_a_key_is_refused(make_policy: MakePolicy, value: Any,
+                                                                         mode: str) -> None:
+    """Free text is scanned as text: a number under a free-text action (an IMEI or phone written as a JSON
+    number) and an object key holding an identifier are refused in both modes (review-privacy F6)."""
+    policy = make_policy({"note": {"keep": {"free_text": True}}}, free_text=mode)
+    with pytest.raises(SchemaViolation if not isinstance(value, dict) else IdentifierInFreeText) as caught:
+        minimise(policy, {"note": value})
+    assert caught.value.violations[0].path == "note"
+    problem = str(caught.value.to_problem())
+    assert all(text not in problem for text in (IMEI, PHONE, "kim@"))
+    with pytest.raises(type(caught.value)):
+        policy.minimise_validated(policy.validate_request({"note": value}), (), {}, {})
+
+
+def test_free_text_keeps_null_booleans_and_plain_containers(make_policy: MakePolicy) -> None:
+    policy = make_policy({"note": {"keep": {"free_text": True}}}, free_text="redact")
+    for value in (None, True, ["ok", None], {"door": "leave at the door"}):
+        assert minimise(policy, {"note": value}).body == {"note": value}
+    assert minimise(policy, {"note": [f"imei {IMEI}"]}).body == {"note": ["imei [redacted:imei]"]}
+
+
+def test_the_undeclared_marker_cannot_be_declared(make_policy: MakePolicy) -> None:
+    with pytest.raises(PolicyCompileError, match="reserved"):
+        make_policy({"recipient.*": "keep"})

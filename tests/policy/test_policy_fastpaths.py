@@ -84,11 +84,17 @@ awkward_scalars = (st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st
                    | st.text(max_size=6) | st.sampled_from(["490154203237518", "+886912345678"]))
 awkward_values = st.recursive(awkward_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     awkward_keys | st.integers(0, 2), inner, max_size=4), max_leaves=12)
+# Free text is text: numbers under a free-text action are refused (review-privacy F6), so the note is
+# strings, nulls and booleans in awkward containers.
+awkward_texts = st.recursive(st.none() | st.booleans() | st.text(max_size=6)
+                             | st.sampled_from(["490154203237518", "+886912345678"]),
+                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                                 awkward_keys | st.integers(0, 2), inner, max_size=4), max_leaves=12)
 awkward_bodies = st.fixed_dictionaries({}, optional={
     "order": st.fixed_dictionaries({}, optional={"id": awkward_values, "meta": awkward_values, "x": awkward_values}),
     "recipient": st.fixed_dictionaries({}, optional={"address": awkward_values,
                                                      "imei": st.just("490154203237518")}),
-    "items": st.lists(st.fixed_dictionaries({}, optional={"sku": awkward_values, "note": awkward_values}),
+    "items": st.lists(st.fixed_dictionaries({}, optional={"sku": awkward_values, "note": awkward_texts}),
                       max_size=3),
     "tags": awkward_values,
     "where": st.fixed_dictionaries({"lat": st.floats(-90, 90), "lon": st.floats(-180, 180)}),
@@ -202,7 +208,7 @@ def test_remembered_header_names_are_bounded() -> None:
                                  pseudonymiser=PSEUDONYMISER)
     for n in range(engine._NAME_CACHE_MAX + 50):
         minimised = policy.minimise_request(None, (), {}, {f"X-{n}": "v", "a": "1"})
-        assert minimised.report.dropped == (f"header:x-{n}",)
+        assert minimised.report.dropped == ("header:*",)  # the caller's header name is never reported
         assert minimised.headers == {"A": "1"}
     assert len(policy._request_header_names) == engine._NAME_CACHE_MAX
 
@@ -256,24 +262,30 @@ def test_opening_bracket_count_equals_two_counts(data: bytes) -> None:
     assert opening_brackets(data) == data.count(b"[") + data.count(b"{")
 
 
-def test_generated_walk_remembers_a_bounded_number_of_undeclared_key_paths() -> None:
-    """The generated walk builds the report path of an undeclared key once per key name, for at most
-    _MAX_UNKNOWN_PATHS names per object; past the bound the paths are still right."""
-    from gateway.policy import codegen
-
-    policy = CompiledRoutePolicy(RoutePolicySpec(request_body={"a.b": parse_action("keep")}), partner_id="p",
-                                 pseudonymiser=PSEUDONYMISER)
+def test_generated_walk_reports_undeclared_keys_under_a_marker_and_remembers_no_caller_name() -> None:
+    """An undeclared key is reported under its object's marker (`a.*`, `*`), never by its name, unless the
+    profile writes that name (a schema property); the generated walk's path tables hold profile names only,
+    so nothing the caller chose is remembered across requests (review-privacy F3)."""
+    schema = {"type": "object", "properties": {"a": {"type": "object"}, "listed": {"type": "string"}}}
+    policy = CompiledRoutePolicy(RoutePolicySpec(request_body={"a.b": parse_action("keep")}, schema=schema),
+                                 partner_id="p", pseudonymiser=PSEUDONYMISER)
     assert policy.generated.walk is not None
-    names = [f"x{n}" for n in range(codegen._MAX_UNKNOWN_PATHS + 40)]
+    assert policy.generated.fused is not None
+    names = [f"+88691234{n:04d}" for n in range(300)] + ["kim@example.com", "header:authorization"]
     for round_ in range(2):
-        body = {"a": {"b": 1, **dict.fromkeys(names, round_)}, **dict.fromkeys(names, round_)}
-        minimised = policy.minimise_request(body, (), {}, {})
-        assert minimised.body == {"a": {"b": 1}}
-        assert minimised.report.dropped == tuple(f"a.{name}" for name in names) + tuple(names)
-    caches = [value.__self__ for name, value in inspect.getclosurevars(policy.generated.walk).nonlocals.items()
-              if name.startswith("unknown_path")]
-    assert len(caches) == 2
-    assert all(len(cache.known) == codegen._MAX_UNKNOWN_PATHS for cache in caches)
+        body = {"a": {"b": 1, **dict.fromkeys(names, round_)}, **dict.fromkeys(names, round_), "listed": "x"}
+        for minimised in (policy.minimise_request(body, (), {}, {}),
+                          policy.minimise_validated(policy.validate_request(body), (), {}, {})):
+            assert minimised.body == {"a": {"b": 1}}
+            assert minimised.report.dropped == ("a.*", "*", "listed")
+    profile_paths = {"a", "b", "listed", "a.a", "a.b", "a.listed"}
+    for walk in (policy.generated.walk, policy.generated.fused):
+        tables = [value.__self__ for name, value in inspect.getclosurevars(walk).nonlocals.items()
+                  if name.startswith("unknown_get")]
+        assert tables
+        assert all(set(table.values()) <= profile_paths for table in tables)
+    for source in policy.generated.sources:
+        assert all(text not in source for text in ("+886", "kim@"))
 
 
 @settings(max_examples=400, deadline=None)

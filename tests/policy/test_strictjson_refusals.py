@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_duplicate_keys_at_any_depth(data: bytes) -> None:
     [
         (b"[9223372036854775808]", "$[0]"),
         (b'{"n": -9223372036854775809}', "$"),  # becomes a float in orjson: found by the exact slow path
-        (b'{"n": {"m": 18446744073709551615}}', "n.m"),
+        (b'{"n": {"m": 18446744073709551615}}', "*.*"),  # key names are the caller's: never echoed
         (b'{"n": 18446744073709551616}', "$"),  # orjson turns this into a float: the raw text decides
         (b"123456789012345678901234567890", "$"),
     ],
@@ -82,7 +83,7 @@ def test_depth_limit() -> None:
     assert parse_json(b"[[[1]]]", max_depth=3) == [[[1]]]
     error = refusal(b'{"a": [[1]]}', max_depth=2)
     assert "deeper than 2" in error.violations[0].reason
-    assert error.violations[0].path == "a[0]"
+    assert error.violations[0].path == "*[0]"
     deep = b"[" * 40 + b"]" * 40
     assert "deeper than 32" in refusal(deep).violations[0].reason
     assert "nesting" in refusal(b"[" * 5000 + b"]" * 5000).violations[0].reason
@@ -109,10 +110,10 @@ def test_canonical_dumps_normalises_keys_to_nfc() -> None:
 @pytest.mark.parametrize(
     ("value", "path"),
     [
-        ({"Email": "a", "email": "b"}, "email"),
-        ({"x": [{"ID": 1, "id": 2}]}, "x[0].id"),
-        ({"\u00e9": 1, "e\u0301": 2}, "\u00e9"),
-        ({"STRASSE": 1, "straße": 2}, "straße"),  # collide only under full case folding
+        ({"Email": "a", "email": "b"}, "*"),  # key names are the caller's: never echoed
+        ({"x": [{"ID": 1, "id": 2}]}, "*[0].*"),
+        ({"\u00e9": 1, "e\u0301": 2}, "*"),
+        ({"STRASSE": 1, "straße": 2}, "*"),  # collide only under full case folding
     ],
 )
 def test_canonical_dumps_refuses_colliding_keys(value: object, path: str) -> None:
@@ -130,3 +131,21 @@ def test_canonical_dumps_refuses_unrepresentable_numbers(value: object) -> None:
 def test_round_trip() -> None:
     body = b'{"b":[1,2.5,"x",null,true],"a":{"c":"\xe2\x82\xac"}}'
     assert canonical_dumps(parse_json(body)) == b'{"a":{"c":"\xe2\x82\xac"},"b":[1,2.5,"x",null,true]}'
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        lambda: canonical_dumps({"contacts": {"KIM@example.com": 1, "kim@example.com": 2}}),
+        lambda: parse_json(b'{"+886912345678": {"kim@example.com": [[1]]}}', max_depth=2),
+        lambda: parse_json(b'{"+886912345678": {"kim@example.com": 18446744073709551615}}'),
+    ],
+)
+def test_a_refusal_path_never_echoes_a_key_name(refuse: Any) -> None:
+    """A key name may itself be personal data (a contact map keyed by e-mail or phone): refusal paths show
+    an object key as `*` (review-privacy F3)."""
+    with pytest.raises(MalformedRequest) as caught:
+        refuse()
+    problem = str(caught.value.to_problem())
+    assert all(text not in problem for text in ("kim@", "KIM@", "886912345678"))
+    assert caught.value.violations[0].path in ("*.*", "*.*[0]")
