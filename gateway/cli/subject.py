@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.main import CommandError
+from gateway.cli.common import ledger_location, read_subject_id, require_existing_ledger
 from gateway.config import Settings, load_settings
 from gateway.keys import LedgerKeys, load_keys
 from gateway.ledger import default_chain_id, open_ledger, open_store
@@ -101,18 +101,12 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, LedgerKeys]:
     return settings, keys.ledger
 
 
-def _subject_id(argument: str) -> str:
-    value = sys.stdin.readline().rstrip("\r\n") if argument == "-" else argument
-    if not value.strip():
-        raise CommandError("the subject id is empty")
-    return value
-
-
 def run_show(args: argparse.Namespace) -> int:
     settings, keys = _settings(args)
-    subject_ref = keys.subject_ref(_subject_id(args.subject_id))
+    subject_ref = keys.subject_ref(read_subject_id(args.subject_id))
 
     async def report_text() -> str:
+        await require_existing_ledger(settings.ledger_url)  # the registry would create its tables otherwise
         store = open_store(settings.ledger_url, create=False)
         await store.open()
         try:
@@ -130,9 +124,12 @@ def run_show(args: argparse.Namespace) -> int:
 
 def _change(args: argparse.Namespace, kind: str) -> int:
     settings, keys = _settings(args)
-    subject_id = _subject_id(args.subject_id)
+    subject_id = read_subject_id(args.subject_id)
 
     async def apply() -> RegistryChange:
+        # Before anything is opened: opening creates a missing ledger, and a change recorded in a new
+        # database the gateway never reads would be reported as done while nothing took effect.
+        await require_existing_ledger(settings.ledger_url)
         ledger = open_ledger(settings.ledger_url, keys, chain_id=default_chain_id(CLI_CHAIN_SUFFIX))
         await ledger.start()
         try:
@@ -159,7 +156,7 @@ def _change(args: argparse.Namespace, kind: str) -> int:
         what = f"minor={'yes' if event.minor else 'no'} guardian_consent={'yes' if event.guardian_consent else 'no'}"
     effect = "changed" if event.changed else "unchanged (already so)"
     print(f"{event.kind.value} {what} for subject {event.subject_ref}: {effect}; "
-          f"ledger record {change.record.id} at {change.record.time}")
+          f"ledger record {change.record.id} at {change.record.time} in {ledger_location(settings.ledger_url)}")
     return 0
 
 
