@@ -30,6 +30,7 @@ from gateway.ledger import KINDS, LedgerQuery, default_chain_id, open_ledger, op
 from gateway.ledger.bundle import BundleSnapshot, export_bundle
 from gateway.ledger.records import COLUMNS, JSON_COLUMNS, format_time, parse_time
 from gateway.ledger.verify import ExpectedHead, VerifyReport, verify_snapshot
+from gateway.subjects.report import pruned_before
 
 DEFAULT_QUERY_LIMIT = 1000
 # The exit status of a query that printed only the first --limit of its records: non-zero so that a script
@@ -175,16 +176,20 @@ def run_query(args: argparse.Namespace) -> int:
     settings, url = _settings_and_url(args)
     query = build_query(args, settings)
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> tuple[list[dict[str, Any]], str | None]:
         await require_existing_ledger(url)
         store = open_store(url, create=False)
         await store.open()
         try:
-            return await store.query(query)
+            return await store.query(query), await pruned_before(store)
         finally:
             await store.close()
 
-    records = asyncio.run(run())
+    records, cutoff = asyncio.run(run())
+    if cutoff is not None and (query.since is None or query.since < cutoff):
+        # An empty answer (no disclosures, no recipients) must not read as "none ever" after a prune.
+        print(f"gateway: note: the ledger was pruned before {cutoff}: older records are not in this answer",
+              file=sys.stderr)
     more = query.limit is not None and len(records) > args.limit
     if more:
         records = records[:args.limit]

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,37 @@ def test_a_change_says_which_ledger_it_was_recorded_in(
     out = capsys.readouterr().out
     assert out.rstrip().endswith(f" in {(tmp_path / 'ledger.sqlite3').resolve()}")
     assert SUBJECT not in out
+
+
+def test_the_access_report_after_a_prune_says_from_when_it_is_complete(
+    ledger_url: str, gateway_keys: GatewayKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = gateway_keys.ledger.subject_ref(SUBJECT)
+
+    async def disclose_then_prune() -> str:
+        ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="server")
+        await ledger.start()
+        await ledger.append(RecordDraft(kind="disclosure", partner="maps-google", route="geocode",
+                                        purpose="locker-search", subject_ref=ref, fields_sent=["location"]))
+        await asyncio.sleep(0.01)
+        result = await ledger.prune(datetime.now(UTC))
+        [prune] = await ledger.query(LedgerQuery(kind="prune"))
+        await ledger.close()
+        assert result.removed >= 1
+        before: str = prune["detail"]["before"]
+        return before
+
+    before = asyncio.run(disclose_then_prune())
+    assert main(["subject", "show", SUBJECT, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recipients_to_notify_of_a_correction"] == []
+    assert report["complete_since"] == before
+    assert main(["subject", "show", SUBJECT]) == 0
+    table = capsys.readouterr().out
+    assert f"Ledger pruned before {before}" in table
+    assert "NOT known" in table
+    assert f"(none known since {before})" in table
+    assert main(["ledger", "query", "--subject", SUBJECT, "--recipients"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "partner\tdisclosures\tfirst\tlast\n"
+    assert f"the ledger was pruned before {before}" in err
