@@ -165,6 +165,12 @@ async def test_grant_needs_a_loaded_consent_purpose_but_a_withdrawal_never_is_lo
                                     {"subject_id": RAW_SUBJECT, "purpose": "retired-purpose", "action": "withdraw"})
     assert status == 200
     assert body["event"]["consent_purpose"] == "retired-purpose"
+    # Accepted (nothing lost) but flagged: it changes no route's consent, e.g. a misspelt purpose.
+    assert body["purpose_declared"] is False
+    status, body = await admin_post(admin, "/v1/admin/subjects/consent",
+                                    {"subject_id": RAW_SUBJECT, "purpose": ANALYTICS_CONSENT, "action": "withdraw"})
+    assert status == 200
+    assert body["purpose_declared"] is True
 
 
 # -- holds and minors --------------------------------------------------------------------------------------

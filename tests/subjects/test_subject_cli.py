@@ -174,6 +174,20 @@ def test_a_change_says_which_ledger_it_was_recorded_in(
     assert SUBJECT not in out
 
 
+def test_a_withdrawal_for_a_purpose_no_profile_declares_is_recorded_with_a_warning(
+    ledger_url: str, gateway_keys: GatewayKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["subject", "consent", "withdraw", SUBJECT, "analytcs"]) == 0
+    out, err = capsys.readouterr()
+    assert "consent_withdrawn analytcs" in out  # recorded: a withdrawal is never lost
+    assert err.count("\n") == 1
+    assert "warning: no profile" in err
+    assert "'analytcs'" in err
+    assert "analytics" in err  # the declared purposes, to spot the typo
+    assert main(["subject", "consent", "withdraw", SUBJECT, "analytics"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_the_access_report_after_a_prune_says_from_when_it_is_complete(
     ledger_url: str, gateway_keys: GatewayKeys, capsys: pytest.CaptureFixture[str]
 ) -> None:
