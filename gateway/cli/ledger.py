@@ -22,6 +22,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.cli.common import read_subject_id, require_existing_ledger
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.keys import LEDGER_VERIFY_FILE, load_ed25519_public, load_keys
@@ -29,7 +30,12 @@ from gateway.ledger import KINDS, LedgerQuery, default_chain_id, open_ledger, op
 from gateway.ledger.bundle import BundleSnapshot, export_bundle
 from gateway.ledger.records import COLUMNS, JSON_COLUMNS, format_time, parse_time
 from gateway.ledger.verify import ExpectedHead, VerifyReport, verify_snapshot
+from gateway.subjects.report import pruned_before
 
+DEFAULT_QUERY_LIMIT = 1000
+# The exit status of a query that printed only the first --limit of its records: non-zero so that a script
+# (a data subject access export) cannot take a partial answer for the whole one; distinct from errors (1, 2).
+EXIT_MORE_RECORDS = 3
 TABLE_COLUMNS = ("time", "kind", "chain", "sequence", "caller", "partner", "route", "purpose", "status", "reason")
 
 
@@ -56,10 +62,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     for name in ("partner", "route", "caller", "purpose"):
         query.add_argument(f"--{name}")
     query.add_argument("--kind", choices=KINDS)
-    query.add_argument("--subject", metavar="ID", help="data subject id; the keyed reference is computed here")
+    query.add_argument("--subject", metavar="ID", help="data subject id, or - to read it from stdin; the keyed "
+                                                         "reference is computed here")
     query.add_argument("--since", help="date or ISO 8601 time (inclusive)")
     query.add_argument("--until", help="date or ISO 8601 time (exclusive)")
-    query.add_argument("--limit", type=int, default=1000)
+    query.add_argument("--limit", type=int, default=DEFAULT_QUERY_LIMIT,
+                       help=f"most records to print (default {DEFAULT_QUERY_LIMIT}; 0 for all); when more match, "
+                       "the records are printed, a warning goes to stderr and the exit status is 3")
     query.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
     query.add_argument("--recipients", action="store_true",
                        help="one line per partner that received matching disclosures (who to notify)")
@@ -116,6 +125,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 async def verify_url(url: str, key: Ed25519PublicKey, heads: Sequence[ExpectedHead] = ()) -> VerifyReport:
+    await require_existing_ledger(url)
     store = open_store(url, create=False)
     await store.open()
     try:
@@ -131,6 +141,7 @@ def run_export(args: argparse.Namespace) -> int:
     key = load_ed25519_public(settings.keys_dir / LEDGER_VERIFY_FILE)
 
     async def run() -> int:
+        await require_existing_ledger(url)
         store = open_store(url, create=False)
         await store.open()
         try:
@@ -146,16 +157,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 # -- query ---------------------------------------------------------------------------------------------
 def build_query(args: argparse.Namespace, settings: Settings) -> LedgerQuery:
+    """The store query for the command line; its limit is one more than --limit, so that run_query can tell
+    a complete answer from a cut one."""
+    if args.limit < 0:
+        raise ConfigError("--limit: must be 0 (all records) or more")
     subject_ref = None
     if args.subject is not None:
-        subject_ref = load_keys(settings.keys_dir, dev_mode=False).ledger.subject_ref(args.subject)
-    if args.limit < 1:
-        raise ConfigError("--limit: must be at least 1")
+        subject_ref = load_keys(settings.keys_dir, dev_mode=False).ledger.subject_ref(read_subject_id(args.subject))
     return LedgerQuery(
         kind="disclosure" if args.recipients and args.kind is None else args.kind,
         partner=args.partner, route=args.route, caller=args.caller, purpose=args.purpose,
         subject_ref=subject_ref, since=_time_arg("--since", args.since), until=_time_arg("--until", args.until),
-        limit=None if args.recipients else args.limit,
+        limit=None if args.recipients or args.limit == 0 else args.limit + 1,
     )
 
 
@@ -163,16 +176,29 @@ def run_query(args: argparse.Namespace) -> int:
     settings, url = _settings_and_url(args)
     query = build_query(args, settings)
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> tuple[list[dict[str, Any]], str | None]:
+        await require_existing_ledger(url)
         store = open_store(url, create=False)
         await store.open()
         try:
-            return await store.query(query)
+            return await store.query(query), await pruned_before(store)
         finally:
             await store.close()
 
-    records = asyncio.run(run())
+    records, cutoff = asyncio.run(run())
+    if cutoff is not None and (query.since is None or query.since < cutoff):
+        # An empty answer (no disclosures, no recipients) must not read as "none ever" after a prune.
+        print(f"gateway: note: the ledger was pruned before {cutoff}: older records are not in this answer",
+              file=sys.stderr)
+    more = query.limit is not None and len(records) > args.limit
+    if more:
+        records = records[:args.limit]
     sys.stdout.write(render_recipients(records) if args.recipients else render(records, args.format))
+    if more:
+        # Never a silent cut: a CSV or JSONL file has no footer to say so, and this is the DSAR export.
+        print(f"gateway: warning: more than {args.limit} records match; only the first {args.limit} were "
+              "printed (pass --limit 0 for all, or narrow with --since/--until)", file=sys.stderr)
+        return EXIT_MORE_RECORDS
     return 0
 
 

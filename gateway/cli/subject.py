@@ -19,13 +19,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.main import CommandError
+from gateway.cli.common import ledger_location, read_subject_id, require_existing_ledger
 from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
 from gateway.keys import LedgerKeys, load_keys
 from gateway.ledger import default_chain_id, open_ledger, open_store
+from gateway.profiles import example_pseudonymiser, load_profiles
 from gateway.subjects.registry import open_registry
 from gateway.subjects.report import build_access_report, render_table
-from gateway.subjects.rights import RegistryChange, SubjectRights
+from gateway.subjects.rights import RegistryChange, SubjectRights, consent_purposes_of
 
 # Registry changes made from the command line go to their own ledger chain, so they never race the
 # server's chain for the next sequence number.
@@ -101,18 +103,12 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, LedgerKeys]:
     return settings, keys.ledger
 
 
-def _subject_id(argument: str) -> str:
-    value = sys.stdin.readline().rstrip("\r\n") if argument == "-" else argument
-    if not value.strip():
-        raise CommandError("the subject id is empty")
-    return value
-
-
 def run_show(args: argparse.Namespace) -> int:
     settings, keys = _settings(args)
-    subject_ref = keys.subject_ref(_subject_id(args.subject_id))
+    subject_ref = keys.subject_ref(read_subject_id(args.subject_id))
 
     async def report_text() -> str:
+        await require_existing_ledger(settings.ledger_url)  # the registry would create its tables otherwise
         store = open_store(settings.ledger_url, create=False)
         await store.open()
         try:
@@ -130,9 +126,12 @@ def run_show(args: argparse.Namespace) -> int:
 
 def _change(args: argparse.Namespace, kind: str) -> int:
     settings, keys = _settings(args)
-    subject_id = _subject_id(args.subject_id)
+    subject_id = read_subject_id(args.subject_id)
 
     async def apply() -> RegistryChange:
+        # Before anything is opened: opening creates a missing ledger, and a change recorded in a new
+        # database the gateway never reads would be reported as done while nothing took effect.
+        await require_existing_ledger(settings.ledger_url)
         ledger = open_ledger(settings.ledger_url, keys, chain_id=default_chain_id(CLI_CHAIN_SUFFIX))
         await ledger.start()
         try:
@@ -153,14 +152,34 @@ def _change(args: argparse.Namespace, kind: str) -> int:
             await ledger.close()
 
     change = asyncio.run(apply())
+    if kind == "consent":
+        _warn_if_undeclared(settings, args.purpose)
     event = change.event
     what = event.consent_purpose or event.hold_reason or ""
     if event.minor is not None:
         what = f"minor={'yes' if event.minor else 'no'} guardian_consent={'yes' if event.guardian_consent else 'no'}"
     effect = "changed" if event.changed else "unchanged (already so)"
     print(f"{event.kind.value} {what} for subject {event.subject_ref}: {effect}; "
-          f"ledger record {change.record.id} at {change.record.time}")
+          f"ledger record {change.record.id} at {change.record.time} in {ledger_location(settings.ledger_url)}")
     return 0
+
+
+def _warn_if_undeclared(settings: Settings, purpose: str) -> None:
+    """Warn (after the change: a withdrawal is never refused, so nothing is lost) when no profile in the
+    configured profiles folder declares `purpose`: such a change affects no route, and for a misspelt
+    withdrawal the consent meant stays granted."""
+    try:
+        profiles = load_profiles(Path(settings.profiles_dir), pseudonymiser=example_pseudonymiser(),
+                                 check_examples=False)
+    except (ConfigError, OSError):
+        print(f"gateway: warning: the profiles in {settings.profiles_dir} could not be loaded, so consent "
+              f"purpose {purpose!r} was not checked against them (see `gateway profiles check`)", file=sys.stderr)
+        return
+    known = consent_purposes_of(profiles)
+    if purpose not in known:
+        print(f"gateway: warning: no profile in {settings.profiles_dir} declares consent purpose {purpose!r}: "
+              "the change was recorded but affects no route (declared: "
+              f"{', '.join(sorted(known)) or 'none'}); check the spelling", file=sys.stderr)
 
 
 def run_consent(args: argparse.Namespace) -> int:

@@ -48,12 +48,12 @@ from gateway.errors import (
 from gateway.ledger import KINDS, LedgerQuery
 from gateway.ledger.records import format_time
 from gateway.logs import get_logger
-from gateway.profiles import PartnerProfile, ProfileSet
+from gateway.profiles import PartnerProfile
 from gateway.profiles.model import Route
 from gateway.proxy.services import GatewayServices
 from gateway.strictjson import parse_json
 from gateway.subjects.report import LedgerReader, build_access_report
-from gateway.subjects.rights import RegistryChange, SubjectRights
+from gateway.subjects.rights import RegistryChange, SubjectRights, consent_purposes_of
 
 if TYPE_CHECKING:
     from gateway.proxy.app import GatewayState
@@ -267,16 +267,6 @@ def partner_summary(profile: PartnerProfile) -> dict[str, Any]:
         "consent_purposes": list(profile.consent_purposes),
         "routes": [route_summary(route) for route in profile.routes],
     }
-
-
-def consent_purposes_of(profiles: ProfileSet) -> frozenset[str]:
-    """Every consent purpose a loaded profile declares or a route requires."""
-    purposes = {p for profile in profiles.profiles.values() for p in profile.consent_purposes}
-    purposes.update(
-        route.consent_purpose for profile in profiles.profiles.values() for route in profile.routes
-        if route.consent_purpose
-    )
-    return frozenset(purposes)
 
 
 # -- disclosure queries and cursors --------------------------------------------------------------------
@@ -527,13 +517,16 @@ async def subject_report(request: web.Request) -> web.Response:
     return _json(report.as_dict())
 
 
-def _change_response(change: RegistryChange) -> web.Response:
+def _change_response(change: RegistryChange, *, purpose_declared: bool | None = None) -> web.Response:
     record = change.record
-    return _json({
+    body: dict[str, Any] = {
         "subject_ref": change.event.subject_ref,
         "event": change.event.as_detail(),
         "ledger_record": {"id": record.id, "chain": record.chain, "sequence": record.sequence, "time": record.time},
-    })
+    }
+    if purpose_declared is not None:
+        body["purpose_declared"] = purpose_declared
+    return _json(body)
 
 
 def _rights(state: GatewayState) -> SubjectRights:
@@ -546,12 +539,14 @@ async def change_consent(request: web.Request) -> web.Response:
 
     A grant must name a consent purpose some loaded profile uses (a typo would otherwise record a consent
     nobody asked for); a withdrawal is accepted for any well-formed purpose, so a withdrawal is never
-    lost because a profile happens to be unloaded at the time."""
+    lost because a profile happens to be unloaded at the time. The response says whether a loaded profile
+    declares the purpose (`purpose_declared`): false for a withdrawal means it changed no route's consent,
+    which for a misspelt purpose leaves the consent meant still granted."""
     state, caller = await _caller(request, CHANGE_SCOPES)
     body = await read_json_object(request, "ConsentChangeRequest")
     rights, source, purpose = _rights(state), change_source(caller), body["purpose"]
+    known = consent_purposes_of(state.pipeline.profiles)
     if body["action"] == "grant":
-        known = consent_purposes_of(state.pipeline.profiles)
         if purpose not in known:
             raise AdminRequestInvalid(
                 "consent can be granted only for a consent purpose of a loaded profile: " + ", ".join(sorted(known)),
@@ -560,7 +555,7 @@ async def change_consent(request: web.Request) -> web.Response:
         change = await rights.grant_consent(body["subject_id"], purpose, source=source)
     else:
         change = await rights.withdraw_consent(body["subject_id"], purpose, source=source)
-    return _change_response(change)
+    return _change_response(change, purpose_declared=purpose in known)
 
 
 async def change_hold(request: web.Request) -> web.Response:

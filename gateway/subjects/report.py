@@ -74,6 +74,10 @@ class AccessReport:
     disclosures: tuple[DisclosureEntry, ...]
     recipients: tuple[Recipient, ...]
     truncated: bool
+    # The prune cut-off the ledger was cut at (ISO 8601), or None when it was never pruned: disclosures
+    # before it are gone, so the lists above are complete only since then (their partners may still hold
+    # the data and are not named here).
+    complete_since: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         reg = self.registry
@@ -91,6 +95,7 @@ class AccessReport:
             "disclosures": [d.as_dict() for d in self.disclosures],
             "recipients_to_notify_of_a_correction": [r.as_dict() for r in self.recipients],
             "truncated": self.truncated,
+            "complete_since": self.complete_since,
         }
 
 
@@ -152,7 +157,19 @@ async def build_access_report(
     truncated = len(disclosures) > MAX_REPORT_RECORDS
     entries = disclosures_from_records(disclosures[:MAX_REPORT_RECORDS], outcomes)
     return AccessReport(subject_ref=subject_ref, registry=record, disclosures=entries,
-                        recipients=recipients_of(entries), truncated=truncated)
+                        recipients=recipients_of(entries), truncated=truncated,
+                        complete_since=await pruned_before(ledger))
+
+
+async def pruned_before(ledger: LedgerReader) -> str | None:
+    """The latest cut-off any prune record names (None if the ledger was never pruned). Every prune record
+    counts, signed or not: one that is not genuine can only make a report say it may be incomplete, which
+    is the safe direction; `gateway ledger verify` is what judges the records themselves."""
+    cutoffs = [
+        before for record in await ledger.query(LedgerQuery(kind="prune", limit=None))
+        if isinstance(detail := record.get("detail"), Mapping) and isinstance(before := detail.get("before"), str)
+    ]
+    return max(cutoffs) if cutoffs else None
 
 
 def render_table(report: AccessReport) -> str:
@@ -181,6 +198,9 @@ def render_table(report: AccessReport) -> str:
             (e.at.isoformat(), e.kind.value, _event_detail(e.consent_purpose, e.hold_reason, e.minor,
                                                            e.guardian_consent), e.source, "yes" if e.changed else "no")
             for e in reg.events])
+    if report.complete_since is not None:
+        lines += ["", f"Ledger pruned before {report.complete_since}: disclosures and recipients before then are "
+                      "NOT known (the lists below are complete only since then)"]
     lines += ["", f"Disclosures ({len(report.disclosures)}{', TRUNCATED' if report.truncated else ''})"]
     if report.disclosures:
         lines += _table(("time", "partner", "route", "purpose", "jurisdiction", "outcome", "fields sent"), [
@@ -190,14 +210,14 @@ def render_table(report: AccessReport) -> str:
              ", ".join(dict.fromkeys((*d.fields_sent, *d.fields_transformed))))
             for d in report.disclosures])
     else:
-        lines.append("  (none recorded)")
+        lines.append("  (none recorded" + (f" since {report.complete_since})" if report.complete_since else ")"))
     lines += ["", f"Recipients to notify of a correction ({len(report.recipients)})"]
     if report.recipients:
         lines += _table(("partner", "disclosures", "first", "last", "fields received"), [
             (r.partner, str(r.disclosures), r.first_time, r.last_time, ", ".join(r.fields))
             for r in report.recipients])
     else:
-        lines.append("  (none)")
+        lines.append("  (none" + (f" known since {report.complete_since})" if report.complete_since else ")"))
     return "\n".join(lines) + "\n"
 
 

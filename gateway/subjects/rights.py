@@ -16,13 +16,16 @@ durable, then apply the change to the registry. Why this order, and why it fails
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import MalformedRequest, Violation
 from gateway.keys import LedgerKeys, normal_subject_id
 from gateway.ledger.records import AppendedRecord, RecordDraft
 from gateway.subjects.model import EventKind, RegistryEvent
 from gateway.subjects.registry import SubjectRegistry
+
+if TYPE_CHECKING:
+    from gateway.profiles import ProfileSet
 
 REGISTRY_RECORD_KIND = "registry"
 
@@ -51,6 +54,17 @@ def registry_draft(event: RegistryEvent, caller: str) -> RecordDraft:
         reason=event.hold_reason,
         detail={k: v for k, v in event.as_detail().items() if k != "changed" and v is not None},
     )
+
+
+def consent_purposes_of(profiles: ProfileSet) -> frozenset[str]:
+    """Every consent purpose a loaded profile declares or a route requires: what a consent change should
+    name (a withdrawal of anything else changes no route's consent)."""
+    purposes = {p for profile in profiles.profiles.values() for p in profile.consent_purposes}
+    purposes.update(
+        route.consent_purpose for profile in profiles.profiles.values() for route in profile.routes
+        if route.consent_purpose
+    )
+    return frozenset(purposes)
 
 
 class SubjectRights:

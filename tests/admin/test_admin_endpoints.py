@@ -9,6 +9,7 @@ body or log line.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -164,6 +165,12 @@ async def test_grant_needs_a_loaded_consent_purpose_but_a_withdrawal_never_is_lo
                                     {"subject_id": RAW_SUBJECT, "purpose": "retired-purpose", "action": "withdraw"})
     assert status == 200
     assert body["event"]["consent_purpose"] == "retired-purpose"
+    # Accepted (nothing lost) but flagged: it changes no route's consent, e.g. a misspelt purpose.
+    assert body["purpose_declared"] is False
+    status, body = await admin_post(admin, "/v1/admin/subjects/consent",
+                                    {"subject_id": RAW_SUBJECT, "purpose": ANALYTICS_CONSENT, "action": "withdraw"})
+    assert status == 200
+    assert body["purpose_declared"] is True
 
 
 # -- holds and minors --------------------------------------------------------------------------------------
@@ -224,6 +231,28 @@ async def test_access_report_names_recipients_fields_and_times_never_the_raw_id(
     assert "device.imei" in recipient["fields"]
     assert [c["consent_purpose"] for c in report["consents"]] == [ANALYTICS_CONSENT]
     assert RAW_SUBJECT not in captured_logs.text()
+
+
+async def test_access_report_after_a_prune_says_it_is_complete_only_since_the_cut(admin: AdminHarness) -> None:
+    await admin_post(admin, "/v1/admin/subjects/consent",
+                     {"subject_id": RAW_SUBJECT, "purpose": ANALYTICS_CONSENT, "action": "grant"})
+    assert (await disclose(admin))[0] == 200
+    status, report = await admin_post(admin, "/v1/admin/subjects/report", {"subject_id": RAW_SUBJECT},
+                                      "gateway:audit")
+    assert status == 200
+    assert report["complete_since"] is None
+    assert len(report["recipients_to_notify_of_a_correction"]) == 1
+
+    await asyncio.sleep(0.01)
+    result = await admin.gateway.state.services.ledger.prune(datetime.now(UTC))
+    assert result.removed > 0
+    status, report = await admin_post(admin, "/v1/admin/subjects/report", {"subject_id": RAW_SUBJECT},
+                                      "gateway:audit")
+    assert status == 200
+    # The disclosure is gone with the prune: the empty list must not read as "nobody to notify".
+    assert report["recipients_to_notify_of_a_correction"] == []
+    [prune] = await admin.ledger_records(kind="prune")
+    assert report["complete_since"] == prune["detail"]["before"]
 
 
 # -- strict bodies -----------------------------------------------------------------------------------------

@@ -139,6 +139,13 @@ def test_concurrent_subject_commands_on_one_host_all_succeed(tmp_path: Path, key
                                                               gateway_keys: GatewayKeys) -> None:
     """They share the host's `subject-cli` chain: each waits its turn instead of failing a commit."""
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+
+    async def first_gateway_start() -> None:  # the subject commands refuse a ledger no gateway has run on
+        server = open_ledger(url, gateway_keys.ledger, chain_id="server")
+        await server.start()
+        await server.close()
+
+    asyncio.run(first_gateway_start())
     env = {**os.environ, "GATEWAY_LEDGER_URL": url, "GATEWAY_KEYS_DIR": str(keys_dir)}
     env.pop("GATEWAY_CONFIG", None)
     commands = [subprocess.Popen([sys.executable, "-m", "gateway", "subject", "consent", "grant", f"user-{n}",

@@ -153,3 +153,46 @@ def test_every_record_kind_matches_the_schema(cli_url: str, gateway_keys: Gatewa
         jsonschema.validate(record, SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**records[0], "subject_id": "alice"}, SCHEMA)
+
+
+def test_a_query_cut_at_its_limit_says_so_and_fails(
+    cli_url: str, gateway_keys: GatewayKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DSAR export (`--subject ... --format csv`) used to stop at --limit (1000 by default) without a word."""
+    asyncio.run(_write(cli_url, gateway_keys, "w0", range(21)))  # subscriber-3: records 3, 10 and 17
+    dsar = ("ledger", "query", "--subject", "subscriber-3", "--kind", "disclosure")
+    for fmt in ("csv", "jsonl", "table"):
+        code, out, err = _run(capsys, *dsar, "--format", fmt, "--limit", "2")
+        assert code == 3, fmt
+        assert "more than 2 records match" in err
+        assert "--limit 0" in err
+        assert "subscriber-3" not in err
+    code, out, err = _run(capsys, *dsar, "--format", "csv", "--limit", "2")
+    assert [r["request_id"] for r in csv.DictReader(io.StringIO(out))] == ["req-3", "req-10"]
+    code, out, err = _run(capsys, *dsar, "--format", "csv", "--limit", "3")
+    assert (code, err) == (0, "")
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 3
+    code, out, err = _run(capsys, *dsar, "--format", "jsonl", "--limit", "0")
+    assert (code, err) == (0, "")
+    assert len(out.splitlines()) == 3
+    code, _, err = _run(capsys, *dsar, "--limit", "-1")
+    assert code == 2
+    assert "--limit" in err
+
+
+def test_query_reads_the_subject_from_stdin_and_refuses_a_blank_one(
+    cli_url: str, gateway_keys: GatewayKeys, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--subject -` used to search for the literal subject "-" and answer "no records"."""
+    asyncio.run(_write(cli_url, gateway_keys, "w0", range(14)))  # subscriber-3: records 3 and 10
+    monkeypatch.setattr("sys.stdin", io.StringIO("subscriber-3\n"))
+    code, out, _ = _run(capsys, "ledger", "query", "--subject", "-", "--format", "jsonl")
+    assert code == 0
+    assert sorted(orjson.loads(line)["request_id"] for line in out.splitlines()) == ["req-10", "req-3"]
+    for blank in ("", "  "):
+        monkeypatch.setattr("sys.stdin", io.StringIO(blank + "\n"))
+        code, out, err = _run(capsys, "ledger", "query", "--subject", "-", "--format", "jsonl")
+        assert (code, out) == (2, "")
+        assert "subject id is empty" in err
+        code, out, err = _run(capsys, "ledger", "query", "--subject", blank, "--format", "jsonl")
+        assert (code, out) == (2, "")
