@@ -110,8 +110,45 @@ async def test_one_demoted_checkpoint_breaks_the_next_ones_count(deployed: str, 
             await db.insert(record)
     report = await _verify(deployed, gateway_keys)
     failure = next(f for f in report.failures if f.chain == "gw-main")
-    # The next signed checkpoint no longer verifies (its prev_hash changed), or its count disagrees.
-    assert failure.sequence > first["sequence"] or failure.sequence == first["sequence"], failure
+    # The next signed checkpoint signed the old prev_hash: it no longer verifies.
+    second = next(r for r in records if r["kind"] == "checkpoint" and r["sequence"] > first["sequence"])
+    assert failure.sequence == second["sequence"], failure
+    assert "signature does not verify" in failure.reason
+
+
+async def test_signed_record_count_catches_a_removed_checkpoint(deployed: str, gateway_keys: GatewayKeys) -> None:
+    # Even a rewrite whose later checkpoints were signed again (as if with the key) is caught by the count
+    # each checkpoint signed: drop the first checkpoint, renumber and rechain the rest, re-sign the others.
+    import orjson
+
+    from gateway.ledger.records import sign_record
+
+    key = gateway_keys.ledger.signing_key
+    assert key is not None
+    async with Tamperer(deployed) as db:
+        records = await db.records("gw-main")
+        first = next(r for r in records if r["kind"] == "checkpoint")
+        await db.execute("DELETE FROM ledger_records WHERE chain = ? AND sequence >= ?", "gw-main", first["sequence"])
+        await db.execute("DELETE FROM ledger_checkpoints WHERE chain = ?", "gw-main")
+        prev = first["prev_hash"]
+        for record in (r for r in records if r["sequence"] > first["sequence"]):
+            record["sequence"] -= 1
+            record["prev_hash"] = prev
+            record.pop("hash")
+            if record["kind"] == "checkpoint":
+                record.pop("signature")
+                record["signature"] = sign_record(record, key)
+            record["hash"] = prev = record_hash(record)
+            await db.insert(record)
+        for record in records:
+            if record["kind"] == "checkpoint" and record is not first:
+                await db.execute("INSERT INTO ledger_checkpoints (chain, sequence, record) VALUES (?, ?, ?)",
+                                 "gw-main", record["sequence"], orjson.dumps(record).decode())
+    report = await _verify(deployed, gateway_keys)
+    failure = next(f for f in report.failures if f.chain == "gw-main")
+    second = next(r for r in records if r["kind"] == "checkpoint" and r is not first)
+    assert failure.sequence == second["sequence"], failure
+    assert "a checkpoint was removed, demoted to an unsigned record or renumbered" in failure.reason
 
 
 async def test_deleted_chain_fails(deployed: str, gateway_keys: GatewayKeys) -> None:
