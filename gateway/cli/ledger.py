@@ -29,7 +29,7 @@ from gateway.keys import LEDGER_VERIFY_FILE, load_ed25519_public, load_keys
 from gateway.ledger import KINDS, LedgerQuery, default_chain_id, open_ledger, open_store
 from gateway.ledger.bundle import BundleSnapshot, export_bundle
 from gateway.ledger.records import COLUMNS, JSON_COLUMNS, format_time, parse_time
-from gateway.ledger.verify import ExpectedHead, VerifyReport, verify_snapshot
+from gateway.ledger.verify import ExpectedHead, TailPolicy, VerifyReport, verify_snapshot
 from gateway.subjects.report import pruned_before
 
 DEFAULT_QUERY_LIMIT = 1000
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     verify.add_argument("--public-key", type=Path, help="Ed25519 public key PEM (default: from GATEWAY_KEYS_DIR, "
                                                         "or the bundle's own key with --bundle)")
     verify.add_argument("--bundle", type=Path, help="verify an exported bundle instead of the database")
+    _add_accept_unsigned(verify)
     verify.set_defaults(handler=run_verify)
 
     export = actions.add_parser("export", help="write a self-contained bundle that verifies without the database")
@@ -77,7 +78,22 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     prune = actions.add_parser("prune", help="remove records older than a date; writes a signed prune record")
     _add_ledger_url(prune)
     prune.add_argument("--before", required=True, help="date or ISO 8601 time; older records are removed")
+    _add_accept_unsigned(prune)
     prune.set_defaults(handler=run_prune)
+
+
+def _add_accept_unsigned(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accept-unsigned", action="append", default=[], metavar="CHAIN:SEQ:HASH",
+                        help="accept the records of CHAIN through SEQ (whose hash is HASH) that no signed "
+                             "checkpoint covers, e.g. the tail a crashed writer left, after checking them "
+                             "(repeatable; verify names the head to pass)")
+
+
+def _policy(settings: Settings) -> TailPolicy:
+    """The cadence the writers run with (the same settings), for chains whose checkpoints do not state it."""
+    return TailPolicy(every_records=settings.checkpoint_every_records,
+                      every_seconds=settings.checkpoint_every_seconds,
+                      commit_timeout_seconds=settings.ledger_commit_timeout_seconds)
 
 
 def _add_ledger_url(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +123,7 @@ def _fingerprint(key: Ed25519PublicKey) -> str:
 # -- verify --------------------------------------------------------------------------------------------
 def run_verify(args: argparse.Namespace) -> int:
     heads = [ExpectedHead.parse(text) for text in args.expect_head]
+    accepted = [ExpectedHead.parse(text, option="--accept-unsigned") for text in args.accept_unsigned]
     if args.bundle is not None:
         bundle = BundleSnapshot(args.bundle)
         if args.public_key is None:
@@ -115,22 +132,26 @@ def run_verify(args: argparse.Namespace) -> int:
                   "pass --public-key with a key from a trusted source", file=sys.stderr)
         else:
             key = load_ed25519_public(args.public_key)
-        report = asyncio.run(verify_snapshot(bundle, key, heads))
+        # No writer holds a bundle's chains: records no checkpoint covers fail unless accepted.
+        report = asyncio.run(verify_snapshot(bundle, key, heads, accept_unsigned=accepted,
+                                             policy=_policy(load_settings())))
     else:
         settings, url = _settings_and_url(args)
         key = load_ed25519_public(args.public_key or settings.keys_dir / LEDGER_VERIFY_FILE)
-        report = asyncio.run(verify_url(url, key, heads))
+        report = asyncio.run(verify_url(url, key, heads, accepted, _policy(settings)))
     print(report.summary())
     return 0 if report.ok else 1
 
 
-async def verify_url(url: str, key: Ed25519PublicKey, heads: Sequence[ExpectedHead] = ()) -> VerifyReport:
+async def verify_url(url: str, key: Ed25519PublicKey, heads: Sequence[ExpectedHead] = (),
+                     accept_unsigned: Sequence[ExpectedHead] = (), policy: TailPolicy | None = None) -> VerifyReport:
     await require_existing_ledger(url)
     store = open_store(url, create=False)
     await store.open()
     try:
         async with store.snapshot() as snap:
-            return await verify_snapshot(snap, key, heads)
+            return await verify_snapshot(snap, key, heads, accept_unsigned=accept_unsigned,
+                                         policy=policy or TailPolicy(), live=store.chain_live)
     finally:
         await store.close()
 
@@ -242,7 +263,8 @@ def run_prune(args: argparse.Namespace) -> int:
     if before > datetime.now(UTC):
         raise ConfigError("--before: the date is in the future; prune removes only records older than it")
     keys = load_keys(settings.keys_dir, dev_mode=False)
-    report = asyncio.run(verify_url(url, keys.ledger.verify_key))
+    accepted = [ExpectedHead.parse(text, option="--accept-unsigned") for text in args.accept_unsigned]
+    report = asyncio.run(verify_url(url, keys.ledger.verify_key, (), accepted, _policy(settings)))
     if not report.ok:
         print(report.summary(), file=sys.stderr)
         raise ConfigError("prune refused: the ledger does not verify; investigate before removing anything")

@@ -179,6 +179,37 @@ def _try_lock(path: str, offset: int) -> bool:
         return True
 
 
+def sqlite_chain_live(path: str, chain: str) -> bool:
+    """Whether some process (this one included) holds `chain`'s lease in the lock file `path` now: the
+    verifier's test for a live writer, which alone may leave records unsigned (docs/ledger.md). Takes a
+    shared lock on the chain's byte for an instant when nobody holds it (a writer claiming just then
+    retries). No lock file, or one this process cannot open: no live writer (fail closed)."""
+    offset = chain_key(chain)
+    with _FILES_LOCK:
+        entry = _FILES.get(path)
+        if entry is not None and offset in entry.offsets:
+            return True
+        # POSIX locks belong to the process: closing any descriptor of the file drops all of this process's
+        # locks on it, so the probe uses this process's own descriptor when it has one.
+        fd = entry.fd if entry is not None else None
+        opened = fd is None
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, offset)
+            except OSError as exc:
+                return exc.errno in (errno.EACCES, errno.EAGAIN)
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+            return False
+        finally:
+            if opened:
+                os.close(fd)
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------------------
 
 
@@ -253,3 +284,16 @@ class PostgresChainLease:
                 await conn.close(timeout=_QUERY_TIMEOUT_SECONDS)
             except Exception:
                 conn.terminate()
+
+
+async def postgres_chain_live(conn: Any, chain: str) -> bool:
+    """Whether a session holds `chain`'s advisory lock now (pg_locks; readable by any role)."""
+    table = await conn.fetchval("SELECT coalesce(to_regclass('ledger_records')::oid::text, current_schema())",
+                                timeout=_QUERY_TIMEOUT_SECONDS)
+    key = chain_key(f"{table}\x00{chain}")
+    # A bigint advisory key is shown as classid (high 32 bits) and objid (low 32 bits), objsubid 1.
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = $1 AND objid::bigint = $2)",
+        key >> 32, key & 0xFFFFFFFF, timeout=_QUERY_TIMEOUT_SECONDS))

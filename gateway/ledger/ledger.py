@@ -247,6 +247,19 @@ class Ledger:
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._checkpoint_due = False
+        # The other chains' heads as last read (chain -> {"sequence", "hash"}): every checkpoint signs them,
+        # so deleting or cutting a chain another writer has seen fails verification (docs/ledger.md).
+        # Read at start, on every checkpoint timer tick and before the final checkpoint; a read that fails
+        # keeps the previous view (what a checkpoint signs is then older, never wrong).
+        self._other_heads: dict[str, dict[str, Any]] = {}
+        self._other_kinds: dict[str, str] = {}  # the kind of each of those heads
+        self._signed_heads: dict[str, dict[str, Any]] = {}  # the view the last checkpoint signed
+        # Another chain wrote more than a checkpoint since the last checkpoint here: the next timer tick
+        # writes one even with nothing unsigned here, so an idle gateway soon signs, say, the chain of a
+        # `gateway subject` command run while it serves (deleting that chain then fails verification).
+        self._heads_moved = False
+        # Also read again after every checkpoint (in the background), so the next one signs a fresh view.
+        self._heads_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._writable = False
         self._observer = observer
@@ -303,6 +316,7 @@ class Ledger:
                 await self.store.open()
                 await self.store.claim_chain(self.chain_id, self._chain_wait)
                 await self._reload_head()
+                await self._refresh_heads()
                 if self._closing is not None:
                     # close() was called while this start waited (for the chain's lease, say) and waits for
                     # it: what was taken is given back here, and the caller told.
@@ -349,10 +363,14 @@ class Ledger:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
+        if self._heads_task is not None:
+            await asyncio.gather(self._heads_task, return_exceptions=True)
+            self._heads_task = None
         try:
             async with self._commit_lock:
                 await self._drained()
                 if self._since_checkpoint or self._head_uncertain:
+                    await self._refresh_heads()
                     await self._submit([], force_checkpoint=True)
                     await self._drained()
         finally:
@@ -563,7 +581,10 @@ class Ledger:
     async def _run_checkpoint_timer(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_every_seconds)
-            if not self._writable or (
+            await self._refresh_heads()
+            if self._others_moved():
+                self._heads_moved = True
+            if not self._writable or self._heads_moved or (
                     self._since_checkpoint
                     and time.monotonic() - self._last_checkpoint_at >= self._checkpoint_every_seconds):
                 self._checkpoint_due = True
@@ -729,7 +750,7 @@ class Ledger:
         # tells, without traffic, that the store commits again (/readyz), once per timer period.
         probe = self._checkpoint_due and not self._writable
         # Records sealed again carry no checkpoint: their transaction holds nothing else (see _retries).
-        checkpoint_now = not retry and (probe or (since > 0 and (
+        checkpoint_now = not retry and (probe or (self._checkpoint_due and self._heads_moved) or (since > 0 and (
             force_checkpoint
             or self._checkpoint_due
             or since >= self._checkpoint_every_records
@@ -754,6 +775,9 @@ class Ledger:
             self._since_checkpoint = 0
             self._last_checkpoint_at = time.monotonic()
             self._checkpoint_due = False
+            self._heads_moved = False
+            if self._accepting and (self._heads_task is None or self._heads_task.done()):
+                self._heads_task = asyncio.create_task(self._refresh_heads(), name="ledger-heads")
         else:
             self._since_checkpoint = since
         self._submissions += 1
@@ -923,11 +947,37 @@ class Ledger:
         while self._in_flight:
             self._settle(self._in_flight.popleft(), error, 0.0)
 
+    async def _refresh_heads(self) -> None:
+        """Read the other chains' heads for the next checkpoints to sign; a failure keeps the last view."""
+        try:
+            heads = await asyncio.wait_for(self.store.list_heads(), self._commit_timeout)
+        except Exception as exc:
+            log.warning("ledger: other chains' heads could not be read: %s", type(exc).__name__)
+            return
+        self._other_heads = {chain: {"sequence": sequence, "hash": digest}
+                             for chain, (sequence, digest, _kind) in heads.items() if chain != self.chain_id}
+        self._other_kinds = {chain: kind for chain, (_s, _d, kind) in heads.items()}
+
+    def _others_moved(self) -> bool:
+        """Whether another chain has records the last checkpoint here did not sign, beyond that chain's
+        own next checkpoint (which alone must not make every idle replica sign the others' each period)."""
+        for chain, head in self._other_heads.items():
+            signed = self._signed_heads.get(chain)
+            if signed is None or head["sequence"] > signed["sequence"] + (
+                    1 if self._other_kinds.get(chain) == "checkpoint" else 0):
+                return True
+        return False
+
     def _seal_checkpoint(self, sequence: int, stamp: str, prev_hash: str, *, covered: int) -> SealedRecord:
         if self._keys.signing_key is None:
             raise ConfigError("ledger: a signing key is needed to write checkpoints")
+        # Signed with it: the cadence this writer keeps (the verifier bounds a chain's unsigned records
+        # by it, and an attacker cannot claim a longer one) and the other chains' heads it has seen.
+        detail = {"records_since_previous": covered, "every_records": self._checkpoint_every_records,
+                  "every_seconds": self._checkpoint_every_seconds, "heads": self._other_heads}
+        self._signed_heads = self._other_heads
         return seal(
-            RecordDraft(kind="checkpoint", detail={"records_since_previous": covered}),
+            RecordDraft(kind="checkpoint", detail=detail),
             record_id=_new_id(), chain=self.chain_id, sequence=sequence, time=stamp, prev_hash=prev_hash,
             signing_key=self._keys.signing_key,
         )

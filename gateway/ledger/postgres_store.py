@@ -27,12 +27,13 @@ import asyncpg
 import orjson
 
 from gateway.errors import StoreBroken
-from gateway.ledger.lease import PostgresChainLease
+from gateway.ledger.lease import PostgresChainLease, postgres_chain_live
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
+    HEADS_SQL,
     RECORDS_TABLE,
     SCHEMA_VERSION,
     ChainBounds,
@@ -409,6 +410,15 @@ class PostgresStore:
         sql, params = query_sql(query, lambda n: f"${n}")
         pool = await self._readers()
         return [row_to_record(row) for row in await pool.fetch(sql, *params)]
+
+    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
+        pool = await self._readers()
+        return {row[0]: (row[1], row[2], row[3]) for row in await pool.fetch(HEADS_SQL)}
+
+    async def chain_live(self, chain: str) -> bool:
+        pool = await self._readers()
+        async with pool.acquire() as conn:
+            return await postgres_chain_live(conn, chain)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[LedgerSnapshot]:

@@ -46,12 +46,13 @@ import orjson
 
 from gateway import sqlitefile
 from gateway.errors import ConfigError
-from gateway.ledger.lease import SqliteChainLease, sqlite_lock_path
+from gateway.ledger.lease import SqliteChainLease, sqlite_chain_live, sqlite_lock_path
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
+    HEADS_SQL,
     RECORDS_TABLE,
     SCHEMA_VERSION,
     ChainBounds,
@@ -589,6 +590,15 @@ class SqliteStore:
             return [row_to_record(row) for row in self._reader_conn().execute(sql, params)]
 
         return await self._on(self._reader_thread, run)
+
+    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
+        def run() -> dict[str, tuple[int, str, str]]:
+            return {row[0]: (row[1], row[2], row[3]) for row in self._reader_conn().execute(HEADS_SQL)}
+
+        return await self._on(self._reader_thread, run)
+
+    async def chain_live(self, chain: str) -> bool:
+        return await asyncio.to_thread(sqlite_chain_live, self._lease_path, chain)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[LedgerSnapshot]:

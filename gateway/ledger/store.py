@@ -142,6 +142,24 @@ class LedgerStore(Protocol):
     async def prune(self, before: str, build: PruneBuilder) -> None: ...
     async def query(self, query: LedgerQuery) -> list[dict[str, Any]]: ...
     def snapshot(self) -> AbstractAsyncContextManager[LedgerSnapshot]: ...
+    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
+        """Every chain's stored head: chain -> (sequence, hash, kind). Checkpoints sign them (docs/ledger.md)."""
+        ...
+    async def chain_live(self, chain: str) -> bool:
+        """Whether a writer holds `chain`'s lease now (gateway.ledger.lease); only the verifier asks."""
+        ...
+
+
+# Every chain's head through a loose index scan on the primary key (chain, sequence): one index probe per
+# chain rather than a scan of the whole table, which a GROUP BY costs (checkpoints read it every period).
+HEADS_SQL = (
+    "WITH RECURSIVE c(chain) AS ("  # noqa: S608 - a constant table name
+    f" SELECT min(chain) FROM {RECORDS_TABLE}"
+    f" UNION ALL SELECT (SELECT min(chain) FROM {RECORDS_TABLE} r WHERE r.chain > c.chain) FROM c"
+    " WHERE c.chain IS NOT NULL)"
+    f" SELECT c.chain, h.sequence, h.hash, h.kind FROM c JOIN {RECORDS_TABLE} h ON h.chain = c.chain"
+    f" AND h.sequence = (SELECT max(sequence) FROM {RECORDS_TABLE} m WHERE m.chain = c.chain)"
+)
 
 
 COLUMN_LIST = ", ".join(COLUMNS)

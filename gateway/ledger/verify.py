@@ -6,19 +6,29 @@ that do not match the stored hash (changed field), a checkpoint or prune record 
 does not verify (forged), a tail shorter than the last signed checkpoint copy or than a head the auditor
 expects (truncated, or an older copy of the database restored). A chain whose first records were pruned
 verifies from the anchor a signed prune record gives for it.
+
+What the writer guarantees is enforced too (docs/ledger.md, "What is signed"): every checkpoint's
+`records_since_previous` must match the chain (a checkpoint removed, demoted to an unsigned record or
+renumbered breaks the next one); every head of another chain a checkpoint signed (`detail.heads`) must
+still be there with that hash (a chain deleted or cut); and records covered by no signed statement
+(the chain's own checkpoints, another chain's signed heads, a prune anchor, a head the auditor passes)
+are accepted only on a chain whose writer holds its lease now, no more than its signed cadence allows
+and no older than its checkpoint period. Anything else (checkpoints demoted, a fabricated chain, or the
+tail a crashed writer left) fails until the auditor accepts that exact tail (`--accept-unsigned`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.errors import ConfigError
-from gateway.ledger.records import GENESIS_HASH, record_hash, signature_valid
+from gateway.ledger.records import GENESIS_HASH, parse_time, record_hash, signature_valid
 from gateway.ledger.store import LedgerSnapshot
 
 
@@ -31,12 +41,30 @@ class ExpectedHead:
     hash: str
 
     @classmethod
-    def parse(cls, text: str) -> ExpectedHead:
+    def parse(cls, text: str, *, option: str = "--expect-head") -> ExpectedHead:
         chain, sep1, rest = text.rpartition(":")
         chain, sep2, sequence = chain.rpartition(":")
         if not (sep1 and sep2 and chain and sequence.isdigit() and len(rest) == 64):
-            raise ConfigError(f"--expect-head {text!r}: expected CHAIN:SEQUENCE:HASH (64 hex characters)")
+            raise ConfigError(f"{option} {text!r}: expected CHAIN:SEQUENCE:HASH (64 hex characters)")
         return cls(chain, int(sequence), rest.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class TailPolicy:
+    """How many unsigned records a live writer may have, for chains whose checkpoints do not state their
+    own cadence (written before it was signed, or none left): the writer's settings' defaults
+    (GATEWAY_CHECKPOINT_EVERY_RECORDS / _SECONDS). A signed checkpoint's own cadence wins for its chain."""
+
+    every_records: int = 1000
+    every_seconds: float = 60.0
+    max_batch_records: int = 4096  # a checkpoint closes the batch that reached every_records
+    commit_timeout_seconds: float = 15.0
+    clock_slack_seconds: float = 60.0  # the verifier's clock against the writer's
+
+    def window(self, every_seconds: float) -> float:
+        """How old an unsigned record of a live writer may be: its timer checks every period whether a
+        period has passed since the last checkpoint (so up to two), plus one commit and clock skew."""
+        return 2 * every_seconds + self.commit_timeout_seconds + self.clock_slack_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +85,8 @@ class ChainReport:
     last_sequence: int
     head_hash: str
     verified_from: int  # 0: from the genesis; n: from the signed prune anchor at sequence n
-    signed_through: int  # last sequence covered by a signed checkpoint (0: none)
+    signed_through: int  # last sequence covered by a signed checkpoint of this chain or another's (0: none)
+    unsigned: str = ""  # why records after signed_through were accepted: "live writer" or "accepted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +106,8 @@ class VerifyReport:
         heads = ", ".join(
             f"{c.chain}:{c.last_sequence}:{c.head_hash}"
             + (f" (from pruned anchor {c.verified_from})" if c.verified_from else "")
-            + (f" (signed through {c.signed_through})" if c.signed_through != c.last_sequence else "")
+            + (f" (signed through {c.signed_through}" + (f"; unsigned tail: {c.unsigned}" if c.unsigned else "")
+               + ")" if c.signed_through != c.last_sequence else "")
             for c in self.chains
         )
         return f"ledger OK: {self.records} records in {len(self.chains)} chains; heads {heads or '(none)'}"
@@ -97,10 +127,40 @@ class _Walk:
     failure: Failure | None = None
     seen_hashes: dict[int, str] = field(default_factory=dict)
     checkpoint_sequences: list[int] = field(default_factory=list)
+    cadence: dict[str, Any] = field(default_factory=dict)  # the last checkpoint's detail
+    times: dict[int, str] = field(default_factory=dict)  # times of the records in `watch_times`
+    watch_times: set[int] = field(default_factory=set)
+    after_checkpoint: tuple[int, str] | None = None  # the first record after the last checkpoint
 
     def fail(self, sequence: int, reason: str) -> None:
         if self.failure is None:
             self.failure = Failure(self.chain, sequence, reason)
+
+    def check_count(self, sequence: int, detail: Any) -> None:
+        """A signed checkpoint states how many records it covers since the previous checkpoint: a checkpoint
+        removed, demoted to an unsigned record or renumbered in between makes the count disagree."""
+        count = detail.get("records_since_previous") if isinstance(detail, dict) else None
+        if type(count) is not int:
+            self.fail(sequence, "signed checkpoint states no record count")
+            return
+        if self.checkpoint_sequences:
+            previous = self.checkpoint_sequences[-1]
+            ok = count == sequence - previous - 1
+        elif self.verified_from:
+            # The previous checkpoint was pruned: it lay at or before the anchor.
+            previous, ok = 0, count >= sequence - self.verified_from - 1
+        else:
+            previous, ok = 0, count == sequence - 1
+        if not ok:
+            since = f"checkpoint {previous}" if previous else "the chain's start"
+            self.fail(sequence, f"signed checkpoint covers {count} records since the previous checkpoint but the "
+                                f"chain holds {sequence - previous - 1} since {since}: a checkpoint was removed, "
+                                "demoted to an unsigned record or renumbered")
+
+    def time_of(self, sequence: int) -> str | None:
+        if self.after_checkpoint is not None and self.after_checkpoint[0] == sequence:
+            return self.after_checkpoint[1]
+        return self.times.get(sequence)
 
     def start(self, sequence: int) -> None:
         self.first = sequence
@@ -141,23 +201,60 @@ class _Walk:
             self.fail(sequence, f"{record.get('kind')} signature does not verify: forged or rewritten")
         elif record.get("kind") == "checkpoint" and sequence not in stored_checkpoints:
             self.fail(sequence, "signed checkpoint has no stored copy in ledger_checkpoints: removed")
+        elif record.get("kind") == "checkpoint":
+            self.check_count(sequence, record.get("detail"))
         if self.failure is not None:
             self.expected = sequence + 1
             return
         if record.get("kind") == "checkpoint":
             self.checkpoint_sequences.append(sequence)
+            self.cadence = record.get("detail") or {}
+            self.after_checkpoint = None
+        elif self.after_checkpoint is None:
+            self.after_checkpoint = (sequence, str(record.get("time")))
         if sequence in self.watch:
             self.seen_hashes[sequence] = record["hash"]
+        if sequence in self.watch_times or sequence == self.first:
+            self.times[sequence] = str(record.get("time"))
         self.before_prev_hash = self.prev_hash
         self.prev_hash = record["hash"]
         self.expected = sequence + 1
 
 
+HeadClaim = tuple[int, str, str, int]  # (sequence, hash) of a chain's head, signed by checkpoint (chain, sequence)
+
+
+def _signed_heads(checkpoint: dict[str, Any], key: Ed25519PublicKey) -> list[tuple[str, HeadClaim]]:
+    """The other chains' heads a checkpoint signed, if its signature verifies (wherever it now sits)."""
+    detail = checkpoint.get("detail")
+    if not isinstance(detail, dict) or not isinstance(detail.get("heads"), dict) \
+            or not signature_valid(checkpoint, key):
+        return []
+    claims = []
+    for chain, head in detail["heads"].items():
+        if isinstance(head, dict) and type(head.get("sequence")) is int and isinstance(head.get("hash"), str):
+            claims.append((chain, (head["sequence"], head["hash"], str(checkpoint.get("chain")),
+                                   int(checkpoint.get("sequence") or 0))))
+    return claims
+
+
 async def verify_snapshot(
-    snapshot: LedgerSnapshot, public_key: Ed25519PublicKey, expect_heads: Iterable[ExpectedHead] = ()
+    snapshot: LedgerSnapshot,
+    public_key: Ed25519PublicKey,
+    expect_heads: Iterable[ExpectedHead] = (),
+    *,
+    accept_unsigned: Iterable[ExpectedHead] = (),
+    policy: TailPolicy = TailPolicy(),
+    live: Callable[[str], Awaitable[bool]] | None = None,
+    now: datetime | None = None,
 ) -> VerifyReport:
-    """Verify everything in `snapshot` (one consistent view of the ledger or an exported bundle)."""
+    """Verify everything in `snapshot` (one consistent view of the ledger or an exported bundle).
+
+    `live(chain)` says whether a writer holds the chain now (None, as for a bundle: nobody does), `now`
+    is the time unsigned records are aged against; `accept_unsigned` are heads whose unsigned records the
+    auditor has checked and accepts (a crashed writer's tail)."""
     failures: dict[str, Failure] = {}
+    moment = now or datetime.now(UTC)
 
     def fail(chain: str, sequence: int, reason: str) -> None:
         current = failures.get(chain)
@@ -176,6 +273,19 @@ async def verify_snapshot(
     for entry in await snapshot.fetch_checkpoints():
         stored[str(entry["chain"])][int(entry["sequence"])] = entry["record"]
     expected_heads = list(expect_heads)
+    accepted = list(accept_unsigned)
+    # Every head of another chain that a genuine checkpoint signed, from the checkpoints in the chains and
+    # from their stored copies (a signed statement stays true even if its own record was moved).
+    claims: dict[str, set[HeadClaim]] = defaultdict(set)
+    for checkpoint in [*await snapshot.fetch_kind("checkpoint"),
+                       *(copy for copies in stored.values() for copy in copies.values())]:
+        for chain, claim in _signed_heads(checkpoint, public_key):
+            claims[chain].add(claim)
+
+    def watched(chain: str) -> tuple[set[int], set[int]]:
+        points = {h.sequence for h in [*expected_heads, *accepted] if h.chain == chain}
+        points |= {c[0] for c in claims.get(chain, ())}
+        return set(stored.get(chain, {})) | points, {p + 1 for p in points}
 
     walks: dict[str, _Walk] = {}
     total = 0
@@ -187,13 +297,14 @@ async def verify_snapshot(
             if chain in walks:
                 fail(chain, int(record.get("sequence") or 0), "records of this chain are out of order")
                 continue
-            watch = set(stored.get(chain, {})) | {h.sequence for h in expected_heads if h.chain == chain}
-            current = _Walk(chain, anchors.get(chain, {}), watch)
+            watch, watch_times = watched(chain)
+            current = _Walk(chain, anchors.get(chain, {}), watch, watch_times=watch_times)
             walks[chain] = current
         current.feed(record, public_key, set(stored.get(chain, {})))
 
     reports: list[ChainReport] = []
-    for chain in sorted(set(walks) | set(stored) | {h.chain for h in expected_heads} | set(anchors)):
+    every = set(walks) | set(stored) | {h.chain for h in [*expected_heads, *accepted]} | set(anchors) | set(claims)
+    for chain in sorted(every):
         walk = walks.get(chain)
         if walk is None:
             anchor = max(anchors.get(chain, {0: GENESIS_HASH}))
@@ -214,6 +325,23 @@ async def verify_snapshot(
                                       "tail truncated")
             elif walk.failure is None and walk.seen_hashes.get(sequence) != copy["hash"]:
                 fail(chain, sequence, "record differs from its signed checkpoint copy: rewritten")
+        covered = max([*walk.checkpoint_sequences, walk.verified_from])
+        signed = max(walk.checkpoint_sequences, default=0)
+        for sequence, digest, by_chain, by_sequence in sorted(claims.get(chain, ())):
+            by = f"checkpoint {by_chain}:{by_sequence}"
+            if sequence <= max(walk.anchors, default=0):
+                # Pruned since (a chain pruned whole starts again at 1 when its writer returns, so this is
+                # not the walk's own anchor alone); an anchor at that very place must match.
+                if walk.anchors.get(sequence, digest) != digest:
+                    fail(chain, sequence, f"pruned anchor differs from the head {by} signed: rewritten")
+            elif sequence > last:
+                fail(chain, last + 1, f"chain ends at {last} but {by} signed its head at {sequence}: "
+                                      "records or the whole chain deleted")
+            elif walk.failure is None and walk.seen_hashes.get(sequence) != digest:
+                fail(chain, sequence, f"record differs from the head {by} signed: rewritten")
+            else:
+                covered = max(covered, sequence)
+                signed = max(signed, sequence)
         for head in expected_heads:
             if head.chain != chain:
                 continue
@@ -223,9 +351,62 @@ async def verify_snapshot(
             elif head.sequence > walk.verified_from and walk.failure is None \
                     and walk.seen_hashes.get(head.sequence) != head.hash:
                 fail(chain, head.sequence, "record differs from the expected head")
+            else:
+                covered = max(covered, head.sequence)
+        unsigned = ""
+        for head in accepted:
+            if head.chain != chain:
+                continue
+            if head.sequence > last or (walk.failure is None and head.sequence > walk.verified_from
+                                        and walk.seen_hashes.get(head.sequence) != head.hash):
+                fail(chain, min(head.sequence, last + 1), "the head given to --accept-unsigned is not in the chain")
+            elif head.sequence > covered:
+                covered, unsigned = head.sequence, "accepted"
+        if walk.failure is None and chain not in failures and last > covered:
+            unsigned = await _check_tail(walk, chain, covered, last, policy, live, moment, fail)
         reports.append(ChainReport(
             chain=chain, records=walk.records, first_sequence=walk.first, last_sequence=last,
-            head_hash=walk.prev_hash, verified_from=walk.verified_from,
-            signed_through=max(walk.checkpoint_sequences, default=0),
+            head_hash=walk.prev_hash, verified_from=walk.verified_from, signed_through=signed,
+            unsigned=unsigned,
         ))
     return VerifyReport(total, tuple(reports), tuple(sorted(failures.values(), key=lambda f: f.chain)))
+
+
+async def _check_tail(walk: _Walk, chain: str, covered: int, last: int, policy: TailPolicy,
+                      live: Callable[[str], Awaitable[bool]] | None, now: datetime,
+                      fail: Callable[[str, int, str], None]) -> str:
+    """Records covered..last are covered by no signed statement: only a live writer's recent tail passes.
+    Returns "live writer" when it does (the note in the OK line)."""
+    # The cadence the chain's last checkpoint signed (the writer's own), else the verifier's settings.
+    signed_records, signed_seconds = walk.cadence.get("every_records"), walk.cadence.get("every_seconds")
+    every_records = policy.every_records
+    if isinstance(signed_records, int) and not isinstance(signed_records, bool) and signed_records >= 1:
+        every_records = signed_records
+    every_seconds = policy.every_seconds
+    if isinstance(signed_seconds, int | float) and not isinstance(signed_seconds, bool) and signed_seconds > 0:
+        every_seconds = float(signed_seconds)
+    count = last - covered
+    oldest = walk.time_of(covered + 1)
+    why = ""
+    if count > every_records + policy.max_batch_records:
+        why = (f"are more than its writer leaves unsigned (a checkpoint every {every_records} records, "
+               f"batches of at most {policy.max_batch_records})")
+    elif oldest is None or _age(oldest, now) > policy.window(every_seconds):
+        why = (f"are older than its writer leaves unsigned (a checkpoint at least every {every_seconds:g} s "
+               "while it runs, and one when it stops)")
+    elif live is None or not await live(chain):
+        why = "no writer holds the chain now (a writer that stops cleanly signs every record)"
+    if not why:
+        return "live writer"
+    fail(chain, covered + 1,
+         f"records {covered + 1}-{last} are covered by no signed checkpoint and {why}: checkpoints removed or "
+         "demoted, a fabricated chain, or a writer that crashed; only if its writer crashed, check these records "
+         f"and accept them with --accept-unsigned {chain}:{last}:{walk.prev_hash}")
+    return ""
+
+
+def _age(time_text: str, now: datetime) -> float:
+    try:
+        return (now - parse_time(time_text)).total_seconds()
+    except ValueError:
+        return float("inf")

@@ -60,6 +60,13 @@ async def test_sigkill_never_loses_a_disclosure_the_partner_saw(
         await runner.cleanup()
     assert time.monotonic() - started < 100
 
+    # The last writer was killed: its tail is unsigned and no writer holds the chain, which verify reports
+    # (docs/ledger.md, "A writer that crashed") until the chain's writer runs again and signs it.
+    report = await verify_url(ledger_url, gateway_keys.ledger.verify_key)
+    assert report.ok or "no writer holds the chain now" in report.summary(), report.summary()
+    restarted = open_ledger(ledger_url, gateway_keys.ledger, chain_id="crash-chain")
+    await restarted.start()
+    await restarted.close()
     report = await verify_url(ledger_url, gateway_keys.ledger.verify_key)
     assert report.ok, report.summary()
     ledger = open_ledger(ledger_url, gateway_keys.ledger, chain_id="reader")

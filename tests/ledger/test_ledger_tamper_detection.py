@@ -194,10 +194,26 @@ async def test_truncated_tail_with_its_checkpoint_needs_the_expected_head(
     async with Tamperer(filled) as t:
         await t.execute("DELETE FROM ledger_records WHERE chain = 'w0' AND sequence >= 42")
         await t.execute("DELETE FROM ledger_checkpoints WHERE chain = 'w0' AND sequence >= 42")
-    # Without an outside anchor the shorter chain is consistent (documented); the recorded head catches it.
-    assert (await _verify(filled, gateway_keys)).ok
+    # w1 was written after w0 stopped: its checkpoint signed w0's head, which catches the cut by itself.
+    chain, sequence, reason = _only_failure(await _verify(filled, gateway_keys))
+    assert (chain, sequence) == ("w0", 42)
+    assert "but checkpoint w1:6 signed its head at 44" in reason
     chain, sequence, reason = _only_failure(await _verify(filled, gateway_keys, expected))
     assert (chain, sequence) == ("w0", 42)
+
+
+async def test_latest_chain_deleted_whole_needs_the_expected_head(filled: str, gateway_keys: GatewayKeys) -> None:
+    report = await _verify(filled, gateway_keys)
+    head = next(c for c in report.chains if c.chain == "w1")
+    expected = ExpectedHead("w1", head.last_sequence, head.head_hash)
+    async with Tamperer(filled) as t:
+        await t.execute("DELETE FROM ledger_records WHERE chain = 'w1'")
+        await t.execute("DELETE FROM ledger_checkpoints WHERE chain = 'w1'")
+    # Nothing written since signed w1: the ledger is exactly as before w1 ran (documented); the recorded
+    # head catches it.
+    assert (await _verify(filled, gateway_keys)).ok
+    chain, sequence, reason = _only_failure(await _verify(filled, gateway_keys, expected))
+    assert (chain, sequence) == ("w1", 1)
     assert "truncated" in reason
 
 

@@ -481,7 +481,8 @@ def test_non_finite_floats_leave_the_generated_path_or_are_found_in_caller_conta
     reference = reference_of(policy, BENCH_BINDER)
     nan, inf = float("nan"), float("inf")
     rows = [{"price": 1.5, "sku": "a"}, {"price": 2.5, "sku": "b"}, {"price": 3.0, "sku": "c"}]
-    fine: dict[str, Any] = {"n": 1.5, "u": 2.5, "box": {"a": [1.5, {"b": 2.0}], "c": 0.5}, "note": "leave it at the door", "rows": rows}
+    fine: dict[str, Any] = {"n": 1.5, "u": 2.5, "box": {"a": [1.5, {"b": 2.0}], "c": 0.5}, "note": "at the door",
+                            "rows": rows}
     bad_values = [nan, inf, -inf]
     bodies: list[Any] = [fine]
     for bad in bad_values:
