@@ -79,7 +79,6 @@ _INVISIBLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u11
 # (`[^\D0-9]`), or is not in NFKC.
 _SHADOW_NEEDED = re.compile(f"[{_INVISIBLE}]|[^\\D0-9]")
 _INVISIBLE_CHAR = re.compile(f"[{_INVISIBLE}]")
-_FOLDED: dict[str, str] = {}
 _FOLDED_MAX = 4096
 
 
@@ -151,24 +150,44 @@ def _scan(text: str) -> list[Hit]:
 def _fold(char: str) -> str:
     """One non-ASCII character as the shadow holds it: removed if invisible, a decimal digit of any
     script as its ASCII digit, otherwise its NFKC form (with any digit in it as ASCII)."""
-    folded = _FOLDED.get(char)
-    if folded is not None:
-        return folded
     if _INVISIBLE_CHAR.match(char) is not None:
-        folded = ""
-    else:
-        folded = "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None
-                         else c for c in unicodedata.normalize("NFKC", char))
-    if len(_FOLDED) < _FOLDED_MAX:
-        _FOLDED[char] = folded
-    return folded
+        return ""
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None
+                   else c for c in unicodedata.normalize("NFKC", char))
+
+
+class _FoldTable(dict[int, str]):
+    """`_fold` as a `str.translate` table, filled on first use of each character (at most 4096 kept;
+    these are single characters, never a value). `resizing` holds the characters whose fold is not one
+    character: only a text holding one of them needs an index map."""
+
+    def __init__(self) -> None:
+        super().__init__({code: chr(code) for code in range(128)})  # ASCII stays as it is
+        self.resizing: set[str] = set()
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        folded = _fold(char)
+        if len(folded) != 1:
+            self.resizing.add(char)
+        if len(self) < 128 + _FOLDED_MAX:
+            self[code] = folded
+        return folded
+
+
+_FOLD_TABLE = _FoldTable()
 
 
 def _shadow(text: str) -> tuple[str, list[int] | None]:
     """The text the patterns read, and for each of its characters the index of the original character
-    it came from (None when the shadow is the text itself: ASCII, or NFKC with nothing to fold)."""
+    it came from (None when the shadow's offsets are the text's: ASCII, NFKC with nothing to fold, or
+    every folded character still one character)."""
     if text.isascii() or (unicodedata.is_normalized("NFKC", text) and _SHADOW_NEEDED.search(text) is None):
         return text, None
+    shadow = text.translate(_FOLD_TABLE)
+    if _FOLD_TABLE.resizing.isdisjoint(text):
+        return shadow, None
+    # A character vanished (an invisible one) or grew ("⑴" is "(1)"): map each shadow character back.
     parts: list[str] = []
     origin: list[int] = []
     position = 0
@@ -177,19 +196,13 @@ def _shadow(text: str) -> tuple[str, list[int] | None]:
         if start > position:
             parts.append(text[position:start])
             origin.extend(range(position, start))
-        folded = _fold(match.group())
+        folded = _FOLD_TABLE[ord(match.group())]
         parts.append(folded)
         origin.extend([start] * len(folded))
         position = start + 1
     parts.append(text[position:])
     origin.extend(range(position, len(text)))
     return "".join(parts), origin
-
-
-def _digit_count(text: str) -> int:
-    if text.isascii():
-        return len(text) - len(text.encode("ascii").translate(None, _ASCII_DIGITS))
-    return sum(map(text.count, "0123456789"))
 
 
 def _scan_shadow(text: str) -> list[Hit]:
@@ -200,14 +213,16 @@ def _scan_shadow(text: str) -> list[Hit]:
     found: list[Hit] = []
     if "@" in text:
         found.extend(_emails(text))
-    digits = _digit_count(text)
+    # One byte per character ('?' for any other), for the counts C does faster than the regex engine.
+    data = text.encode("ascii", "replace")
+    digits = len(data) - len(data.translate(None, _ASCII_DIGITS))
     if digits >= 5 and ("+" in text or "00" in text):
         found.extend(_phones(text))
     if digits >= 14:
         found.extend(_digit_identifiers(text))
     if may_hold_mac(text):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
-    if not text.isascii() or _TWELVE_HEX in text.encode("ascii").translate(_HEX_SHAPE):
+    if digits >= 2 and _TWELVE_HEX in data.translate(_HEX_SHAPE):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _BARE_MAC.finditer(text) if _confirm("mac", m.group()))
     return _merged(found)
 
