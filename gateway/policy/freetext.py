@@ -54,7 +54,6 @@ _MAC = re.compile(r"(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(
 # and so every pattern needs two of `_MARKS`, which keeps the pre-check of `scan` one translate).
 _BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<![0-9A-Fa-f][:\-.])(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
                        r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])(?![:\-.][0-9A-Fa-f])")
-_HAS_DIGIT = re.compile(r"\d")
 
 # An address's characters: the dot-atom characters of RFC 5322 and, so that a non-ASCII address (which
 # the validator refuses only for being non-ASCII) is still found, letters and digits of any script and
@@ -110,14 +109,6 @@ _ASCII_DIGITS = b"0123456789"
 _HEX_SHAPE = bytes(range(256)).maketrans(bytes(range(256)), bytes(
     ord("x") if chr(b) in "0123456789abcdefABCDEF" else ord(".") for b in range(256)))
 _TWELVE_HEX = b"x" * 12
-
-
-def has_digit(text: str) -> bool:
-    """Whether `_HAS_DIGIT` (`\\d`, any Unicode digit) finds a digit in `text`. ASCII text holds only
-    ASCII digits, which one bytes translate finds faster than the regex engine's per-character test."""
-    if text.isascii():
-        return len(text.encode("ascii").translate(None, _ASCII_DIGITS)) != len(text)
-    return _HAS_DIGIT.search(text) is not None
 
 
 # Every pattern needs at least two of these characters: an address '@' and a dot, a phone '+' or '00'
