@@ -1,32 +1,84 @@
 """Free-text scanning: finds identifiers (IMEI, IMSI, ICCID, MAC, email, phone) a person typed into a
 field the policy keeps as free text (a delivery note, a support message).
 
-A regular expression proposes candidates cheaply; each is confirmed by the identifier validators of
-gateway.pseudonyms (check digits, MCC, address syntax), so an order number that merely has 15 digits is
-not redacted unless it really is a valid IMEI or IMSI.
+Cheap patterns propose candidates; each is confirmed by the identifier validators of gateway.pseudonyms
+(check digits, MCC, address syntax), so an order number that merely has 15 digits is not redacted unless
+it really is a valid IMEI or IMSI. A pattern match is never the only candidate: a number written next to
+an identifier ("box 12 490154203237518") must not hide it, so every window of a digit run that starts and
+ends on a group boundary is tried, a phone is the longest valid prefix of what follows its `+` or `00`,
+and an address is the dot-atom just before its `@`.
+
+The patterns run on a normalised shadow of the text (compatibility forms folded by NFKC, so full-width
+`＋`, `＠` and digits read as ASCII; other scripts' decimal digits mapped to 0-9; invisible format
+characters such as a zero-width space removed), with a map back to the original, so a hit always covers
+the characters the person typed. docs/profile-format.md lists what is and is not found.
+
+Every pattern and walk is linear in the text: a digit run's windows are at most 22 digits long, a phone
+at most 15 digits, a local part 64 characters (see `_scan_shadow`).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+import unicodedata
 from dataclasses import dataclass
 
-from gateway.pseudonyms import is_valid
+from gateway.pseudonyms import is_valid, luhn_check_digit
+from gateway.pseudonyms.tables import country_calling_code
 
 SCANNED_TYPES = ("imei", "imsi", "iccid", "mac", "email", "phone")
 
-# One pattern per trigger character, run only when the text holds that character: a combined
-# alternation is tried at every position and costs ~10 µs on a sentence with no identifier at all.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
-_PHONE = re.compile(r"\+\d[\d \-().]{5,20}\d")
+# Dashes a person may type between digit groups (ASCII hyphen, Unicode hyphens and dashes, minus sign).
+_DASHES = "\\-\u2010-\u2015\u2212"
+# Between the digit groups of an IMEI, IMSI or ICCID: white space (any amount, as the validators strip it)
+# and dashes. Not '.', '/' or ':': those join dates, prices and times ("25.12.2024 14.30") into numbers.
+_DIGIT_RUN = re.compile(f"[0-9]+(?:[\\s{_DASHES}]+[0-9]+)*")
+_DIGIT_GROUP = re.compile("[0-9]+")
+# A phone's separators are the ones the phone validator strips: white space, dashes, '.', '/', brackets.
+_PHONE_GAP = f"[\\s{_DASHES}./()]"
+_PHONE_PREFIX = re.compile(r"\+|(?<![0-9])00")
+_PHONE_BODY = re.compile(f"{_PHONE_GAP}{{0,3}}[0-9]+(?:{_PHONE_GAP}{{1,3}}[0-9]+)*")
+_FIRST_DIGIT = re.compile("[0-9]")
+_PHONE_MAX_DIGITS = 15  # E.164
+# A phone spelt with `00` needs this many digits after it: short zero-padded references ("0012345")
+# would otherwise read as "+1 2345"; a `+` is a clear enough sign on its own.
+_PHONE_00_MIN_DIGITS = 8
+_PHONE_SPAN = 80  # 15 digits with up to 3 separators each, and the prefix
+
 _MAC = re.compile(r"(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:\-])"
                   r"|(?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.])")
-_DIGITS = re.compile(r"(?<!\d)\d(?:[ \-]?\d){13,21}(?!\d)")
-_HAS_DIGIT = re.compile(r"\d")
-_SEPARATORS = str.maketrans("", "", " -")
-# Order matters: an ICCID is longer and starts with 89; a 15-digit run is an IMEI only with a valid Luhn
-# digit, otherwise maybe an IMSI.
-_DIGIT_TYPES = ("iccid", "imei", "imsi")
+# Twelve bare hex digits (the validator accepts them), not part of a longer hex string or of a separated
+# spelling. At least one must be a letter a-f (twelve decimal digits are far more often an order or
+# tracking number than a MAC) and two decimal digits (a word like "deadbeefcafe" is not an address;
+# and so every pattern needs two of `_MARKS`, which keeps the pre-check of `scan` one translate).
+_BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<![0-9A-Fa-f][:\-.])(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
+                       r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])(?![:\-.][0-9A-Fa-f])")
+
+# An address's characters: the dot-atom characters of RFC 5322 and, so that a non-ASCII address (which
+# the validator refuses only for being non-ASCII) is still found, letters and digits of any script and
+# combining accents.
+_ADDRESS_CHAR = "(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~\\-\u0300-\u036f]|[^\\W\\x00-\\x7f])"
+# The local part: the dot-atom ending just before the '@' (stray dots before the '@' allowed), matched
+# on the reversed text before the '@': "at...john@" gives "john".
+_LOCAL_REVERSED = re.compile(f"(?P<dots>\\.*){_ADDRESS_CHAR}+(?:\\.{_ADDRESS_CHAR}+)*")
+_DOMAIN_HEAD = re.compile("(?:[A-Za-z0-9\\-.\u0300-\u036f]|[^\\W\\x00-\\x7f])+")
+_LOCAL_MAX = 64
+_DOMAIN_MAX = 253
+_NON_ASCII = re.compile("[^\\x00-\\x7f]")
+
+# Characters the shadow drops: format characters (Unicode category Cf: zero-width space and joiners, soft
+# hyphen, bidirectional marks, byte order mark, tags; a test checks this covers every Cf character) and
+# other invisible default-ignorable ones (combining grapheme joiner, variation selectors, Hangul fillers).
+_INVISIBLE = ("\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+              "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+              "\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+              "\U0001d173-\U0001d17a\U000e0000-\U000e0fff")
+# A non-ASCII text needs a shadow only when it holds an invisible character or a non-ASCII decimal digit
+# (`[^\D0-9]`), or is not in NFKC.
+_SHADOW_NEEDED = re.compile(f"[{_INVISIBLE}]|[^\\D0-9]")
+_INVISIBLE_CHAR = re.compile(f"[{_INVISIBLE}]")
+_FOLDED_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +104,23 @@ def may_hold_mac(text: str) -> bool:
 
 
 _ASCII_DIGITS = b"0123456789"
+# ASCII bytes mapped to 'x' (a hex digit) or '.' (anything else): twelve bare hex digits in a row are
+# then one substring test, which the bare-MAC pattern's look-arounds would cost ~3 µs to rule out.
+_HEX_SHAPE = bytes(range(256)).maketrans(bytes(range(256)), bytes(
+    ord("x") if chr(b) in "0123456789abcdefABCDEF" else ord(".") for b in range(256)))
+_TWELVE_HEX = b"x" * 12
 
 
-def has_digit(text: str) -> bool:
-    """Whether `_HAS_DIGIT` (`\\d`, any Unicode digit) finds a digit in `text`. ASCII text holds only
-    ASCII digits, which one bytes translate finds faster than the regex engine's per-character test."""
-    if text.isascii():
-        return len(text.encode("ascii").translate(None, _ASCII_DIGITS)) != len(text)
-    return _HAS_DIGIT.search(text) is not None
-
-
-# Every pattern needs at least two of these characters: an address '@' and a dot, a phone '+' and digits,
-# a digit run 14 digits, a MAC five ':'/'-' or two dots. In ASCII text `\d` is an ASCII digit.
+# Every pattern needs at least two of these characters: an address '@' and a dot, a phone '+' or '00'
+# and digits, a digit run 14 digits, a MAC five ':'/'-', two dots or (bare) two digits.
 _MARKS = b"@+:-.0123456789"
 
 
 def scan(text: str) -> list[Hit]:
-    """Every confirmed identifier in `text`, left to right, without overlaps."""
+    """Every confirmed identifier in `text`, left to right, without overlaps (overlapping hits are
+    merged, so no part of either identifier is left)."""
     # An ASCII sentence with fewer than two of the characters every pattern needs (most delivery notes)
-    # cannot hold an identifier: one translate answers what the trigger tests below would ask one by one.
+    # cannot hold an identifier: one translate answers what the patterns below would ask one by one.
     # (Deleting the 15 marks sets up a shorter table than deleting the other 241 bytes.)
     if text.isascii() and len(text) - len(text.encode("ascii").translate(None, _MARKS)) < 2:
         return []
@@ -79,29 +129,267 @@ def scan(text: str) -> list[Hit]:
 
 def _scan(text: str) -> list[Hit]:
     """`scan` without its ASCII pre-check."""
+    shadow, origin = _shadow(text)
+    hits = _scan_shadow(shadow)
+    if origin is None or not hits:
+        return hits
+    # Back to the original's offsets: from the first character the hit's first shadow character came
+    # from, to the last character its last one came from (a removed invisible character inside is covered).
+    return _merged([Hit(origin[hit.start], origin[hit.end - 1] + 1, hit.id_type) for hit in hits])
+
+
+def _fold(char: str) -> str:
+    """One non-ASCII character as the shadow holds it: removed if invisible, a decimal digit of any
+    script as its ASCII digit, otherwise its NFKC form (with any digit in it as ASCII)."""
+    if _INVISIBLE_CHAR.match(char) is not None:
+        return ""
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None
+                   else c for c in unicodedata.normalize("NFKC", char))
+
+
+class _FoldTable(dict[int, str]):
+    """`_fold` as a `str.translate` table, filled on first use of each character (at most 4096 kept;
+    these are single characters, never a value). `resizing` holds the characters whose fold is not one
+    character: only a text holding one of them needs an index map."""
+
+    def __init__(self) -> None:
+        super().__init__({code: chr(code) for code in range(128)})  # ASCII stays as it is
+        self.resizing: set[str] = set()
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        folded = _fold(char)
+        if len(folded) != 1:
+            self.resizing.add(char)
+        if len(self) < 128 + _FOLDED_MAX:
+            self[code] = folded
+        return folded
+
+
+_FOLD_TABLE = _FoldTable()
+
+
+def _shadow(text: str) -> tuple[str, list[int] | None]:
+    """The text the patterns read, and for each of its characters the index of the original character
+    it came from (None when the shadow's offsets are the text's: ASCII, NFKC with nothing to fold, or
+    every folded character still one character)."""
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and _SHADOW_NEEDED.search(text) is None):
+        return text, None
+    shadow = text.translate(_FOLD_TABLE)
+    if _FOLD_TABLE.resizing.isdisjoint(text):
+        return shadow, None
+    # A character vanished (an invisible one) or grew ("⑴" is "(1)"): map each shadow character back.
+    parts: list[str] = []
+    origin: list[int] = []
+    position = 0
+    for match in _NON_ASCII.finditer(text):
+        start = match.start()
+        if start > position:
+            parts.append(text[position:start])
+            origin.extend(range(position, start))
+        folded = _FOLD_TABLE[ord(match.group())]
+        parts.append(folded)
+        origin.extend([start] * len(folded))
+        position = start + 1
+    parts.append(text[position:])
+    origin.extend(range(position, len(text)))
+    return "".join(parts), origin
+
+
+def _scan_shadow(text: str) -> list[Hit]:
+    """The hits in an already normalised text. Work is linear: each '@' reads at most 64 characters back
+    and 253 on; each '+'/'00' at most 80 on and tries at most 30 prefixes; each digit group starts at most
+    7 windows (exact lengths 14, 15 and 18-22); each pattern is a single pass without nested repeats
+    over the same characters."""
     found: list[Hit] = []
     if "@" in text:
-        found.extend(Hit(m.start(), m.end(), "email") for m in _EMAIL.finditer(text) if _confirm("email", m.group()))
-    if ("+" in text or ":" in text or "-" in text or "." in text or len(text) >= 14) and has_digit(text):
-        if "+" in text:
-            found.extend(Hit(m.start(), m.end(), "phone") for m in _PHONE.finditer(text)
-                         if _confirm("phone", m.group()))
-        for match in _DIGITS.finditer(text):
-            digits = match.group().translate(_SEPARATORS)
-            for id_type in _DIGIT_TYPES:
-                if _confirm(id_type, digits):
-                    found.append(Hit(match.start(), match.end(), id_type))
-                    break
+        found.extend(_emails(text))
+    # One byte per character ('?' for any other), for the counts C does faster than the regex engine.
+    data = text.encode("ascii", "replace")
+    digits = len(data) - len(data.translate(None, _ASCII_DIGITS))
+    if digits >= 5 and ("+" in text or "00" in text):
+        found.extend(_phones(text))
+    if digits >= 14:
+        found.extend(_digit_identifiers(text))
     if may_hold_mac(text):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
+    if digits >= 2 and _TWELVE_HEX in data.translate(_HEX_SHAPE):
+        found.extend(Hit(m.start(), m.end(), "mac") for m in _BARE_MAC.finditer(text) if _confirm("mac", m.group()))
+    return _merged(found)
+
+
+def _merged(found: list[Hit]) -> list[Hit]:
+    """`found` sorted, overlapping hits merged into one (typed as the first): dropping the later one
+    would leave the part of it beyond the first in the text."""
     if len(found) < 2:
         return found
     found.sort(key=lambda hit: (hit.start, -hit.end))
+    hits: list[Hit] = [found[0]]
+    for hit in found[1:]:
+        last = hits[-1]
+        if hit.start >= last.end:
+            hits.append(hit)
+        elif hit.end > last.end:
+            hits[-1] = Hit(last.start, hit.end, last.id_type)
+    return hits
+
+
+def _ascii_stand_in(text: str) -> str:
+    """`text` with each non-ASCII character replaced by 'x': the validator refuses a non-ASCII address
+    for that reason alone, and a person's address in another script is still their address."""
+    return text if text.isascii() else _NON_ASCII.sub("x", text)
+
+
+def _emails(text: str) -> list[Hit]:
     hits: list[Hit] = []
-    for hit in found:
-        if not hits or hit.start >= hits[-1].end:
+    at = text.find("@")
+    while at >= 0:
+        # The local part read backwards from the '@' (a reversed dot-atom is a dot-atom): one anchored
+        # match over at most 72 characters, where a forward search would retry from every start.
+        domain = _DOMAIN_HEAD.match(text, at + 1, at + 1 + _DOMAIN_MAX)
+        local = None
+        # A domain holds a dot (the validator wants a host name under a top-level domain).
+        if domain is not None and "." in domain.group():
+            local = _LOCAL_REVERSED.match(text[max(0, at - _LOCAL_MAX - 8):at][::-1])
+        if local is not None and domain is not None:
+            start = at - local.end()
+            core = text[start:at - len(local.group("dots"))]
+            if len(core) > _LOCAL_MAX:  # only the last 64 characters can be a local part
+                trimmed = core[-_LOCAL_MAX:].lstrip(".")
+                start += len(core) - len(trimmed)
+                core = trimmed
+            host = domain.group()
+            # Sentence punctuation after the address ("mail john@example.org.") is not part of it.
+            host_core = host.strip(".-")
+            end = domain.start() + host.find(host_core) + len(host_core)
+            if core and host_core and _confirm("email", f"{_ascii_stand_in(core)}@{_ascii_stand_in(host_core)}"):
+                hits.append(Hit(start, end, "email"))
+        at = text.find("@", at + 1)
+    return hits
+
+
+def _phones(text: str) -> list[Hit]:
+    hits: list[Hit] = []
+    for prefix in _PHONE_PREFIX.finditer(text):
+        body = _PHONE_BODY.match(text, prefix.end(), prefix.end() + _PHONE_SPAN)
+        if body is None:
+            continue
+        # A calling code never starts with 0 ("000...", "+0..."). (The body holds a digit.)
+        first_digit = _FIRST_DIGIT.search(text, body.start())
+        if first_digit is None or first_digit.group() == "0":
+            continue
+        # The digit groups up to one past 15 digits, without a bracketed national trunk zero
+        # ("+44 (0)20 ..."), which is not dialled.
+        groups: list[re.Match[str]] = []
+        count = 0
+        for group in _DIGIT_GROUP.finditer(text, body.start(), body.end()):
+            if (group.group() == "0" and groups and text[group.start() - 1] == "("
+                    and text[group.end():group.end() + 1] == ")"):
+                continue
+            groups.append(group)
+            count += len(group.group())
+            if count > _PHONE_MAX_DIGITS:
+                break
+        # At least a calling code and 4 national digits; a number whose first digits are no calling code
+        # (e.g. a 0) is no phone, whatever its length: one table lookup instead of a refusal per prefix.
+        if count < 5 or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None:
+            continue
+        minimum = _PHONE_00_MIN_DIGITS if prefix.group() == "00" else 1
+        hit = _longest_phone(prefix.start(), groups, minimum)
+        if hit is not None:
             hits.append(hit)
     return hits
+
+
+def _longest_phone(start: int, groups: list[re.Match[str]], minimum: int) -> Hit | None:
+    """The longest valid phone from `start` over `groups`: ending on a group boundary if one is valid
+    (so a number written after the phone stays out of it), otherwise on any digit."""
+    digits = ""
+    ends: list[tuple[int, int]] = []  # (digit count, end offset) at each group boundary
+    for group in groups:
+        if len(digits) + len(group.group()) > _PHONE_MAX_DIGITS:
+            break
+        digits += group.group()
+        ends.append((len(digits), group.end()))
+    for count, end in reversed(ends):
+        if count >= minimum and _confirm("phone", "+" + digits[:count]):
+            return Hit(start, end, "phone")
+    if len(ends) == len(groups):
+        return None  # every digit was on a boundary already tried
+    # No boundary works and a group did not fit: the digits up to any point within that group.
+    group = groups[len(ends)]
+    for count in range(min(_PHONE_MAX_DIGITS - len(digits), len(group.group()) - 1), 0, -1):
+        if len(digits) + count >= minimum and _confirm("phone", "+" + digits + group.group()[:count]):
+            return Hit(start, group.start() + count, "phone")
+    return None
+
+
+# Which types a window of whole digit groups can be, by its digit count. An ICCID starts with 89.
+_TYPES_OF_LENGTH = {14: ("imsi",), 15: ("imei", "imsi"), **{n: ("iccid",) for n in range(18, 23)}}
+_IMSI_FIRST = frozenset("2345679")
+_IMSI_LENGTHS = (14, 15)
+_ICCID_LENGTHS = (14, 15, 18, 19, 20, 21, 22)  # a window starting with 89 may also be an ICCID
+
+
+def _digit_identifiers(text: str) -> list[Hit]:
+    """IMEI, IMSI and ICCID in each maximal run of digit groups: every window of whole groups with an
+    identifier's digit count, so a neighbouring number neither hides nor spoils one. (Not windows
+    inside a group: any 14 or 15 digits starting 2-7 or 9 are a valid IMSI, so every long tracking
+    number would be redacted.)"""
+    hits: list[Hit] = []
+    tried: dict[str, str | None] = {}  # this text's windows already judged (a repeated number costs once)
+    for run in _DIGIT_RUN.finditer(text):
+        if run.end() - run.start() < 14:
+            continue
+        groups = [(g.start(), g.end(), g.group()) for g in _DIGIT_GROUP.finditer(text, run.start(), run.end())]
+        counts = [0]  # digits before each group
+        for _, _, group in groups:
+            counts.append(counts[-1] + len(group))
+        total = counts[-1]
+        spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
+        covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
+        for first, (start, _, head) in enumerate(groups):
+            base = counts[first]
+            if total - base < 14:
+                break
+            lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
+            for length in lengths:
+                # The window of whole groups from `first` with exactly `length` digits, if there is one.
+                after = bisect.bisect_left(counts, base + length, first + 1)
+                if after == len(counts):
+                    break
+                end = groups[after - 1][1]
+                if counts[after] != base + length or end <= covered:
+                    continue
+                digits = spelt[base:base + length]
+                if digits in tried:
+                    found = tried[digits]
+                else:
+                    found = tried[digits] = _digit_type(digits)
+                if found is not None:
+                    hits.append(Hit(start, end, found))
+                    covered = end
+    return hits
+
+
+def _digit_type(digits: str) -> str | None:
+    """The identifier type `digits` (a window of 14, 15 or 18-22 digits) is valid as, if any. The check
+    digit of an IMEI or ICCID is tested here first: most windows fail it, and a validator's refusal is an
+    exception, which costs more than the test."""
+    for id_type in _TYPES_OF_LENGTH[len(digits)]:
+        if id_type == "imsi":
+            # The IMSI validator's whole test for 14 or 15 ASCII digits (a test pins the equivalence):
+            # asked here, as most windows of a long run of numbers pass it.
+            if digits[0] in _IMSI_FIRST or digits.startswith("001"):
+                return id_type
+            continue
+        # Both Luhn types: the check digit first. An ICCID also starts with 89.
+        if (luhn_check_digit(digits[:-1]) != digits[-1]
+                or (id_type == "iccid" and not digits.startswith("89"))):
+            continue
+        if _confirm(id_type, digits):
+            return id_type
+    return None
 
 
 def redact(text: str, hits: list[Hit]) -> str:
