@@ -117,12 +117,56 @@ def _schema_reason(error: ValidationError) -> tuple[JsonPath, str]:
     # oneOf errors ("... is not valid under any of the given schemas") say nothing; the best sub-error does.
     chosen = best_match([error, *error.context]) if error.context else error
     path = tuple(chosen.absolute_path)
-    where = ".".join(str(p) for p in path)
-    if "auth" in path and "upstream" in path:
-        # Credentials are already substituted from the environment: never quote them.
-        return path, f"{where}: invalid ({chosen.validator} check failed)"
-    message = chosen.message if len(chosen.message) <= 200 else chosen.message[:197] + "..."
-    return path, f"{where or 'profile'}: {message}" if where else message
+    where = ".".join(str(p) for p in path) or "profile"
+    return path, f"{where}: {_value_free_rule(chosen)}"
+
+
+def _schema_words(value: Any) -> str:
+    """A schema keyword's value (from our own schema, never from the profile) in a short form."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _value_free_rule(error: ValidationError) -> str:
+    """Which rule the value broke, never the value: jsonschema's messages quote the instance, and a value
+    may have been substituted from the environment (a password in a URL, a token), and the reason reaches
+    the reload's 422 body and the `profiles_reload_refused` log line (auth review F8). Only our schema's
+    own words (a type, a pattern, a bound, a list of choices) and key names, which are never substituted,
+    are quoted."""
+    keyword = str(error.validator)
+    expected: Any = error.validator_value
+    if keyword == "type":
+        return f"must be of type {' or '.join(expected) if isinstance(expected, list) else expected}"
+    if keyword == "pattern":
+        if "propertyNames" in error.schema_path and isinstance(error.instance, str) and len(error.instance) <= 100:
+            # The offending name is a key of the profile (keys are never substituted), so it may be named.
+            return f"the key {error.instance!r} does not match the required pattern {expected}"
+        return f"does not match the required pattern {expected}"
+    if keyword == "enum":
+        return f"must be one of: {_schema_words(expected)}"
+    if keyword == "const":
+        return f"must be {expected!r}"
+    if keyword == "required":
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        missing = [name for name in expected if name not in instance]
+        return f"missing required key(s) {', '.join(map(repr, missing))}"
+    bounds = {"minLength": "must have at least {} character(s)", "maxLength": "must have at most {} character(s)",
+              "minimum": "must be at least {}", "maximum": "must be at most {}",
+              "exclusiveMinimum": "must be more than {}", "exclusiveMaximum": "must be less than {}",
+              "minItems": "must have at least {} item(s)", "maxItems": "must have at most {} item(s)",
+              "minProperties": "must have at least {} key(s)", "maxProperties": "must have at most {} key(s)"}
+    if keyword in bounds:
+        return bounds[keyword].format(expected)
+    if keyword == "uniqueItems":
+        return "must not list an item twice"
+    if keyword in ("oneOf", "anyOf"):
+        return "matches none of the allowed forms"
+    if keyword == "not":
+        return "is not allowed in this combination"
+    if error.validator is None:  # a `false` schema
+        return "is not allowed here"
+    return f"fails the {keyword} rule"
 
 
 def _read_secret(ctx: _FileContext, path: JsonPath, options: Mapping[str, Any], key: str, folder: Path) -> str:
