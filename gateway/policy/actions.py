@@ -22,6 +22,10 @@ MAX_LOCATION_DECIMALS = 6
 @dataclass(frozen=True, slots=True)
 class Keep:
     free_text: bool = False
+    # The profile author's explicit statement that the kept node may hold keys (or elements) its route
+    # schema does not declare, and that these reach the partner as they come. Without it the loader refuses
+    # a keep whose schema does not close the node (gateway/profiles/loader.py `_unclosed_keeps`).
+    open_subtree: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +92,11 @@ def parse_action(raw: Any) -> FieldAction:
     if name == "keep":
         if options is None:
             return Keep()
-        if not isinstance(options, dict) or set(options) - {"free_text"} or not isinstance(
-                options.get("free_text", False), bool):
-            raise ActionError("keep takes only {free_text: true|false}")
-        return Keep(free_text=bool(options.get("free_text", False)))
+        if not isinstance(options, dict) or set(options) - {"free_text", "open_subtree"} or not all(
+                isinstance(options.get(flag, False), bool) for flag in ("free_text", "open_subtree")):
+            raise ActionError("keep takes only {free_text: true|false, open_subtree: true|false}")
+        return Keep(free_text=bool(options.get("free_text", False)),
+                    open_subtree=bool(options.get("open_subtree", False)))
     if not isinstance(options, dict):
         raise ActionError(f"{name} needs a mapping of options")
     if name == "pseudonymise":

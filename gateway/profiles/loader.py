@@ -25,12 +25,14 @@ from gateway.policy import (
     CompiledRoutePolicy,
     Drop,
     FieldAction,
+    Keep,
     PolicyCompileError,
     PseudonymBinder,
     RoutePolicySpec,
     check_schema,
     parse_action,
 )
+from gateway.policy.engine import parse_field_path
 from gateway.profiles.examples import example_pseudonymiser, run_profile_examples
 from gateway.profiles.model import (
     ExampleRequest,
@@ -115,12 +117,56 @@ def _schema_reason(error: ValidationError) -> tuple[JsonPath, str]:
     # oneOf errors ("... is not valid under any of the given schemas") say nothing; the best sub-error does.
     chosen = best_match([error, *error.context]) if error.context else error
     path = tuple(chosen.absolute_path)
-    where = ".".join(str(p) for p in path)
-    if "auth" in path and "upstream" in path:
-        # Credentials are already substituted from the environment: never quote them.
-        return path, f"{where}: invalid ({chosen.validator} check failed)"
-    message = chosen.message if len(chosen.message) <= 200 else chosen.message[:197] + "..."
-    return path, f"{where or 'profile'}: {message}" if where else message
+    where = ".".join(str(p) for p in path) or "profile"
+    return path, f"{where}: {_value_free_rule(chosen)}"
+
+
+def _schema_words(value: Any) -> str:
+    """A schema keyword's value (from our own schema, never from the profile) in a short form."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _value_free_rule(error: ValidationError) -> str:
+    """Which rule the value broke, never the value: jsonschema's messages quote the instance, and a value
+    may have been substituted from the environment (a password in a URL, a token), and the reason reaches
+    the reload's 422 body and the `profiles_reload_refused` log line (auth review F8). Only our schema's
+    own words (a type, a pattern, a bound, a list of choices) and key names, which are never substituted,
+    are quoted."""
+    keyword = str(error.validator)
+    expected: Any = error.validator_value
+    if keyword == "type":
+        return f"must be of type {' or '.join(expected) if isinstance(expected, list) else expected}"
+    if keyword == "pattern":
+        if "propertyNames" in error.schema_path and isinstance(error.instance, str) and len(error.instance) <= 100:
+            # The offending name is a key of the profile (keys are never substituted), so it may be named.
+            return f"the key {error.instance!r} does not match the required pattern {expected}"
+        return f"does not match the required pattern {expected}"
+    if keyword == "enum":
+        return f"must be one of: {_schema_words(expected)}"
+    if keyword == "const":
+        return f"must be {expected!r}"
+    if keyword == "required":
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        missing = [name for name in expected if name not in instance]
+        return f"missing required key(s) {', '.join(map(repr, missing))}"
+    bounds = {"minLength": "must have at least {} character(s)", "maxLength": "must have at most {} character(s)",
+              "minimum": "must be at least {}", "maximum": "must be at most {}",
+              "exclusiveMinimum": "must be more than {}", "exclusiveMaximum": "must be less than {}",
+              "minItems": "must have at least {} item(s)", "maxItems": "must have at most {} item(s)",
+              "minProperties": "must have at least {} key(s)", "maxProperties": "must have at most {} key(s)"}
+    if keyword in bounds:
+        return bounds[keyword].format(expected)
+    if keyword == "uniqueItems":
+        return "must not list an item twice"
+    if keyword in ("oneOf", "anyOf"):
+        return "matches none of the allowed forms"
+    if keyword == "not":
+        return "is not allowed in this combination"
+    if error.validator is None:  # a `false` schema
+        return "is not allowed here"
+    return f"fails the {keyword} rule"
 
 
 def _read_secret(ctx: _FileContext, path: JsonPath, options: Mapping[str, Any], key: str, folder: Path) -> str:
@@ -185,6 +231,139 @@ def _example(raw: Mapping[str, Any], line: int | None) -> RouteExample:
     )
 
 
+_SCALAR_TYPES = frozenset({"string", "number", "integer", "boolean", "null"})
+_OPEN_HINT = ("list the fields the partner needs instead, close the schema (additionalProperties: false, "
+              "items of closed objects), or opt in with {keep: {open_subtree: true}}")
+
+
+def _resolve_ref(node: Any, root: Mapping[str, Any]) -> Any:
+    """`node` with a local `$ref` (`#/$defs/...`) followed; anything else unresolvable gives None."""
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node and seen < 32:
+        ref = node["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return None
+        target: Any = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                return None
+            target = target[part]
+        node, seen = target, seen + 1
+    return None if isinstance(node, dict) and "$ref" in node else node
+
+
+def _schema_at(schema: Any, segments: tuple[str | None, ...], root: Mapping[str, Any]) -> Any:
+    """The schema node of a declared field path (None: the schema does not describe it in a plain way)."""
+    node = schema
+    for segment in segments:
+        node = _resolve_ref(node, root)
+        if not isinstance(node, dict):
+            return None
+        node = node.get("items") if segment is None else (node.get("properties") or {}).get(segment)
+    return _resolve_ref(node, root)
+
+
+def _open_part(node: Any, where: str, root: Mapping[str, Any], depth: int = 0) -> str | None:
+    """Where the schema `node` lets a value hold something it does not declare (a key, an element or a
+    value of any type), or None when every value it accepts is a scalar or a closed object or array."""
+    node = _resolve_ref(node, root)
+    if depth > 32 or not isinstance(node, dict):
+        return f"the schema does not describe {where}"
+    if "const" in node:
+        return None if not isinstance(node["const"], dict | list) else f"{where} is a constant object or array"
+    if isinstance(node.get("enum"), list) and not any(isinstance(item, dict | list) for item in node["enum"]):
+        return None
+    for combinator in ("anyOf", "oneOf"):
+        if isinstance(node.get(combinator), list) and node[combinator]:
+            for branch in node[combinator]:
+                problem = _open_part(branch, where, root, depth + 1)
+                if problem:
+                    return problem
+            return None
+    if isinstance(node.get("allOf"), list) and any(
+            _open_part(branch, where, root, depth + 1) is None for branch in node["allOf"]):
+        return None
+    declared = node.get("type")
+    types = [declared] if isinstance(declared, str) else declared if isinstance(declared, list) else None
+    if not types:
+        return f"the schema gives {where} no type"
+    for kind in types:
+        if kind in _SCALAR_TYPES:
+            continue
+        if kind == "object":
+            if node.get("additionalProperties") is not False and node.get("unevaluatedProperties") is not False:
+                return f"{where} allows undeclared keys"
+            children = {**(node.get("properties") or {}), **(node.get("patternProperties") or {})}
+            for name, child in children.items():
+                problem = _open_part(child, f"{where}.{name}", root, depth + 1)
+                if problem:
+                    return problem
+        elif kind == "array":
+            for n, child in enumerate(node.get("prefixItems") or ()):
+                problem = _open_part(child, f"{where}[{n}]", root, depth + 1)
+                if problem:
+                    return problem
+            if node.get("items") is not False:
+                problem = _open_part(node.get("items"), f"{where}[]", root, depth + 1)
+                if problem:
+                    return problem
+        else:
+            return f"the schema gives {where} an unknown type"
+    return None
+
+
+def _unclosed_keeps(schema: Mapping[str, Any] | None, body: Mapping[str, FieldAction]) -> list[tuple[str, str]]:
+    """Request-body keeps of an object or array node that would pass keys or elements the route schema
+    does not declare, each with where the schema leaves it open.
+
+    A keep passes its whole value verbatim; deny-by-default holds only as deep as the declared paths go.
+    So a kept object or array must be closed by the route's request schema, all the way down
+    (additionalProperties: false, items of closed objects, scalar leaves). A keep with `open_subtree: true`
+    is the author's explicit, greppable exception."""
+    problems: list[tuple[str, str]] = []
+    for name, action in body.items():
+        if not isinstance(action, Keep) or action.open_subtree:
+            continue
+        if schema is None:
+            continue
+        try:
+            segments = parse_field_path(name)
+        except ValueError:
+            continue  # the policy compiler reports the path itself
+        node = _schema_at(schema, segments, schema)
+        if not _may_be_container(node, schema):
+            continue
+        problem = _open_part(node, name, schema)
+        if problem:
+            problems.append((name, problem))
+    return problems
+
+
+_CONTAINER_KEYWORDS = ("properties", "additionalProperties", "patternProperties", "unevaluatedProperties",
+                       "required", "items", "prefixItems", "contains")
+
+
+def _may_be_container(node: Any, root: Mapping[str, Any], depth: int = 0) -> bool:
+    """Whether the schema says (or lets) the node be an object or an array. A node the schema does not
+    describe, or describes without a type or a container keyword, is not checked (see docs/profile-format.md)."""
+    node = _resolve_ref(node, root)
+    if not isinstance(node, dict) or depth > 32:
+        return False
+    declared = node.get("type")
+    if isinstance(declared, str | list):
+        types = [declared] if isinstance(declared, str) else declared
+        return "object" in types or "array" in types
+    if any(keyword in node for keyword in _CONTAINER_KEYWORDS):
+        return True
+    if isinstance(node.get("const"), dict | list) or (
+            isinstance(node.get("enum"), list) and any(isinstance(v, dict | list) for v in node["enum"])):
+        return True
+    return any(_may_be_container(branch, root, depth + 1)
+               for combinator in ("anyOf", "oneOf", "allOf") if isinstance(node.get(combinator), list)
+               for branch in node[combinator])
+
+
 def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_id: str,
                  consent_purposes: tuple[str, ...], pseudonymiser: PseudonymBinder) -> Route | None:
     at: JsonPath = ("routes", index)
@@ -223,6 +402,9 @@ def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_
                               ("request", "headers", request), ("response", "body", response),
                               ("response", "headers", response)):
         sections[(part, key)] = _actions(ctx, (*at, part, key), source.get(key))
+    for name, reason in _unclosed_keeps(schema, sections[("request", "body")]):
+        ctx.add((*at, "request", "body", name), f"route {route_id}: request.body.{name}: keep would pass what the "
+                                                 f"request schema does not declare ({reason}); {_OPEN_HINT}")
     for name, action in sections[("request", "path")].items():
         if isinstance(action, Drop):
             ctx.add((*at, "request", "path", name), f"route {route_id}: path parameter {name} cannot be dropped: "

@@ -48,6 +48,10 @@ _CONTAINERS: Mapping[str, str] = {
     "views": "Usage activity",
     "share": "Usage activity",
     "variables": "Message content",
+    # The histories a law-enforcement answer lists are sent field by field (`purchase_history[].item`).
+    "purchase_history": "Transaction history",
+    "listing_history": "Transaction history",
+    "fraud_complaints": "Complaints",
 }
 _NAMES: Mapping[str, str] = {
     **dict.fromkeys(("imei", "imsi", "iccid", "mac", "android_id", "advertising_id"), "Device identifiers"),
@@ -111,7 +115,9 @@ class SharingRow:
 def describe_protection(action: FieldAction) -> str:
     """How a field is protected, in the words of a privacy policy."""
     if isinstance(action, Keep):
-        return "kept (free text scanned for identifiers)" if action.free_text else "kept"
+        kept = "kept (free text scanned for identifiers)" if action.free_text else "kept"
+        # An open subtree passes fields nobody declared: the published table must not suggest a field list.
+        return f"{kept}, whole, with any fields it holds" if action.open_subtree else kept
     if isinstance(action, Pseudonymise):
         kind = "reversible" if action.mode == "fpe" else "one-way"
         return f"pseudonymised ({kind}, {action.id_type})"

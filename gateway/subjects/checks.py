@@ -13,11 +13,14 @@ from typing import Protocol
 
 from gateway.errors import (
     ConsentRequired,
+    IdentifierInFreeText,
     LegalReferenceRequired,
     MinorWithoutGuardianConsent,
     SubjectOnHold,
     TransferNotAllowed,
+    Violation,
 )
+from gateway.policy.freetext import scan
 from gateway.subjects.model import SubjectStatus
 from gateway.subjects.transfers import TransferDecision
 
@@ -81,22 +84,36 @@ _TRANSFER_DETAILS = {
 def check_legal_reference(route: LegalReferenceRequirement, header_value: str | None) -> str | None:
     """The cleaned `X-Legal-Reference` (a subpoena or case number) to record in the ledger, or None.
 
-    On a route that requires one, a missing, blank or implausible value is refused with 403: at most
-    200 printable characters (case numbers may be in Hangul or Vietnamese, so not only ASCII), at least 3,
-    with a letter or digit. On other routes an implausible value is ignored rather than recorded."""
+    Only a route that requires one reads the header: on any other route it is ignored, never recorded
+    (privacy review F7: it is caller-chosen free text, and the ledger is append-only, so an e-mail or a
+    name put there could never be erased). On a route that requires one, a missing, blank or implausible
+    value is refused with 403: at most 200 printable characters (case numbers may be in Hangul or
+    Vietnamese, so not only ASCII), at least 3, with a letter or digit. A reference in which the free-text
+    scanner finds an identifier (an e-mail, a phone, an IMEI, ...) is refused with 422 naming only the
+    kind: a case number carries no personal identifier, and the reference is stored verbatim."""
+    if not route.legal_reference_required:
+        return None
     cleaned = _clean_reference(header_value)
-    if cleaned is None and route.legal_reference_required:
-        if header_value is None or not header_value.strip():
-            raise LegalReferenceRequired(
-                "this route requires an X-Legal-Reference header (subpoena or case number)",
-                reason="legal_reference_missing",
+    if cleaned is not None:
+        kinds = sorted({hit.id_type for hit in scan(cleaned)})
+        if kinds:
+            raise IdentifierInFreeText(
+                "X-Legal-Reference must name the legal instrument (subpoena or case number), not hold a "
+                f"personal identifier ({', '.join(kinds)} found)",
+                [Violation("header:X-Legal-Reference", f"holds an identifier: {', '.join(kinds)}")],
+                reason="legal_reference_identifier",
             )
+        return cleaned
+    if header_value is None or not header_value.strip():
         raise LegalReferenceRequired(
-            f"X-Legal-Reference must be {LEGAL_REFERENCE_MIN_CHARS} to {LEGAL_REFERENCE_MAX_CHARS} printable "
-            "characters with at least one letter or digit",
-            reason="legal_reference_invalid",
+            "this route requires an X-Legal-Reference header (subpoena or case number)",
+            reason="legal_reference_missing",
         )
-    return cleaned
+    raise LegalReferenceRequired(
+        f"X-Legal-Reference must be {LEGAL_REFERENCE_MIN_CHARS} to {LEGAL_REFERENCE_MAX_CHARS} printable "
+        "characters with at least one letter or digit",
+        reason="legal_reference_invalid",
+    )
 
 
 def _clean_reference(value: str | None) -> str | None:

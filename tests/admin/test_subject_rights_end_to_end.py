@@ -165,6 +165,34 @@ async def test_legal_request_needs_a_reference_and_records_it(rig: Rig) -> None:
     assert len(rig.partner.bodies) == 1
 
 
+async def test_a_legal_reference_is_recorded_only_where_required_and_never_holds_an_identifier(rig: Rig) -> None:
+    """Privacy review F7: the header is caller-chosen text stored verbatim in the append-only ledger."""
+    leak = "kim.leak@example.com +886912345678"
+    # A route that needs no reference ignores the header: nothing of it is recorded.
+    status, _, _ = await rig.call("POST", SHIPMENT_PATH, shipment_body(),
+                                  headers=rig.headers("disclose:carrier-tw-hct:delivery",
+                                                      **{"X-Legal-Reference": leak}))
+    assert status == 200
+    [record] = await rig.records(kind="disclosure", partner="carrier-tw-hct")
+    assert record.get("legal_reference") is None
+
+    # A legal route refuses a reference holding an identifier (422, naming only the kind); nothing is sent.
+    scope = "disclose:law-enforcement-kr:legal_obligation"
+    status, problem, _ = await rig.call("POST", LEGAL_PATH, legal_body(),
+                                        headers=rig.headers(scope, **{"X-Legal-Reference": f"Case 2026-1 {leak}"}))
+    assert status == 422
+    assert problem["type"].endswith("identifier-in-free-text")
+    assert problem["violations"] == [{"path": "header:X-Legal-Reference",
+                                      "reason": "holds an identifier: email, phone"}]
+    assert "kim.leak" not in orjson.dumps(problem).decode()
+    assert rig.partner.bodies[1:] == []
+    [refusal] = await rig.records(kind="refusal", partner="law-enforcement-kr")
+    assert refusal["reason"] == "legal_reference_identifier"
+    everything = orjson.dumps(await rig.records()).decode()
+    assert "kim.leak" not in everything
+    assert "886912345678" not in everything
+
+
 async def test_a_hold_stops_disclosure_except_routes_allowed_during_a_hold(rig: Rig) -> None:
     scope = rig.headers("disclose:carrier-tw-hct:delivery")
     assert (await rig.call("POST", SHIPMENT_PATH, shipment_body(), headers=scope))[0] == 200

@@ -102,7 +102,7 @@ BROKEN = [
      "  - id: track\n    method: POST\n    path: /shipments/{shipment_id}", "path: /shipments/{shipment_id}#2",
      "same method and path shape"),
     ("retries: ${TEST_RETRIES:-1}", "retries: [", "retries: [", "YAML syntax"),
-    ("retries: ${TEST_RETRIES:-1}", "retries: 1\n  keep_alive: nope", "keep_alive: nope", "is not of type 'boolean'"),
+    ("retries: ${TEST_RETRIES:-1}", "retries: 1\n  keep_alive: nope", "keep_alive: nope", "must be of type boolean"),
 ]
 
 
@@ -159,3 +159,35 @@ def test_empty_or_missing_folder(tmp_path: Path, pseudonymiser: Pseudonymiser) -
         with pytest.raises(ProfileLoadError) as caught:
             load_profiles(folder, pseudonymiser=pseudonymiser, environ=ENV)
         assert caught.value.problems[0].line is None
+
+
+SUBSTITUTED = [
+    # (replace this, with this (a value from the environment), the environment value, the path and rule)
+    ("base_url: ${TEST_CARRIER_URL:-http://127.0.0.1:9999/carrier}", "base_url: ${TEST_CARRIER_URL}",
+     "https://svc-user:S3cr3t-Pw@carrier.example/v1", "upstream.base_url: does not match the required pattern"),
+    ("retries: ${TEST_RETRIES:-1}", "retries: ${TEST_RETRIES}", "S3cr3t-Pw", "upstream.retries: must be of type"),
+    ("retries: ${TEST_RETRIES:-1}", "retries: ${TEST_RETRIES}", "99", "upstream.retries: must be at most 5"),
+    ("jurisdiction: VN", "jurisdiction: ${TEST_JURISDICTION}", "S3cr3t-Pw",
+     "jurisdiction: does not match the required pattern"),
+    ("category: carrier", "category: ${TEST_CATEGORY}", "S3cr3t-Pw", "category: must be one of: analytics"),
+    ("name: Test carrier", "name: ${TEST_NAME}", "S3cr3t-Pw" * 30, "name: must have at most 200 character(s)"),
+    ("    consent: null", "    consent: ${TEST_CONSENT}", "S3cr3t Pw", "routes.0.consent: "),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "value", "reason"), SUBSTITUTED, ids=[case[3][:40] for case in SUBSTITUTED])
+def test_schema_problems_name_path_and_rule_never_the_value(write_profile: WriteProfile, pseudonymiser: Pseudonymiser,
+                                                           old: str, new: str, value: str, reason: str) -> None:
+    """Auth review F8: jsonschema's messages quote the value, and a value may come from the environment
+    (a password in a URL); the reload's 422 body and log line show these reasons."""
+    assert old in VALID_PROFILE
+    text = VALID_PROFILE.replace(old, new, 1)
+    variable = new.split("${", 1)[1].split("}", 1)[0]
+    environ = {**ENV, variable: value}
+    found = problems(write_profile(text), pseudonymiser, environ=environ)
+    assert any(reason in problem.reason for problem in found), found
+    matching = next(problem for problem in found if reason in problem.reason)
+    assert matching.line == line_of(text, new.strip().split("\n")[0])
+    message = str(ProfileLoadError(found))
+    assert "S3cr3t" not in message
+    assert value not in message

@@ -56,7 +56,7 @@ def test_markdown_says_how_each_field_is_protected(shipped: ProfileSet) -> None:
     assert "imsi" not in maps[6]     # the seed gives map providers no IMSI
     carrier = next(row for name, row in rows.items() if "`carrier-tw-hct`, route `create-shipment`" in name)
     assert "`sender.phone` pseudonymised (reversible, phone)" in carrier[6]
-    assert "`recipient.address` kept" in carrier[6]
+    assert "`recipient.address.line1` kept" in carrier[6]
     police = next(row for name, row in rows.items() if "`law-enforcement-kr`" in name)
     assert police[4] == "legal_obligation"
     assert police[5] == "no (legal reference required)"

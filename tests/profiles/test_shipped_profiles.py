@@ -114,7 +114,11 @@ def test_qxpress_carriers_cover_every_country_of_its_table(shipped: ProfileSet) 
         create = profile.route("create-shipment")
         sent = sent_body_fields(create)
         for party in ("sender", "recipient"):
-            assert {f"{party}.name", f"{party}.phone", f"{party}.address"} <= sent, profile.id
+            assert {f"{party}.name", f"{party}.phone"} <= sent, profile.id
+            # The address as its leaves, never the open parent object (privacy review F2).
+            assert {f"{party}.address.{leaf}" for leaf in ("line1", "line2", "city", "postal_code", "country")
+                    } <= sent, profile.id
+            assert f"{party}.address" not in sent, profile.id
         assert create.essential
         assert not create.allowed_during_hold
         # Delivery needs no e-mail and no customs number (that goes to the customs agency only).
@@ -160,9 +164,13 @@ def test_law_enforcement_sends_exactly_the_qstore_fields_with_a_legal_reference(
         assert route.legal_basis == "legal_obligation"
         assert route.legal_reference_required
         assert route.policy.unknown_fields == "reject"
-        assert sent_body_fields(route) == {"name", "city", "postal_code", "phone", "email", "user_id_history",
-                                           "ip_addresses", "fraud_complaints", "purchase_history",
-                                           "listing_history"}
+        # The three histories as the fields of each entry, never a whole open entry (privacy review F2).
+        assert sent_body_fields(route) == {
+            "name", "city", "postal_code", "phone", "email", "user_id_history", "ip_addresses",
+            *(f"fraud_complaints[].{name}" for name in ("complaint_id", "date", "category", "status")),
+            *(f"purchase_history[].{name}" for name in ("order", "date", "item", "amount")),
+            *(f"listing_history[].{name}" for name in ("listing", "date", "item", "price")),
+        }
         # Sent unchanged: an authority acts on the real values.
         assert all(isinstance(action, Keep | Drop) for action in route.policy.request_actions("body").values())
 

@@ -9,6 +9,7 @@ import pytest
 from gateway.errors import (
     ConsentRequired,
     GatewayError,
+    IdentifierInFreeText,
     LegalReferenceRequired,
     MinorWithoutGuardianConsent,
     SubjectOnHold,
@@ -137,3 +138,29 @@ def test_implausible_legal_references_are_refused(value: str) -> None:
 
 def test_longest_plausible_reference_is_accepted() -> None:
     assert check_legal_reference(FakeRoute(legal_reference_required=True), "A" * 200) == "A" * 200
+
+
+def test_a_reference_off_legal_routes_is_ignored_never_recorded() -> None:
+    """Privacy review F7: on a route that needs no reference the header is caller-chosen free text that
+    would be stored raw in the append-only ledger; it is not read at all."""
+    assert check_legal_reference(FakeRoute(), "Subpoena 2024-CR-00123") is None
+    assert check_legal_reference(FakeRoute(), "kim.leak@example.com +886912345678") is None
+
+
+@pytest.mark.parametrize(("value", "kinds"), [
+    ("Case 2024-CR-1 re kim.leak@example.com", "email"),
+    ("Subpoena for +886912345678", "phone"),
+    ("Warrant 7 device 490154203237518", "imei"),
+    ("kim.leak@example.com +886912345678", "email, phone"),
+])
+def test_a_reference_holding_an_identifier_is_refused_naming_only_its_kind(value: str, kinds: str) -> None:
+    with pytest.raises(IdentifierInFreeText) as refused:
+        check_legal_reference(FakeRoute(legal_reference_required=True), value)
+    exc = refused.value
+    assert (exc.status, exc.reason) == (422, "legal_reference_identifier")
+    assert [(v.path, v.reason) for v in exc.violations] == [("header:X-Legal-Reference",
+                                                            f"holds an identifier: {kinds}")]
+    problem = str(exc.to_problem())
+    for part in value.split():
+        if (any(ch.isdigit() for ch in part) and len(part) > 8) or "@" in part:
+            assert part not in problem
