@@ -370,7 +370,18 @@ class _JwksUrlLoader:
         async with self._session.get(self.url, allow_redirects=False) as response:
             if response.status != 200:
                 raise ConfigError(f"JWKS URL answered {response.status}")
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
+            declared = response.content_length
+            if declared is not None and declared > MAX_JWKS_BYTES:
+                raise ConfigError("JWKS document too large")  # refused before reading any of it
+            # read(n) returns what has arrived so far, not n bytes: a body that comes in several pieces
+            # (chunked, or TCP segments / TLS records spread over time) is read to its end, never more
+            # than one byte beyond the bound. A body cut short raises ClientPayloadError.
+            body = bytearray()
+            while len(body) <= MAX_JWKS_BYTES:
+                chunk = await response.content.read(MAX_JWKS_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
         if len(body) > MAX_JWKS_BYTES:
             raise ConfigError("JWKS document too large")
         try:

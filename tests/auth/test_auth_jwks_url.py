@@ -5,6 +5,7 @@ without one, and no redirects."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class JwksServer:
     body: bytes | None = None  # overrides the JSON answer (garbage, half a document)
     delay: float = 0.0
     fetches: int = 0
+    chunked: bool = True  # in_pieces: chunked framing, else Content-Length
+    declared_length: int | None = None  # in_pieces: a Content-Length other than the body's
+    piece_delay: float = 0.05  # in_pieces: the pause between the two pieces
+    split_at: int | None = None  # in_pieces: where the first piece ends (default: half way)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.fetches += 1
@@ -38,6 +43,27 @@ class JwksServer:
         if self.body is not None:
             return web.Response(body=self.body, status=self.status, content_type="application/json")
         return web.json_response({"keys": self.keys}, status=self.status)
+
+    async def in_pieces(self, request: web.Request) -> web.StreamResponse:
+        """The JWKS written in two pieces 50 ms apart, chunked or with Content-Length (`chunked`), as a
+        document bigger than one segment or TLS record arrives over a real network."""
+        self.fetches += 1
+        body = self.body if self.body is not None else json.dumps({"keys": self.keys}).encode()
+        response = web.StreamResponse(status=self.status, headers={"Content-Type": "application/json"})
+        if self.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = self.declared_length if self.declared_length is not None else len(body)
+        await response.prepare(request)
+        half = len(body) // 2 if self.split_at is None else self.split_at
+        await response.write(body[:half])
+        await asyncio.sleep(self.piece_delay)
+        await response.write(body[half:])
+        if self.declared_length is not None and self.declared_length > len(body) and request.transport:
+            request.transport.close()  # the connection drops before the declared length arrived
+            return response
+        await response.write_eof()
+        return response
 
     async def redirect(self, request: web.Request) -> web.StreamResponse:
         self.fetches += 1
@@ -50,6 +76,7 @@ async def jwks_server() -> AsyncIterator[JwksServer]:
     app = web.Application()
     app.router.add_get("/jwks.json", server.handle)
     app.router.add_get("/moved", server.redirect)
+    app.router.add_get("/pieces.json", server.in_pieces)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -285,6 +312,86 @@ async def test_oversized_jwks_is_refused(
     await auth.start()
     try:
         assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+    finally:
+        await auth.close()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+async def test_a_jwks_arriving_in_pieces_is_read_to_its_end(
+    chunked: bool, jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    other_ed_signer: Signer,
+) -> None:
+    # review-auth F1: a single read() returned only the first piece, so the set never loaded (every token
+    # refused) and later rotations and withdrawals were never applied.
+    jwks_server.chunked = chunked
+    jwks_server.keys = [ed_signer.jwk("old")]
+    auth = url_auth(jwt_keys=jwks_server.url.replace("/jwks.json", "/pieces.json"),
+                    jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        assert auth.keys.keyset is not None
+        assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "old"})))
+        jwks_server.keys = [other_ed_signer.jwk("new")]  # a rotation, also read in pieces
+        await asyncio.sleep(0.06)
+        assert await auth.authenticate(bearer(other_ed_signer.token(headers={"kid": "new"})))
+        assert jwks_server.fetches == 2
+    finally:
+        await auth.close()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+async def test_a_jwks_over_the_bound_in_pieces_is_refused(
+    chunked: bool, jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.chunked = chunked
+    jwks_server.keys = [ed_signer.jwk("k"), {"kty": "unknown", "pad": "x" * (1 << 20)}]
+    auth = url_auth(jwt_keys=jwks_server.url.replace("/jwks.json", "/pieces.json"))
+    await auth.start()
+    try:
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+    finally:
+        await auth.close()
+
+
+async def test_a_declared_length_over_the_bound_is_refused_before_the_body(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    # The answer declares more than 1 MiB: refused on its Content-Length, without waiting for (or
+    # trusting) the first bytes of the body, which here happen to be a whole valid JWKS.
+    jwks_server.chunked = False
+    jwks_server.body = json.dumps({"keys": [ed_signer.jwk("k")]}).encode()
+    jwks_server.declared_length = (1 << 20) + 1
+    jwks_server.split_at = len(jwks_server.body)
+    jwks_server.piece_delay = 1.5
+    auth = url_auth(jwt_keys=jwks_server.url.replace("/jwks.json", "/pieces.json"))
+    started = time.monotonic()
+    await auth.start()
+    try:
+        assert time.monotonic() - started < 1.0
+        assert auth.keys.keyset is None
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+    finally:
+        await auth.close()
+
+
+async def test_a_body_cut_short_keeps_the_last_good_set(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    other_ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwt_keys=jwks_server.url.replace("/jwks.json", "/pieces.json"),
+                    jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        # The server declares more than it sends: the body ends early (the document was not obtained).
+        jwks_server.chunked = False
+        jwks_server.keys = [other_ed_signer.jwk("new")]
+        jwks_server.declared_length = len(json.dumps({"keys": jwks_server.keys})) + 10
+        await asyncio.sleep(0.06)
+        assert await reason_of(auth, other_ed_signer.token(headers={"kid": "new"})) == "unknown-key"
+        assert jwks_server.fetches == 2
+        assert auth.keys.keyset is not None
+        assert set(auth.keys.keyset.by_kid) == {"k"}
     finally:
         await auth.close()
 
