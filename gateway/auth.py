@@ -68,7 +68,7 @@ REFUSAL_REASONS = frozenset({
     "crit",  # a critical header extension (none is understood)
     "key-header",  # jku, x5u, jwk or x5c: a token never chooses its own key
     "unknown-key",  # no key with that kid (after a rate-limited refresh), or no kid and no single key
-    "keys-unavailable",  # JWKS URL never fetched successfully: fail closed
+    "keys-unavailable",  # no key set obtained yet, or the source lists no usable key: fail closed
     "bad-signature",
     "expired",
     "not-yet-valid",  # nbf or iat in the future beyond the leeway
@@ -168,11 +168,23 @@ class VerificationKey:
     algorithms: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedKey:
+    """A member of a JWKS that a reload could not use: its index and a fixed reason label (never a value
+    of the member), for the log line."""
+
+    index: int
+    reason: str
+
+
 @dataclass(frozen=True)
 class KeySet:
-    """The verification keys in force, by kid. Replaced whole on refresh, never mutated."""
+    """The verification keys in force, by kid. Replaced whole on refresh, never mutated. May be empty:
+    a source that now lists no usable key withdraws every key (every token is refused)."""
 
     by_kid: Mapping[str, VerificationKey]
+    # The members of the document this set was read from that could not be used (logged on install).
+    skipped: tuple[SkippedKey, ...] = ()
 
     @property
     def fingerprint(self) -> frozenset[tuple[str, str, frozenset[str]]]:
@@ -200,8 +212,11 @@ def _bind_key(key: object, kid: str | None, allowed: frozenset[str], jwk_alg: st
     return VerificationKey(kid=kid if kid is not None else key_thumbprint(key), key=key, algorithms=algorithms)
 
 
-def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str) -> KeySet:
-    """A PEM public key (SubjectPublicKeyInfo) or certificate; its kid is its RFC 7638 thumbprint."""
+def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str, *, strict: bool = True) -> KeySet:
+    """A PEM public key (SubjectPublicKeyInfo) or certificate; its kid is its RFC 7638 thumbprint.
+    Data that is not PEM is always a ConfigError (the key could not be read, e.g. a half-written file).
+    A key the gateway cannot use is a ConfigError when `strict` (at start); on a reload (`strict=False`)
+    it gives an empty set: the file no longer names a usable key, so the old one is withdrawn."""
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             key: object = x509.load_pem_x509_certificate(data).public_key()
@@ -209,60 +224,105 @@ def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str) -> KeySet:
             key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigError(f"{where}: not a PEM public key or certificate") from exc
-    bound = _bind_key(key, None, allowed, None, where)
+    try:
+        bound = _bind_key(key, None, allowed, None, where)
+    except ConfigError:
+        if strict:
+            raise
+        return KeySet(by_kid={}, skipped=(SkippedKey(0, "unusable-key"),))
     return KeySet(by_kid={bound.kid: bound})
 
 
-def keyset_from_jwks(document: object, allowed: frozenset[str], where: str) -> KeySet:
+class _MemberRefused(Exception):
+    """A JWKS member that cannot be used: `reason` is a fixed label (logs), `message` the start error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _jwks_member(member: object, allowed: frozenset[str], label: str) -> VerificationKey | None:
+    """The verification key of one JWKS member; None for a member that is not for us (another use, an
+    algorithm outside the allowlist, an unknown key type); _MemberRefused for one we cannot use."""
+    if not isinstance(member, dict):
+        raise _MemberRefused("not-an-object", f"{label}: not an object")
+    kty = member.get("kty")
+    if kty == "oct":
+        raise _MemberRefused("symmetric-key", f"{label}: symmetric (oct) keys are never accepted")
+    if any(name in member for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
+        raise _MemberRefused(
+            "private-key-material", f"{label}: holds private key material; publish public keys only")
+    if member.get("use", "sig") != "sig":
+        return None
+    key_ops = member.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None
+    jwk_alg = member.get("alg")
+    if jwk_alg is not None and (not isinstance(jwk_alg, str) or jwk_alg not in allowed):
+        return None
+    kid = member.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
+        raise _MemberRefused(
+            "bad-kid", f"{label}: kid must be a non-empty string of at most {MAX_KID_CHARS} characters")
+    try:
+        if kty == "OKP":
+            key: object = OKPAlgorithm.from_jwk(member)
+        elif kty == "EC":
+            key = ECAlgorithm.from_jwk(member)
+        elif kty == "RSA":
+            key = RSAAlgorithm.from_jwk(member)
+        else:
+            return None  # an unknown key type is not ours to verify with
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise _MemberRefused("invalid-key", f"{label}: invalid {kty} key: {exc}") from exc
+    try:
+        return _bind_key(key, kid, allowed, jwk_alg, label)
+    except ConfigError as exc:
+        if jwk_alg is None:
+            return None  # e.g. an RSA key while only EdDSA is allowed: not usable here, not an error
+        raise _MemberRefused("unusable-key", str(exc)) from exc
+
+
+def keyset_from_jwks(document: object, allowed: frozenset[str], where: str, *, strict: bool = True) -> KeySet:
     """A JWKS document. Keys for another use (`use` other than "sig") or of an algorithm outside the
-    allowlist are skipped; symmetric or private key material, duplicate kids, or no usable key at all
-    make the whole set invalid (raises ConfigError)."""
+    allowlist are skipped. A document that is not a JWKS object is always a ConfigError (nothing usable
+    was obtained). When `strict` (a file at start), a member that cannot be used (symmetric or private key
+    material, a bad kid or key, a duplicate kid) or no usable key at all is a ConfigError naming the
+    member's index. Otherwise (every reload) the set is what the document yields: such members are left
+    out and listed in `skipped` by index, both members of a duplicate kid are left out (neither can be
+    told apart), and the set may be empty, so that a key the document no longer lists is never kept."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigError(f"{where}: expected a JWKS object with a 'keys' array")
     by_kid: dict[str, VerificationKey] = {}
+    index_of: dict[str, int] = {}
+    duplicates: set[str] = set()
+    skipped: list[SkippedKey] = []
     for index, member in enumerate(document["keys"]):
         label = f"{where}: keys[{index}]"
-        if not isinstance(member, dict):
-            raise ConfigError(f"{label}: not an object")
-        kty = member.get("kty")
-        if kty == "oct":
-            raise ConfigError(f"{label}: symmetric (oct) keys are never accepted")
-        if any(name in member for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
-            raise ConfigError(f"{label}: holds private key material; publish public keys only")
-        if member.get("use", "sig") != "sig":
-            continue
-        key_ops = member.get("key_ops")
-        if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-            continue
-        jwk_alg = member.get("alg")
-        if jwk_alg is not None and (not isinstance(jwk_alg, str) or jwk_alg not in allowed):
-            continue
-        kid = member.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
-            raise ConfigError(f"{label}: kid must be a non-empty string of at most {MAX_KID_CHARS} characters")
         try:
-            if kty == "OKP":
-                key: object = OKPAlgorithm.from_jwk(member)
-            elif kty == "EC":
-                key = ECAlgorithm.from_jwk(member)
-            elif kty == "RSA":
-                key = RSAAlgorithm.from_jwk(member)
-            else:
-                continue  # an unknown key type is not ours to verify with
-        except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{label}: invalid {kty} key: {exc}") from exc
-        try:
-            bound = _bind_key(key, kid, allowed, jwk_alg, label)
-        except ConfigError:
-            if jwk_alg is None:
-                continue  # e.g. an RSA key while only EdDSA is allowed: not usable here, not an error
-            raise
-        if bound.kid in by_kid:
-            raise ConfigError(f"{label}: duplicate kid")
+            bound = _jwks_member(member, allowed, label)
+        except _MemberRefused as exc:
+            if strict:
+                raise ConfigError(exc.message) from exc
+            skipped.append(SkippedKey(index, exc.reason))
+            continue
+        if bound is None:
+            continue
+        if bound.kid in by_kid or bound.kid in duplicates:
+            if strict:
+                raise ConfigError(f"{label}: duplicate kid")
+            if bound.kid in by_kid:
+                del by_kid[bound.kid]
+                duplicates.add(bound.kid)
+                skipped.append(SkippedKey(index_of[bound.kid], "duplicate-kid"))
+            skipped.append(SkippedKey(index, "duplicate-kid"))
+            continue
         by_kid[bound.kid] = bound
-    if not by_kid:
+        index_of[bound.kid] = index
+    if not by_kid and strict:
         raise ConfigError(f"{where}: no usable signing key for the allowed algorithms {sorted(allowed)}")
-    return KeySet(by_kid=by_kid)
+    return KeySet(by_kid=by_kid, skipped=tuple(sorted(skipped, key=lambda s: s.index)))
 
 
 def _redacted_url(url: str) -> str:
@@ -274,8 +334,10 @@ def _redacted_url(url: str) -> str:
 class KeyProvider:
     """Holds the key set in force and refreshes it: when it is older than `cache_seconds` (in the
     background; requests keep using the current set), and when a token names an unknown kid (awaited),
-    never more often than `min_refresh_interval` seconds. A failed refresh keeps the last good set;
-    with no good set at all every token is refused ("keys-unavailable")."""
+    never more often than `min_refresh_interval` seconds. A load that could not obtain the document
+    (the loader raises: I/O, timeout, non-200, truncated or not JSON, a half-written file) keeps the last
+    good set; a load that obtained one installs what it yields, even an empty set, so a withdrawn key is
+    never kept. With no set, or an empty one, every token is refused ("keys-unavailable")."""
 
     def __init__(
         self,
@@ -339,11 +401,26 @@ class KeyProvider:
                 )
                 return
             self._loaded_at = time.monotonic()
-            changed = self._keyset is None or keyset.fingerprint != self._keyset.fingerprint
+            previous = self._keyset
+            changed = previous is None or keyset.fingerprint != previous.fingerprint
+            if previous is None or changed or keyset.skipped != previous.skipped:
+                self._report(keyset)  # once per change, not at every reload
             self._keyset = keyset
             if changed:
                 for listener in self._listeners:
                     listener()
+
+    def _report(self, keyset: KeySet) -> None:
+        for skipped in keyset.skipped:
+            log.warning(
+                "jwt key skipped: this member of the key set cannot be used",
+                extra={"key_source": self.description, "index": skipped.index, "reason": skipped.reason},
+            )
+        if not keyset.by_kid:
+            log.warning(
+                "jwt key set has no usable key; every token is refused",
+                extra={"key_source": self.description, "skipped": len(keyset.skipped)},
+            )
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -388,7 +465,7 @@ class _JwksUrlLoader:
             document = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise ConfigError("JWKS URL: not JSON") from exc
-        return keyset_from_jwks(document, self._allowed, "JWKS URL")
+        return keyset_from_jwks(document, self._allowed, "JWKS URL", strict=False)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -396,19 +473,20 @@ class _JwksUrlLoader:
             self._session = None
 
 
-def _read_key_file(path: Path, allowed: frozenset[str]) -> KeySet:
+def _read_key_file(path: Path, allowed: frozenset[str], *, strict: bool) -> KeySet:
+    """The key set of a PEM or JWKS file: strict at start, as a reload (see keyset_from_jwks) after."""
     where = str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"GATEWAY_JWT_KEYS: cannot read {where}: {exc.strerror}") from exc
     if data.lstrip().startswith(b"-----BEGIN"):
-        return keyset_from_pem(data, allowed, where)
+        return keyset_from_pem(data, allowed, where, strict=strict)
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{where}: neither a PEM public key nor a JWKS (JSON) document") from exc
-    return keyset_from_jwks(document, allowed, where)
+    return keyset_from_jwks(document, allowed, where, strict=strict)
 
 
 # --- token checks ------------------------------------------------------------------------------------------
@@ -543,10 +621,10 @@ class CallerAuthenticator:
                                    description=_redacted_url(source), close_loader=url_loader.close)
         else:
             path = Path(source)
-            initial = _read_key_file(path, allowed)
+            initial = _read_key_file(path, allowed, strict=True)
 
             async def reload_file() -> KeySet:
-                return await asyncio.to_thread(_read_key_file, path, allowed)
+                return await asyncio.to_thread(_read_key_file, path, allowed, strict=False)
 
             provider = KeyProvider(reload_file, initial, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
@@ -651,10 +729,11 @@ class CallerAuthenticator:
         if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
             raise _refuse("malformed", "token kid must be a short string")
         keyset = self._provider.keyset
-        if keyset is None:
+        if keyset is None or not keyset.by_kid:
+            # Never loaded, or the source now lists no usable key: try a (rate-limited) load.
             await self._provider.refresh()
             keyset = self._provider.keyset
-            if keyset is None:
+            if keyset is None or not keyset.by_kid:
                 raise _refuse("keys-unavailable", "verification keys are not available")
         else:
             self._provider.refresh_if_stale()

@@ -200,9 +200,7 @@ async def test_unchanged_refresh_keeps_the_token_cache(
         await auth.close()
 
 
-@pytest.mark.parametrize(
-    "failure", ["status-500", "status-404", "not-json", "empty-set", "symmetric-key", "private-key", "slow"]
-)
+@pytest.mark.parametrize("failure", ["status-500", "status-404", "not-json", "not-a-jwks", "slow"])
 async def test_failed_refresh_keeps_the_last_good_set(
     failure: str, jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
     monkeypatch: pytest.MonkeyPatch,
@@ -217,12 +215,8 @@ async def test_failed_refresh_keeps_the_last_good_set(
             jwks_server.status = 404
         elif failure == "not-json":
             jwks_server.body = b"<html>maintenance</html>"
-        elif failure == "empty-set":
-            jwks_server.keys = []
-        elif failure == "symmetric-key":
-            jwks_server.keys = [{"kty": "oct", "k": "c2VjcmV0", "kid": "k"}]
-        elif failure == "private-key":
-            jwks_server.keys = [{**ed_signer.jwk("k"), "d": "AAAA"}]
+        elif failure == "not-a-jwks":
+            jwks_server.body = b'{"error": "maintenance"}'
         else:
             monkeypatch.setattr("gateway.auth.JWKS_FETCH_TIMEOUT_SECONDS", 0.2)
             await auth.close()  # a new session picks up the shorter timeout
@@ -236,6 +230,84 @@ async def test_failed_refresh_keeps_the_last_good_set(
         assert jwks_server.fetches >= 2
         assert auth.keys.keyset is not None
         assert set(auth.keys.keyset.by_kid) == {"k"}
+    finally:
+        await auth.close()
+
+
+X25519_MEMBER = {"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}
+
+
+@pytest.mark.parametrize(
+    ("published", "skipped"),
+    [
+        ([], []),
+        ([{"kty": "oct", "k": "c2VjcmV0", "kid": "k"}], [(0, "symmetric-key")]),
+        ([{"private": True}], [(0, "private-key-material")]),
+        ([{"new": True}, X25519_MEMBER], [(1, "invalid-key")]),
+        ([{"new": True}, {"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB", "alg": "RS256"}], [(1, "invalid-key")]),
+        ([{"new": True}, {"new": True, "kid": "new"}], [(0, "duplicate-kid"), (1, "duplicate-kid")]),
+        ([{"new": True}, "not a key", {"kty": "EC", "kid": 7}], [(1, "not-an-object"), (2, "bad-kid")]),
+    ],
+    ids=["empty", "symmetric", "private", "x25519", "bad-rsa", "duplicate-kid", "odd-members"],
+)
+async def test_a_withdrawn_key_is_dropped_whatever_else_the_new_set_holds(
+    published: list[Any], skipped: list[tuple[int, str]], jwks_server: JwksServer,
+    url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer, other_ed_signer: Signer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # review-auth F2: a reload that obtained a well-formed JWKS installs what it yields. Before, an
+    # empty set or one member the gateway could not use kept the old set, so a leaked key stayed trusted
+    # and the new key was never learned.
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwks_cache_seconds=0.1, jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        cached = ed_signer.token(headers={"kid": "k"})
+        assert await auth.authenticate(bearer(cached))
+        members: list[Any] = []
+        for member in published:
+            if member == {"private": True}:
+                member = {**ed_signer.jwk("k"), "d": "AAAA"}
+            elif isinstance(member, dict) and member.get("new"):
+                member = other_ed_signer.jwk("new")
+            members.append(member)
+        jwks_server.keys = members  # the leaked key "k" is withdrawn
+        caplog.clear()
+        await asyncio.sleep(0.15)
+        await auth.keys.refresh()
+        assert jwks_server.fetches >= 2
+        assert auth.keys.keyset is not None
+        usable = {"new"} if any(isinstance(m, dict) and m.get("kid") == "new" for m in members) else set()
+        if skipped and skipped[0][1] == "duplicate-kid":
+            usable = set()  # two members claim the kid: neither is trusted
+        assert set(auth.keys.keyset.by_kid) == usable
+        expected = "unknown-key" if usable else "keys-unavailable"
+        assert await reason_of(auth, cached) == expected  # the verified-token cache is dropped too
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"}, jti="fresh")) == expected
+        if usable:
+            assert await auth.authenticate(bearer(other_ed_signer.token(headers={"kid": "new"})))
+        logged = [(r.index, r.reason) for r in caplog.records if r.getMessage().startswith("jwt key skipped")]
+        assert logged == skipped
+        assert any("no usable key" in r.getMessage() for r in caplog.records) == (not usable)
+    finally:
+        await auth.close()
+
+
+async def test_keys_come_back_after_an_empty_set(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        jwks_server.keys = []
+        await asyncio.sleep(0.06)
+        await auth.keys.refresh()
+        assert await reason_of(auth, ed_signer.token(headers={"kid": "k"})) == "keys-unavailable"
+        jwks_server.keys = [ed_signer.jwk("k2")]
+        await asyncio.sleep(0.06)
+        # An empty set is no reason to wait for jwks_cache_seconds: a token makes it load again.
+        assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "k2"})))
     finally:
         await auth.close()
 

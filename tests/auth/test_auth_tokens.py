@@ -3,6 +3,7 @@ accepted ones (EdDSA, ES256, RS256), claims, scopes, and the settings-to-source 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -563,6 +564,63 @@ async def test_jwks_file_rotation_is_picked_up_on_an_unknown_kid(
     path.write_text("{ half-written")
     assert (await refused(auth, bearer(ed_signer.token(headers={"kid": "2025-03"})))).reason == "unknown-key"
     assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "2025-01"}, jti="after-broken-file")))
+
+
+async def test_a_key_withdrawn_from_a_jwks_file_is_dropped(
+    ed_signer: Signer, other_ed_signer: Signer, write_jwks: Callable[[list[dict[str, Any]]], Path],
+    make_settings: Callable[..., Settings], gateway_keys: GatewayKeys, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # review-auth F2: a reload that reads a well-formed JWKS installs what it yields, even nothing.
+    path = write_jwks([ed_signer.jwk("leaked")])
+    auth = CallerAuthenticator.from_settings(
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
+    )
+    leaked = ed_signer.token(headers={"kid": "leaked"})
+    assert await auth.authenticate(bearer(leaked))
+
+    async def reload() -> None:
+        await asyncio.sleep(0.02)
+        await auth.keys.refresh()
+
+    # The next set lists the new key and a member the gateway cannot parse (X25519 without `use`).
+    x25519 = {"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}
+    write_jwks([other_ed_signer.jwk("new"), x25519])
+    await reload()
+    assert (await refused(auth, bearer(leaked))).reason == "unknown-key"
+    assert await auth.authenticate(bearer(other_ed_signer.token(headers={"kid": "new"})))
+    assert [(r.index, r.reason) for r in caplog.records if hasattr(r, "index")] == [(1, "invalid-key")]
+    # An emptied set withdraws every key.
+    write_jwks([])
+    await reload()
+    assert (await refused(auth, bearer(other_ed_signer.token(headers={"kid": "new"})))).reason == "keys-unavailable"
+    # A half-written file is not a document: the (empty) set in force stays, and so does a good one.
+    path.write_text('{"keys": [')
+    await reload()
+    assert auth.keys.keyset is not None
+    assert dict(auth.keys.keyset.by_kid) == {}
+    write_jwks([ed_signer.jwk("back")])
+    await reload()
+    path.write_text('{"keys": [')
+    await reload()
+    assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "back"})))
+
+
+async def test_a_pem_file_replaced_by_an_unusable_key_withdraws_the_old_one(
+    ed_signer: Signer, write_pem: Callable[[Signer], Path], make_settings: Callable[..., Settings],
+    gateway_keys: GatewayKeys,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = write_pem(ed_signer)
+    auth = CallerAuthenticator.from_settings(
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
+    )
+    assert await auth.authenticate(bearer(ed_signer.token()))
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path.write_bytes(Signer(weak, "RS256", "w").public_pem())
+    await asyncio.sleep(0.02)
+    await auth.keys.refresh()
+    assert (await refused(auth, bearer(ed_signer.token(jti="fresh")))).reason == "keys-unavailable"
 
 
 def _segment(token: str, index: int) -> bytes:
