@@ -76,7 +76,7 @@ REFUSAL_REASONS = frozenset({
     "audience",
     "missing-claim",  # exp, iss, aud or sub absent
     "sub",  # sub not a usable service name
-    "scope",  # scope claim not a space-separated string
+    "scope",  # scope claim not a string of RFC 6749 scope tokens separated by spaces
 })
 
 # Accepted `typ` values, compared case-insensitively with an optional "application/" prefix
@@ -96,6 +96,12 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 # Service names: also SPIFFE-like ids ("spiffe://prod/ns/orders/sa/api"); no space, quote or control char.
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _MAX_JTI_CHARS = 200
+# RFC 6749 3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+# Only SP separates scopes: a claim with any other character (tab, NBSP, U+3000, U+001E, any non-ASCII
+# or control character) is refused, since splitting on other white space would read one scope the
+# issuer granted (say `reports:read<NBSP>gateway:admin`) as several here.
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE_CLAIM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 _EC_CURVE_ALGORITHMS: Mapping[type, str] = {SECP256R1: "ES256", SECP384R1: "ES384", SECP521R1: "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -117,6 +123,12 @@ class Caller:
 
     def may_disclose(self, partner_id: str, purpose: str) -> bool:
         return f"disclose:{partner_id}:{purpose}" in self.scopes
+
+
+def parse_scope(claim: str) -> frozenset[str]:
+    """The scopes of a `scope` claim already checked against the RFC 6749 alphabet: split on SP only
+    (never on other white space), repeated or surrounding spaces tolerated."""
+    return frozenset(token for token in claim.split(" ") if token)
 
 
 def disclose_scope(partner_id: str, purpose: str) -> str:
@@ -766,12 +778,12 @@ class CallerAuthenticator:
         if not isinstance(sub, str) or not SERVICE_NAME_RE.fullmatch(sub):
             raise _refuse("sub", "token sub is not a valid service name")
         scope = claims.get("scope", "")
-        if not isinstance(scope, str):
-            raise _refuse("scope", "token scope must be a space-separated string")
+        if not isinstance(scope, str) or not _SCOPE_CLAIM_RE.fullmatch(scope):
+            raise _refuse("scope", "token scope must be a space-separated string of RFC 6749 scope tokens")
         jti = claims.get("jti")
         if jti is not None and len(jti) > _MAX_JTI_CHARS:
             raise _refuse("malformed", "token jti too long")
-        caller = Caller(service=sub, scopes=frozenset(scope.split()), token_id=jti)
+        caller = Caller(service=sub, scopes=parse_scope(scope), token_id=jti)
         valid_from = max(float(claims.get("nbf", -math.inf)), float(claims.get("iat", -math.inf))) - self._leeway
         self._remember(token, _CachedCaller(caller, valid_from, float(claims["exp"])))
         return caller

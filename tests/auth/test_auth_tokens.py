@@ -173,6 +173,33 @@ async def test_scope_must_be_a_string(ed_signer: Signer, pem_auth: CallerAuthent
     assert (await refused(pem_auth, bearer(token))).reason == "scope"
 
 
+@pytest.mark.parametrize(
+    "separator",
+    ["\u00a0", "\u2003", "\u3000", "\x1e", "\x1c", "\x85", "\u2028", "\t", "\n", "\r", "\x0b", "\x0c"],
+)
+async def test_scopes_are_split_on_space_only(
+    separator: str, ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    # review-auth F3: str.split() also split on these, so one scope an issuer granted
+    # (`reports:read<NBSP>gateway:admin`) read here as `gateway:admin`. The claim is refused instead.
+    token = ed_signer.token(scope=f"reports:read{separator}gateway:admin", jti=f"sep-{ord(separator)}")
+    assert (await refused(pem_auth, bearer(token))).reason == "scope"
+
+
+@pytest.mark.parametrize("scope", ['say:"hi"', "back\\slash", "caf\u00e9", "nul\x00", "del\x7f"])
+async def test_scope_characters_outside_rfc_6749_are_refused(
+    scope: str, ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    token = ed_signer.token(scope=f"disclose:carrier-tw-hct:delivery {scope}")
+    assert (await refused(pem_auth, bearer(token))).reason == "scope"
+
+
+async def test_every_scope_token_character_is_accepted(ed_signer: Signer, pem_auth: CallerAuthenticator) -> None:
+    alphabet = "".join(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))
+    caller = await pem_auth.authenticate(bearer(ed_signer.token(scope=f" {alphabet}  gateway:audit ")))
+    assert caller.scopes == {alphabet, "gateway:audit"}
+
+
 # --- Authorization header ----------------------------------------------------------------------------------
 
 
