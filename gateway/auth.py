@@ -368,10 +368,12 @@ class KeyProvider:
         self._min_interval = min_refresh_interval
         self.description = description
         now = time.monotonic()
-        self._loaded_at = now if initial is not None else -math.inf
-        self._attempted_at = now if initial is not None else -math.inf
-        self._lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._loaded_at = now if initial is not None else -math.inf  # end of the last load that obtained a set
+        # End of the last load, obtained or not: the interval is measured from here, so a load slower than
+        # the interval cannot be followed at once by another.
+        self._finished_at = now if initial is not None else -math.inf
+        # The load in flight: every caller arriving while it runs awaits this one, none starts another.
+        self._load: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._close_loader = close_loader
 
@@ -382,45 +384,71 @@ class KeyProvider:
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def _due(self) -> bool:
+        return time.monotonic() - self._finished_at >= self._min_interval
+
     def refresh_if_stale(self) -> None:
-        """Cheap check for the per-request path: schedule a background refresh when the set is old."""
+        """Cheap check for the per-request path: start a background load when the set is old (and none
+        runs, and the interval since the last one has passed)."""
         if (
             self._loader is not None
+            and self._load is None
             and time.monotonic() - self._loaded_at > self._cache_seconds
-            and not self._lock.locked()
-            and not self._background
+            and self._due()
         ):
-            task = asyncio.get_running_loop().create_task(self.refresh())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._start_load()
 
     async def refresh(self) -> None:
-        """Reload the set unless one was attempted less than `min_refresh_interval` ago. Concurrent
-        callers share one load (the others wait for it, then find the interval not yet passed)."""
+        """Reload the set unless a load ended less than `min_refresh_interval` ago. A caller arriving
+        while a load runs waits for that load (it never starts another); cancelling the caller does not
+        cancel the load the others wait for."""
         if self._loader is None:
             return
-        async with self._lock:
-            if time.monotonic() - self._attempted_at < self._min_interval:
+        load = self._load
+        if load is None:
+            if not self._due():
                 return
-            self._attempted_at = time.monotonic()
-            try:
-                keyset: KeySet = await self._loader()
-            except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning(
-                    "jwt key refresh failed; keeping the last good key set",
-                    extra={"key_source": self.description, "error": type(exc).__name__,
-                           "have_keys": self._keyset is not None},
-                )
-                return
-            self._loaded_at = time.monotonic()
-            previous = self._keyset
-            changed = previous is None or keyset.fingerprint != previous.fingerprint
-            if previous is None or changed or keyset.skipped != previous.skipped:
-                self._report(keyset)  # once per change, not at every reload
-            self._keyset = keyset
-            if changed:
-                for listener in self._listeners:
-                    listener()
+            load = self._start_load()
+        await asyncio.shield(load)
+
+    def _start_load(self) -> asyncio.Task[None]:
+        load = asyncio.get_running_loop().create_task(self._run_load())
+        self._load = load
+        load.add_done_callback(self._load_done)
+        return load
+
+    def _load_done(self, load: asyncio.Task[None]) -> None:
+        if self._load is load:  # a load cancelled before it ran never reached its own `finally`
+            self._load = None
+        if not load.cancelled():
+            # Marks an unexpected exception as retrieved even when every waiter was cancelled (the
+            # waiters that remain get it from their await).
+            load.exception()
+
+    async def _run_load(self) -> None:
+        assert self._loader is not None
+        try:
+            keyset: KeySet = await self._loader()
+        except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "jwt key refresh failed; keeping the last good key set",
+                extra={"key_source": self.description, "error": type(exc).__name__,
+                       "have_keys": self._keyset is not None},
+            )
+            return
+        finally:
+            self._finished_at = time.monotonic()
+            self._load = None
+        # No await from here on: callers see the old state or the new one, never a mix.
+        self._loaded_at = self._finished_at
+        previous = self._keyset
+        changed = previous is None or keyset.fingerprint != previous.fingerprint
+        if previous is None or changed or keyset.skipped != previous.skipped:
+            self._report(keyset)  # once per change, not at every reload
+        self._keyset = keyset
+        if changed:
+            for listener in self._listeners:
+                listener()
 
     def _report(self, keyset: KeySet) -> None:
         for skipped in keyset.skipped:
@@ -435,9 +463,10 @@ class KeyProvider:
             )
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        load = self._load
+        if load is not None:
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
         if self._close_loader is not None:
             await self._close_loader()
 

@@ -468,6 +468,85 @@ async def test_a_body_cut_short_keeps_the_last_good_set(
         await auth.close()
 
 
+async def _timed(auth: CallerAuthenticator, token: str) -> tuple[str, float]:
+    started = time.monotonic()
+    try:
+        return (await auth.authenticate(bearer(token))).service, time.monotonic() - started
+    except Unauthenticated as exc:
+        return exc.reason, time.monotonic() - started
+
+
+@pytest.mark.parametrize("have_keys", [True, False], ids=["unknown-kids", "no-key-set-yet"])
+async def test_callers_arriving_during_a_load_share_it(
+    have_keys: bool, jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+) -> None:
+    # review-auth F4: the interval was measured from the start of a load and each caller queued on the
+    # lock found it passed once the load took longer than the interval, so n queued callers made n
+    # fetches one after the other (the last waited n x the fetch time).
+    jwks_server.keys = [ed_signer.jwk("k")]
+    if not have_keys:
+        jwks_server.status = 503  # the first load fails: every caller needs a load
+    auth = url_auth(jwks_refresh_min_interval_seconds=0.2)
+    await auth.start()
+    try:
+        assert jwks_server.fetches == 1
+        await asyncio.sleep(0.25)
+        jwks_server.delay = 0.4  # a load slower than the interval
+        results = await asyncio.gather(
+            *(_timed(auth, ed_signer.token(headers={"kid": f"probe-{n}"})) for n in range(6)))
+        expected = "unknown-key" if have_keys else "keys-unavailable"
+        assert {reason for reason, _ in results} == {expected}
+        assert jwks_server.fetches == 2  # one load, shared by all six
+        assert max(elapsed for _, elapsed in results) < 0.8
+        # The interval runs from the end of that load: the next unknown kid does not load again...
+        assert (await _timed(auth, ed_signer.token(headers={"kid": "right-after"})))[0] == expected
+        assert jwks_server.fetches == 2
+        # ... until the interval has passed.
+        jwks_server.delay = 0.0
+        await asyncio.sleep(0.25)
+        assert (await _timed(auth, ed_signer.token(headers={"kid": "later"})))[0] == expected
+        assert jwks_server.fetches == 3
+    finally:
+        await auth.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_load(
+    jwks_server: JwksServer, url_auth: Callable[..., CallerAuthenticator], ed_signer: Signer,
+    other_ed_signer: Signer,
+) -> None:
+    jwks_server.keys = [ed_signer.jwk("k")]
+    auth = url_auth(jwks_refresh_min_interval_seconds=0.05)
+    await auth.start()
+    try:
+        await asyncio.sleep(0.06)
+        jwks_server.keys = [ed_signer.jwk("k"), other_ed_signer.jwk("new")]
+        jwks_server.delay = 0.3
+        token = other_ed_signer.token(headers={"kid": "new"})
+        first = asyncio.ensure_future(auth.authenticate(bearer(token)))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(auth.authenticate(bearer(token)))
+        await asyncio.sleep(0.05)
+        first.cancel()  # e.g. its client went away
+        assert (await second).service == "orders-service"
+        assert jwks_server.fetches == 2
+    finally:
+        await auth.close()
+
+
+@pytest.mark.parametrize("name", ["jwks_refresh_min_interval_seconds", "jwks_cache_seconds"])
+def test_the_jwks_intervals_must_be_positive_finite_seconds(name: str) -> None:
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    variable = f"GATEWAY_{name.upper()}"
+    for bad in ("0", "-5", "nan", "inf"):
+        with pytest.raises(ConfigError, match=f"setting {name}: must be a positive number of seconds"):
+            load_settings(environ={variable: bad})
+    with pytest.raises(ConfigError, match=name):
+        load_settings(environ={}, **{name: 0})
+    assert getattr(load_settings(environ={variable: "0.5"}), name) == 0.5
+
+
 async def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

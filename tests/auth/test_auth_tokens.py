@@ -581,14 +581,17 @@ async def test_jwks_file_rotation_is_picked_up_on_an_unknown_kid(
 ) -> None:
     path = write_jwks([ed_signer.jwk("2025-01")])
     auth = CallerAuthenticator.from_settings(
-        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0), gateway_keys
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
     )
     new_token = other_ed_signer.token(headers={"kid": "2025-02"})
+    await asyncio.sleep(0.02)
     assert (await refused(auth, bearer(new_token))).reason == "unknown-key"
     write_jwks([ed_signer.jwk("2025-01"), other_ed_signer.jwk("2025-02")])
+    await asyncio.sleep(0.02)
     assert await auth.authenticate(bearer(new_token))
     # A broken file during an edit keeps the last good set.
     path.write_text("{ half-written")
+    await asyncio.sleep(0.02)
     assert (await refused(auth, bearer(ed_signer.token(headers={"kid": "2025-03"})))).reason == "unknown-key"
     assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "2025-01"}, jti="after-broken-file")))
 
