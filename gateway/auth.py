@@ -13,7 +13,8 @@ Security choices (see docs/authentication.md):
   ever), intersected with the allowlist and the JWK's own `alg`;
 - `kid` is only a dictionary key; it never names a file, a URL or a query;
 - `iss` and `aud` are compared exactly (an `aud` array containing ours is accepted, RFC 7519 4.1.3);
-  `exp`, `iss`, `aud` and `sub` are required; `nbf` and `iat` are honoured with the configured leeway.
+  `exp`, `iss`, `aud` and `sub` are required; `exp`, `nbf` and `iat` are honoured with the configured
+  leeway (a token is accepted until `exp` plus the leeway).
 """
 
 from __future__ import annotations

@@ -137,6 +137,20 @@ async def test_leeway_is_honoured(ed_signer: Signer, pem_auth: CallerAuthenticat
     assert await pem_auth.authenticate(bearer(ed_signer.token(iat=now + 10, jti="c")))
 
 
+async def test_a_cached_token_past_its_exp_is_accepted_within_the_leeway(
+    ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    # What docs/authentication.md says (review-auth, documentation mismatch): at exp the cache entry is
+    # no longer used, the token is verified afresh and accepted until exp plus the leeway (30 s).
+    token = ed_signer.token(exp=time.time() + 0.5, jti="short")
+    first = await pem_auth.authenticate(bearer(token))
+    await asyncio.sleep(0.6)
+    again = await pem_auth.authenticate(bearer(token))
+    assert again == first
+    assert again is not first  # verified afresh, not the cached caller
+    assert (await refused(pem_auth, bearer(ed_signer.token(exp=time.time() - 31, jti="old")))).reason == "expired"
+
+
 @pytest.mark.parametrize("header", ["Bearer {}", "bearer {}", "BEARER  {}", "Bearer {}  "])
 async def test_bearer_scheme_is_case_insensitive(
     header: str, ed_signer: Signer, pem_auth: CallerAuthenticator,
