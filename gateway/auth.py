@@ -434,7 +434,8 @@ class KeyProvider:
             log.warning(
                 "jwt key refresh failed; keeping the last good key set",
                 extra={"key_source": self.description, "error": type(exc).__name__,
-                       "have_keys": self._keyset is not None},
+                       # an empty set in force (every key withdrawn) counts as no keys
+                       "have_keys": self._keyset is not None and bool(self._keyset.by_kid)},
             )
             return
         finally:
