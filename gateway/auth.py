@@ -13,7 +13,8 @@ Security choices (see docs/authentication.md):
   ever), intersected with the allowlist and the JWK's own `alg`;
 - `kid` is only a dictionary key; it never names a file, a URL or a query;
 - `iss` and `aud` are compared exactly (an `aud` array containing ours is accepted, RFC 7519 4.1.3);
-  `exp`, `iss`, `aud` and `sub` are required; `nbf` and `iat` are honoured with the configured leeway.
+  `exp`, `iss`, `aud` and `sub` are required; `exp`, `nbf` and `iat` are honoured with the configured
+  leeway (a token is accepted until `exp` plus the leeway).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ REFUSAL_REASONS = frozenset({
     "crit",  # a critical header extension (none is understood)
     "key-header",  # jku, x5u, jwk or x5c: a token never chooses its own key
     "unknown-key",  # no key with that kid (after a rate-limited refresh), or no kid and no single key
-    "keys-unavailable",  # JWKS URL never fetched successfully: fail closed
+    "keys-unavailable",  # no key set obtained yet, or the source lists no usable key: fail closed
     "bad-signature",
     "expired",
     "not-yet-valid",  # nbf or iat in the future beyond the leeway
@@ -76,7 +77,7 @@ REFUSAL_REASONS = frozenset({
     "audience",
     "missing-claim",  # exp, iss, aud or sub absent
     "sub",  # sub not a usable service name
-    "scope",  # scope claim not a space-separated string
+    "scope",  # scope claim not a string of RFC 6749 scope tokens separated by spaces
 })
 
 # Accepted `typ` values, compared case-insensitively with an optional "application/" prefix
@@ -96,6 +97,12 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 # Service names: also SPIFFE-like ids ("spiffe://prod/ns/orders/sa/api"); no space, quote or control char.
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _MAX_JTI_CHARS = 200
+# RFC 6749 3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+# Only SP separates scopes: a claim with any other character (tab, NBSP, U+3000, U+001E, any non-ASCII
+# or control character) is refused, since splitting on other white space would read one scope the
+# issuer granted (say `reports:read<NBSP>gateway:admin`) as several here.
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE_CLAIM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 _EC_CURVE_ALGORITHMS: Mapping[type, str] = {SECP256R1: "ES256", SECP384R1: "ES384", SECP521R1: "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -117,6 +124,12 @@ class Caller:
 
     def may_disclose(self, partner_id: str, purpose: str) -> bool:
         return f"disclose:{partner_id}:{purpose}" in self.scopes
+
+
+def parse_scope(claim: str) -> frozenset[str]:
+    """The scopes of a `scope` claim already checked against the RFC 6749 alphabet: split on SP only
+    (never on other white space), repeated or surrounding spaces tolerated."""
+    return frozenset(token for token in claim.split(" ") if token)
 
 
 def disclose_scope(partner_id: str, purpose: str) -> str:
@@ -168,11 +181,23 @@ class VerificationKey:
     algorithms: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedKey:
+    """A member of a JWKS that a reload could not use: its index and a fixed reason label (never a value
+    of the member), for the log line."""
+
+    index: int
+    reason: str
+
+
 @dataclass(frozen=True)
 class KeySet:
-    """The verification keys in force, by kid. Replaced whole on refresh, never mutated."""
+    """The verification keys in force, by kid. Replaced whole on refresh, never mutated. May be empty:
+    a source that now lists no usable key withdraws every key (every token is refused)."""
 
     by_kid: Mapping[str, VerificationKey]
+    # The members of the document this set was read from that could not be used (logged on install).
+    skipped: tuple[SkippedKey, ...] = ()
 
     @property
     def fingerprint(self) -> frozenset[tuple[str, str, frozenset[str]]]:
@@ -200,8 +225,11 @@ def _bind_key(key: object, kid: str | None, allowed: frozenset[str], jwk_alg: st
     return VerificationKey(kid=kid if kid is not None else key_thumbprint(key), key=key, algorithms=algorithms)
 
 
-def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str) -> KeySet:
-    """A PEM public key (SubjectPublicKeyInfo) or certificate; its kid is its RFC 7638 thumbprint."""
+def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str, *, strict: bool = True) -> KeySet:
+    """A PEM public key (SubjectPublicKeyInfo) or certificate; its kid is its RFC 7638 thumbprint.
+    Data that is not PEM is always a ConfigError (the key could not be read, e.g. a half-written file).
+    A key the gateway cannot use is a ConfigError when `strict` (at start); on a reload (`strict=False`)
+    it gives an empty set: the file no longer names a usable key, so the old one is withdrawn."""
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             key: object = x509.load_pem_x509_certificate(data).public_key()
@@ -209,60 +237,105 @@ def keyset_from_pem(data: bytes, allowed: frozenset[str], where: str) -> KeySet:
             key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigError(f"{where}: not a PEM public key or certificate") from exc
-    bound = _bind_key(key, None, allowed, None, where)
+    try:
+        bound = _bind_key(key, None, allowed, None, where)
+    except ConfigError:
+        if strict:
+            raise
+        return KeySet(by_kid={}, skipped=(SkippedKey(0, "unusable-key"),))
     return KeySet(by_kid={bound.kid: bound})
 
 
-def keyset_from_jwks(document: object, allowed: frozenset[str], where: str) -> KeySet:
+class _MemberRefused(Exception):
+    """A JWKS member that cannot be used: `reason` is a fixed label (logs), `message` the start error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _jwks_member(member: object, allowed: frozenset[str], label: str) -> VerificationKey | None:
+    """The verification key of one JWKS member; None for a member that is not for us (another use, an
+    algorithm outside the allowlist, an unknown key type); _MemberRefused for one we cannot use."""
+    if not isinstance(member, dict):
+        raise _MemberRefused("not-an-object", f"{label}: not an object")
+    kty = member.get("kty")
+    if kty == "oct":
+        raise _MemberRefused("symmetric-key", f"{label}: symmetric (oct) keys are never accepted")
+    if any(name in member for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
+        raise _MemberRefused(
+            "private-key-material", f"{label}: holds private key material; publish public keys only")
+    if member.get("use", "sig") != "sig":
+        return None
+    key_ops = member.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None
+    jwk_alg = member.get("alg")
+    if jwk_alg is not None and (not isinstance(jwk_alg, str) or jwk_alg not in allowed):
+        return None
+    kid = member.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
+        raise _MemberRefused(
+            "bad-kid", f"{label}: kid must be a non-empty string of at most {MAX_KID_CHARS} characters")
+    try:
+        if kty == "OKP":
+            key: object = OKPAlgorithm.from_jwk(member)
+        elif kty == "EC":
+            key = ECAlgorithm.from_jwk(member)
+        elif kty == "RSA":
+            key = RSAAlgorithm.from_jwk(member)
+        else:
+            return None  # an unknown key type is not ours to verify with
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise _MemberRefused("invalid-key", f"{label}: invalid {kty} key: {exc}") from exc
+    try:
+        return _bind_key(key, kid, allowed, jwk_alg, label)
+    except ConfigError as exc:
+        if jwk_alg is None:
+            return None  # e.g. an RSA key while only EdDSA is allowed: not usable here, not an error
+        raise _MemberRefused("unusable-key", str(exc)) from exc
+
+
+def keyset_from_jwks(document: object, allowed: frozenset[str], where: str, *, strict: bool = True) -> KeySet:
     """A JWKS document. Keys for another use (`use` other than "sig") or of an algorithm outside the
-    allowlist are skipped; symmetric or private key material, duplicate kids, or no usable key at all
-    make the whole set invalid (raises ConfigError)."""
+    allowlist are skipped. A document that is not a JWKS object is always a ConfigError (nothing usable
+    was obtained). When `strict` (a file at start), a member that cannot be used (symmetric or private key
+    material, a bad kid or key, a duplicate kid) or no usable key at all is a ConfigError naming the
+    member's index. Otherwise (every reload) the set is what the document yields: such members are left
+    out and listed in `skipped` by index, both members of a duplicate kid are left out (neither can be
+    told apart), and the set may be empty, so that a key the document no longer lists is never kept."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigError(f"{where}: expected a JWKS object with a 'keys' array")
     by_kid: dict[str, VerificationKey] = {}
+    index_of: dict[str, int] = {}
+    duplicates: set[str] = set()
+    skipped: list[SkippedKey] = []
     for index, member in enumerate(document["keys"]):
         label = f"{where}: keys[{index}]"
-        if not isinstance(member, dict):
-            raise ConfigError(f"{label}: not an object")
-        kty = member.get("kty")
-        if kty == "oct":
-            raise ConfigError(f"{label}: symmetric (oct) keys are never accepted")
-        if any(name in member for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
-            raise ConfigError(f"{label}: holds private key material; publish public keys only")
-        if member.get("use", "sig") != "sig":
-            continue
-        key_ops = member.get("key_ops")
-        if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-            continue
-        jwk_alg = member.get("alg")
-        if jwk_alg is not None and (not isinstance(jwk_alg, str) or jwk_alg not in allowed):
-            continue
-        kid = member.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
-            raise ConfigError(f"{label}: kid must be a non-empty string of at most {MAX_KID_CHARS} characters")
         try:
-            if kty == "OKP":
-                key: object = OKPAlgorithm.from_jwk(member)
-            elif kty == "EC":
-                key = ECAlgorithm.from_jwk(member)
-            elif kty == "RSA":
-                key = RSAAlgorithm.from_jwk(member)
-            else:
-                continue  # an unknown key type is not ours to verify with
-        except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{label}: invalid {kty} key: {exc}") from exc
-        try:
-            bound = _bind_key(key, kid, allowed, jwk_alg, label)
-        except ConfigError:
-            if jwk_alg is None:
-                continue  # e.g. an RSA key while only EdDSA is allowed: not usable here, not an error
-            raise
-        if bound.kid in by_kid:
-            raise ConfigError(f"{label}: duplicate kid")
+            bound = _jwks_member(member, allowed, label)
+        except _MemberRefused as exc:
+            if strict:
+                raise ConfigError(exc.message) from exc
+            skipped.append(SkippedKey(index, exc.reason))
+            continue
+        if bound is None:
+            continue
+        if bound.kid in by_kid or bound.kid in duplicates:
+            if strict:
+                raise ConfigError(f"{label}: duplicate kid")
+            if bound.kid in by_kid:
+                del by_kid[bound.kid]
+                duplicates.add(bound.kid)
+                skipped.append(SkippedKey(index_of[bound.kid], "duplicate-kid"))
+            skipped.append(SkippedKey(index, "duplicate-kid"))
+            continue
         by_kid[bound.kid] = bound
-    if not by_kid:
+        index_of[bound.kid] = index
+    if not by_kid and strict:
         raise ConfigError(f"{where}: no usable signing key for the allowed algorithms {sorted(allowed)}")
-    return KeySet(by_kid=by_kid)
+    return KeySet(by_kid=by_kid, skipped=tuple(sorted(skipped, key=lambda s: s.index)))
 
 
 def _redacted_url(url: str) -> str:
@@ -274,8 +347,10 @@ def _redacted_url(url: str) -> str:
 class KeyProvider:
     """Holds the key set in force and refreshes it: when it is older than `cache_seconds` (in the
     background; requests keep using the current set), and when a token names an unknown kid (awaited),
-    never more often than `min_refresh_interval` seconds. A failed refresh keeps the last good set;
-    with no good set at all every token is refused ("keys-unavailable")."""
+    never more often than `min_refresh_interval` seconds. A load that could not obtain the document
+    (the loader raises: I/O, timeout, non-200, truncated or not JSON, a half-written file) keeps the last
+    good set; a load that obtained one installs what it yields, even an empty set, so a withdrawn key is
+    never kept. With no set, or an empty one, every token is refused ("keys-unavailable")."""
 
     def __init__(
         self,
@@ -294,10 +369,12 @@ class KeyProvider:
         self._min_interval = min_refresh_interval
         self.description = description
         now = time.monotonic()
-        self._loaded_at = now if initial is not None else -math.inf
-        self._attempted_at = now if initial is not None else -math.inf
-        self._lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._loaded_at = now if initial is not None else -math.inf  # end of the last load that obtained a set
+        # End of the last load, obtained or not: the interval is measured from here, so a load slower than
+        # the interval cannot be followed at once by another.
+        self._finished_at = now if initial is not None else -math.inf
+        # The load in flight: every caller arriving while it runs awaits this one, none starts another.
+        self._load: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._close_loader = close_loader
 
@@ -308,47 +385,90 @@ class KeyProvider:
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def _due(self) -> bool:
+        return time.monotonic() - self._finished_at >= self._min_interval
+
     def refresh_if_stale(self) -> None:
-        """Cheap check for the per-request path: schedule a background refresh when the set is old."""
+        """Cheap check for the per-request path: start a background load when the set is old (and none
+        runs, and the interval since the last one has passed)."""
         if (
             self._loader is not None
+            and self._load is None
             and time.monotonic() - self._loaded_at > self._cache_seconds
-            and not self._lock.locked()
-            and not self._background
+            and self._due()
         ):
-            task = asyncio.get_running_loop().create_task(self.refresh())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._start_load()
 
     async def refresh(self) -> None:
-        """Reload the set unless one was attempted less than `min_refresh_interval` ago. Concurrent
-        callers share one load (the others wait for it, then find the interval not yet passed)."""
+        """Reload the set unless a load ended less than `min_refresh_interval` ago. A caller arriving
+        while a load runs waits for that load (it never starts another); cancelling the caller does not
+        cancel the load the others wait for."""
         if self._loader is None:
             return
-        async with self._lock:
-            if time.monotonic() - self._attempted_at < self._min_interval:
+        load = self._load
+        if load is None:
+            if not self._due():
                 return
-            self._attempted_at = time.monotonic()
-            try:
-                keyset: KeySet = await self._loader()
-            except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning(
-                    "jwt key refresh failed; keeping the last good key set",
-                    extra={"key_source": self.description, "error": type(exc).__name__,
-                           "have_keys": self._keyset is not None},
-                )
-                return
-            self._loaded_at = time.monotonic()
-            changed = self._keyset is None or keyset.fingerprint != self._keyset.fingerprint
-            self._keyset = keyset
-            if changed:
-                for listener in self._listeners:
-                    listener()
+            load = self._start_load()
+        await asyncio.shield(load)
+
+    def _start_load(self) -> asyncio.Task[None]:
+        load = asyncio.get_running_loop().create_task(self._run_load())
+        self._load = load
+        load.add_done_callback(self._load_done)
+        return load
+
+    def _load_done(self, load: asyncio.Task[None]) -> None:
+        if self._load is load:  # a load cancelled before it ran never reached its own `finally`
+            self._load = None
+        if not load.cancelled():
+            # Marks an unexpected exception as retrieved even when every waiter was cancelled (the
+            # waiters that remain get it from their await).
+            load.exception()
+
+    async def _run_load(self) -> None:
+        assert self._loader is not None
+        try:
+            keyset: KeySet = await self._loader()
+        except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "jwt key refresh failed; keeping the last good key set",
+                extra={"key_source": self.description, "error": type(exc).__name__,
+                       # an empty set in force (every key withdrawn) counts as no keys
+                       "have_keys": self._keyset is not None and bool(self._keyset.by_kid)},
+            )
+            return
+        finally:
+            self._finished_at = time.monotonic()
+            self._load = None
+        # No await from here on: callers see the old state or the new one, never a mix.
+        self._loaded_at = self._finished_at
+        previous = self._keyset
+        changed = previous is None or keyset.fingerprint != previous.fingerprint
+        if previous is None or changed or keyset.skipped != previous.skipped:
+            self._report(keyset)  # once per change, not at every reload
+        self._keyset = keyset
+        if changed:
+            for listener in self._listeners:
+                listener()
+
+    def _report(self, keyset: KeySet) -> None:
+        for skipped in keyset.skipped:
+            log.warning(
+                "jwt key skipped: this member of the key set cannot be used",
+                extra={"key_source": self.description, "index": skipped.index, "reason": skipped.reason},
+            )
+        if not keyset.by_kid:
+            log.warning(
+                "jwt key set has no usable key; every token is refused",
+                extra={"key_source": self.description, "skipped": len(keyset.skipped)},
+            )
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        load = self._load
+        if load is not None:
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
         if self._close_loader is not None:
             await self._close_loader()
 
@@ -370,14 +490,25 @@ class _JwksUrlLoader:
         async with self._session.get(self.url, allow_redirects=False) as response:
             if response.status != 200:
                 raise ConfigError(f"JWKS URL answered {response.status}")
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
+            declared = response.content_length
+            if declared is not None and declared > MAX_JWKS_BYTES:
+                raise ConfigError("JWKS document too large")  # refused before reading any of it
+            # read(n) returns what has arrived so far, not n bytes: a body that comes in several pieces
+            # (chunked, or TCP segments / TLS records spread over time) is read to its end, never more
+            # than one byte beyond the bound. A body cut short raises ClientPayloadError.
+            body = bytearray()
+            while len(body) <= MAX_JWKS_BYTES:
+                chunk = await response.content.read(MAX_JWKS_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
         if len(body) > MAX_JWKS_BYTES:
             raise ConfigError("JWKS document too large")
         try:
             document = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise ConfigError("JWKS URL: not JSON") from exc
-        return keyset_from_jwks(document, self._allowed, "JWKS URL")
+        return keyset_from_jwks(document, self._allowed, "JWKS URL", strict=False)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -385,19 +516,20 @@ class _JwksUrlLoader:
             self._session = None
 
 
-def _read_key_file(path: Path, allowed: frozenset[str]) -> KeySet:
+def _read_key_file(path: Path, allowed: frozenset[str], *, strict: bool) -> KeySet:
+    """The key set of a PEM or JWKS file: strict at start, as a reload (see keyset_from_jwks) after."""
     where = str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"GATEWAY_JWT_KEYS: cannot read {where}: {exc.strerror}") from exc
     if data.lstrip().startswith(b"-----BEGIN"):
-        return keyset_from_pem(data, allowed, where)
+        return keyset_from_pem(data, allowed, where, strict=strict)
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{where}: neither a PEM public key nor a JWKS (JSON) document") from exc
-    return keyset_from_jwks(document, allowed, where)
+    return keyset_from_jwks(document, allowed, where, strict=strict)
 
 
 # --- token checks ------------------------------------------------------------------------------------------
@@ -532,10 +664,10 @@ class CallerAuthenticator:
                                    description=_redacted_url(source), close_loader=url_loader.close)
         else:
             path = Path(source)
-            initial = _read_key_file(path, allowed)
+            initial = _read_key_file(path, allowed, strict=True)
 
             async def reload_file() -> KeySet:
-                return await asyncio.to_thread(_read_key_file, path, allowed)
+                return await asyncio.to_thread(_read_key_file, path, allowed, strict=False)
 
             provider = KeyProvider(reload_file, initial, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
@@ -640,10 +772,11 @@ class CallerAuthenticator:
         if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > MAX_KID_CHARS):
             raise _refuse("malformed", "token kid must be a short string")
         keyset = self._provider.keyset
-        if keyset is None:
+        if keyset is None or not keyset.by_kid:
+            # Never loaded, or the source now lists no usable key: try a (rate-limited) load.
             await self._provider.refresh()
             keyset = self._provider.keyset
-            if keyset is None:
+            if keyset is None or not keyset.by_kid:
                 raise _refuse("keys-unavailable", "verification keys are not available")
         else:
             self._provider.refresh_if_stale()
@@ -676,12 +809,12 @@ class CallerAuthenticator:
         if not isinstance(sub, str) or not SERVICE_NAME_RE.fullmatch(sub):
             raise _refuse("sub", "token sub is not a valid service name")
         scope = claims.get("scope", "")
-        if not isinstance(scope, str):
-            raise _refuse("scope", "token scope must be a space-separated string")
+        if not isinstance(scope, str) or not _SCOPE_CLAIM_RE.fullmatch(scope):
+            raise _refuse("scope", "token scope must be a space-separated string of RFC 6749 scope tokens")
         jti = claims.get("jti")
         if jti is not None and len(jti) > _MAX_JTI_CHARS:
             raise _refuse("malformed", "token jti too long")
-        caller = Caller(service=sub, scopes=frozenset(scope.split()), token_id=jti)
+        caller = Caller(service=sub, scopes=parse_scope(scope), token_id=jti)
         valid_from = max(float(claims.get("nbf", -math.inf)), float(claims.get("iat", -math.inf))) - self._leeway
         self._remember(token, _CachedCaller(caller, valid_from, float(claims["exp"])))
         return caller

@@ -122,8 +122,10 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_body_bytes", "max_json_depth", "checkpoint_every_records", "workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"setting {name}: must be at least 1")
+    # The JWKS intervals too: 0 or less would let every unknown-kid token load the key set again (and a
+    # set older than 0 s is always stale); an infinite one would never drop a withdrawn key.
     for name in ("request_head_timeout_seconds", "request_body_timeout_seconds", "keepalive_timeout_seconds",
-                 "ledger_commit_timeout_seconds"):
+                 "ledger_commit_timeout_seconds", "jwks_refresh_min_interval_seconds", "jwks_cache_seconds"):
         value = getattr(settings, name)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"setting {name}: must be a positive number of seconds")

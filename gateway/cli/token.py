@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.auth import SERVICE_NAME_RE, key_thumbprint
+from gateway.auth import SCOPE_TOKEN_RE, SERVICE_NAME_RE, key_thumbprint
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.keys import load_keys
@@ -53,6 +53,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     mint.set_defaults(handler=mint_command)
 
 
+def _check_scopes(scopes: list[str]) -> None:
+    for scope in scopes:
+        if not SCOPE_TOKEN_RE.fullmatch(scope):
+            raise ConfigError(
+                "--scope: a scope is printable ASCII without space, '\"' or '\\'; scopes are separated by spaces"
+            )
+
+
 def mint_token(
     private_key: Ed25519PrivateKey,
     *,
@@ -63,7 +71,10 @@ def mint_token(
     ttl_seconds: int,
     now: float | None = None,
 ) -> str:
-    """A signed EdDSA token for `subject` with `scopes` (the helper behind `gateway token mint`)."""
+    """A signed EdDSA token for `subject` with `scopes` (the helper behind `gateway token mint`). Each
+    scope must be one RFC 6749 scope token, the gateway's own rule: never mint what it would refuse or
+    read as other scopes."""
+    _check_scopes(scopes)
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "iss": issuer,
@@ -84,11 +95,13 @@ def mint_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ttl: expected 1 to {MAX_TTL_SECONDS} seconds, got {args.ttl}")
     if not SERVICE_NAME_RE.fullmatch(args.sub):
         raise ConfigError("--sub: a service name is letters, digits and . _ : / @ + - (at most 200)")
+    # SP only, as the gateway reads the claim: a tab or NBSP inside a group is refused, not split.
+    scopes = [scope for group in args.scope for scope in group.split(" ") if scope]
+    _check_scopes(scopes)
     settings = load_settings(args.config, keys_dir=args.keys_dir)
     keys = load_keys(settings.keys_dir, dev_mode=settings.dev_mode)
     if keys.jwt_dev_private is None:
         raise ConfigError(f"no development JWT key in {settings.keys_dir} (it is created in development mode)")
-    scopes = [scope for group in args.scope for scope in group.split()]
     token = mint_token(
         keys.jwt_dev_private,
         subject=args.sub,

@@ -50,10 +50,13 @@ from gateway.proxy.stages import (
 STAGES: tuple[type[Stage], ...] = (
     Authenticate,  # 401
     MatchRoute,  # 404 (400 for a traversal)
+    # Before the body is read: a caller without the scope learns nothing of the route's media types or
+    # schema, costs no body read, and its attempt is recorded as scope-missing. Needs only the route, the
+    # token and X-Purpose.
+    Authorize,  # 400 (X-Purpose), 403
     ReadBody,  # 415, 413
     Parse,  # 400 (also a non-ASCII value in an allowlisted header)
     Validate,  # 422
-    Authorize,  # 400 (X-Purpose), 403
     CheckSubject,  # 403, 451, 422
     Minimise,  # 422
     Prepare,  # 400 (a path parameter or header the partner request cannot carry)

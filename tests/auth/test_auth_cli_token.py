@@ -99,6 +99,13 @@ async def test_minted_issuer_and_audience_are_checked(tmp_path: Path) -> None:
         (["--sub", "orders service"], "--sub"),
         (["--sub", "svc", "--ttl", "0"], "--ttl"),
         (["--sub", "svc", "--ttl", "999999"], "--ttl"),
+        # review-auth F3: split on SP only, as the gateway reads the claim; other white space or a
+        # character outside RFC 6749's scope-token alphabet is refused, not split or minted.
+        (["--sub", "svc", "--scope", "reports:read\u00a0gateway:admin"], "--scope"),
+        (["--sub", "svc", "--scope", "reports:read\tgateway:admin"], "--scope"),
+        (["--sub", "svc", "--scope", "reports:read\u3000gateway:admin"], "--scope"),
+        (["--sub", "svc", "--scope", 'say:"hi"'], "--scope"),
+        (["--sub", "svc", "--scope", "caf\u00e9"], "--scope"),
     ],
 )
 def test_mint_refuses_bad_arguments_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:

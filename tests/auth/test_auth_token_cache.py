@@ -75,13 +75,15 @@ async def test_key_set_change_drops_cached_tokens(
     gateway_keys: GatewayKeys,
 ) -> None:
     auth = CallerAuthenticator.from_settings(
-        make_settings(jwt_keys=str(pem_path), jwks_refresh_min_interval_seconds=0), gateway_keys
+        make_settings(jwt_keys=str(pem_path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
     )
     token = ed_signer.token()
     first = await auth.authenticate(bearer(token))
+    await asyncio.sleep(0.02)
     await auth.keys.refresh()  # same file, same key: the cache stays
     assert await auth.authenticate(bearer(token)) is first
     pem_path.write_bytes(other_ed_signer.public_pem())  # the operator replaces the key
+    await asyncio.sleep(0.02)
     await auth.keys.refresh()
     assert auth.cached_tokens == 0
     with pytest.raises(Unauthenticated) as info:

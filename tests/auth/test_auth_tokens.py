@@ -3,6 +3,7 @@ accepted ones (EdDSA, ES256, RS256), claims, scopes, and the settings-to-source 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -136,6 +137,20 @@ async def test_leeway_is_honoured(ed_signer: Signer, pem_auth: CallerAuthenticat
     assert await pem_auth.authenticate(bearer(ed_signer.token(iat=now + 10, jti="c")))
 
 
+async def test_a_cached_token_past_its_exp_is_accepted_within_the_leeway(
+    ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    # What docs/authentication.md says (review-auth, documentation mismatch): at exp the cache entry is
+    # no longer used, the token is verified afresh and accepted until exp plus the leeway (30 s).
+    token = ed_signer.token(exp=time.time() + 0.5, jti="short")
+    first = await pem_auth.authenticate(bearer(token))
+    await asyncio.sleep(0.6)
+    again = await pem_auth.authenticate(bearer(token))
+    assert again == first
+    assert again is not first  # verified afresh, not the cached caller
+    assert (await refused(pem_auth, bearer(ed_signer.token(exp=time.time() - 31, jti="old")))).reason == "expired"
+
+
 @pytest.mark.parametrize("header", ["Bearer {}", "bearer {}", "BEARER  {}", "Bearer {}  "])
 async def test_bearer_scheme_is_case_insensitive(
     header: str, ed_signer: Signer, pem_auth: CallerAuthenticator,
@@ -170,6 +185,33 @@ async def test_no_scope_claim_means_no_scopes(ed_signer: Signer, pem_auth: Calle
 async def test_scope_must_be_a_string(ed_signer: Signer, pem_auth: CallerAuthenticator) -> None:
     token = ed_signer.token(scope=["disclose:carrier-tw-hct:delivery"])
     assert (await refused(pem_auth, bearer(token))).reason == "scope"
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u00a0", "\u2003", "\u3000", "\x1e", "\x1c", "\x85", "\u2028", "\t", "\n", "\r", "\x0b", "\x0c"],
+)
+async def test_scopes_are_split_on_space_only(
+    separator: str, ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    # review-auth F3: str.split() also split on these, so one scope an issuer granted
+    # (`reports:read<NBSP>gateway:admin`) read here as `gateway:admin`. The claim is refused instead.
+    token = ed_signer.token(scope=f"reports:read{separator}gateway:admin", jti=f"sep-{ord(separator)}")
+    assert (await refused(pem_auth, bearer(token))).reason == "scope"
+
+
+@pytest.mark.parametrize("scope", ['say:"hi"', "back\\slash", "caf\u00e9", "nul\x00", "del\x7f"])
+async def test_scope_characters_outside_rfc_6749_are_refused(
+    scope: str, ed_signer: Signer, pem_auth: CallerAuthenticator
+) -> None:
+    token = ed_signer.token(scope=f"disclose:carrier-tw-hct:delivery {scope}")
+    assert (await refused(pem_auth, bearer(token))).reason == "scope"
+
+
+async def test_every_scope_token_character_is_accepted(ed_signer: Signer, pem_auth: CallerAuthenticator) -> None:
+    alphabet = "".join(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))
+    caller = await pem_auth.authenticate(bearer(ed_signer.token(scope=f" {alphabet}  gateway:audit ")))
+    assert caller.scopes == {alphabet, "gateway:audit"}
 
 
 # --- Authorization header ----------------------------------------------------------------------------------
@@ -553,16 +595,76 @@ async def test_jwks_file_rotation_is_picked_up_on_an_unknown_kid(
 ) -> None:
     path = write_jwks([ed_signer.jwk("2025-01")])
     auth = CallerAuthenticator.from_settings(
-        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0), gateway_keys
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
     )
     new_token = other_ed_signer.token(headers={"kid": "2025-02"})
+    await asyncio.sleep(0.02)
     assert (await refused(auth, bearer(new_token))).reason == "unknown-key"
     write_jwks([ed_signer.jwk("2025-01"), other_ed_signer.jwk("2025-02")])
+    await asyncio.sleep(0.02)
     assert await auth.authenticate(bearer(new_token))
     # A broken file during an edit keeps the last good set.
     path.write_text("{ half-written")
+    await asyncio.sleep(0.02)
     assert (await refused(auth, bearer(ed_signer.token(headers={"kid": "2025-03"})))).reason == "unknown-key"
     assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "2025-01"}, jti="after-broken-file")))
+
+
+async def test_a_key_withdrawn_from_a_jwks_file_is_dropped(
+    ed_signer: Signer, other_ed_signer: Signer, write_jwks: Callable[[list[dict[str, Any]]], Path],
+    make_settings: Callable[..., Settings], gateway_keys: GatewayKeys, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # review-auth F2: a reload that reads a well-formed JWKS installs what it yields, even nothing.
+    path = write_jwks([ed_signer.jwk("leaked")])
+    auth = CallerAuthenticator.from_settings(
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
+    )
+    leaked = ed_signer.token(headers={"kid": "leaked"})
+    assert await auth.authenticate(bearer(leaked))
+
+    async def reload() -> None:
+        await asyncio.sleep(0.02)
+        await auth.keys.refresh()
+
+    # The next set lists the new key and a member the gateway cannot parse (X25519 without `use`).
+    x25519 = {"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}
+    write_jwks([other_ed_signer.jwk("new"), x25519])
+    await reload()
+    assert (await refused(auth, bearer(leaked))).reason == "unknown-key"
+    assert await auth.authenticate(bearer(other_ed_signer.token(headers={"kid": "new"})))
+    assert [(r.index, r.reason) for r in caplog.records if hasattr(r, "index")] == [(1, "invalid-key")]
+    # An emptied set withdraws every key.
+    write_jwks([])
+    await reload()
+    assert (await refused(auth, bearer(other_ed_signer.token(headers={"kid": "new"})))).reason == "keys-unavailable"
+    # A half-written file is not a document: the (empty) set in force stays, and so does a good one.
+    path.write_text('{"keys": [')
+    await reload()
+    assert auth.keys.keyset is not None
+    assert dict(auth.keys.keyset.by_kid) == {}
+    write_jwks([ed_signer.jwk("back")])
+    await reload()
+    path.write_text('{"keys": [')
+    await reload()
+    assert await auth.authenticate(bearer(ed_signer.token(headers={"kid": "back"})))
+
+
+async def test_a_pem_file_replaced_by_an_unusable_key_withdraws_the_old_one(
+    ed_signer: Signer, write_pem: Callable[[Signer], Path], make_settings: Callable[..., Settings],
+    gateway_keys: GatewayKeys,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = write_pem(ed_signer)
+    auth = CallerAuthenticator.from_settings(
+        make_settings(jwt_keys=str(path), jwks_refresh_min_interval_seconds=0.01), gateway_keys
+    )
+    assert await auth.authenticate(bearer(ed_signer.token()))
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path.write_bytes(Signer(weak, "RS256", "w").public_pem())
+    await asyncio.sleep(0.02)
+    await auth.keys.refresh()
+    assert (await refused(auth, bearer(ed_signer.token(jti="fresh")))).reason == "keys-unavailable"
 
 
 def _segment(token: str, index: int) -> bytes:

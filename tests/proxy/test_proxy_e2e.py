@@ -147,6 +147,36 @@ async def test_scope_missing_is_refused_and_recorded(harness: GatewayHarness) ->
 
 
 @pytest.mark.parametrize(
+    ("name", "data", "content_type"),
+    [
+        ("schema violation", b"{}", "application/json"),
+        ("wrong field type", b'{"order_id": 1, "recipient": {"customer_id": "c", "country": "KR"}}',
+         "application/json"),
+        ("malformed JSON", b'{"order_id": ', "application/json"),
+        ("media type", b"order_id=1", "application/x-www-form-urlencoded"),
+        ("over the body limit", b"x" * 4096, "application/json"),
+    ],
+)
+async def test_a_caller_without_the_scope_learns_nothing_of_the_route(
+    harness: GatewayHarness, name: str, data: bytes, content_type: str
+) -> None:
+    # The scope is checked right after the route is matched, before the body is read (review-auth F5):
+    # whatever the body, a caller scoped for another partner only gets the one 403, never the route's
+    # media types, limit or schema, and the ledger says scope-missing for the purpose it asked for.
+    headers = harness.auth(["disclose:some-other-partner:delivery"]) | {"Content-Type": content_type}
+    response = await harness.session.post(harness.url + SHIPMENT, data=data, headers=headers)
+    body = await response.read()
+    problem = assert_problem(response.status, {k.lower(): v for k, v in response.headers.items()}, body, 403)
+    assert problem["type"].endswith("scope-missing")
+    assert "violations" not in problem
+    assert harness.partner.received == []
+    await asyncio.sleep(0.1)  # the refusal is queued behind the answer
+    [refusal] = await harness.ledger_records(kind="refusal")
+    assert (refusal["reason"], refusal["status"], refusal["purpose"], refusal["route"]) == (
+        "scope-missing", 403, "delivery", "create-shipment")
+
+
+@pytest.mark.parametrize(
     ("name", "data", "content_type", "expected"),
     [
         ("duplicate keys", b'{"order_id":"a","order_id":"b","recipient":{"customer_id":"c","country":"KR"}}',
@@ -218,7 +248,7 @@ async def test_stages_that_never_wait_are_called_without_a_coroutine(
     stages = harness.gateway.state.pipeline.stages
     sync = [stage for stage in stages if isinstance(stage, SyncStage)]
     assert [stage.name for stage in sync] == [
-        "match_route", "parse", "validate", "authorize", "minimise", "prepare", "filter_response", "record_outcome"]
+        "match_route", "authorize", "parse", "validate", "minimise", "prepare", "filter_response", "record_outcome"]
 
     async def awaited(self: SyncStage, ctx: object) -> None:
         raise AssertionError(f"{type(self).__name__} was awaited")
