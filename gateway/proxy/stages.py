@@ -234,7 +234,7 @@ class Parse(SyncStage):
                 continue
             if lower in seen:
                 # Two values for one header are ambiguous for an allowlist; refuse instead of guessing.
-                raise MalformedRequest("a header was sent twice", [Violation(f"headers.{name}", "duplicate")])
+                raise MalformedRequest("a header was sent twice", [Violation(_header_path(ctx, lower), "duplicate")])
             seen.add(lower)
             if not value.isascii():
                 _refuse_non_ascii(ctx, name, lower)
@@ -242,16 +242,25 @@ class Parse(SyncStage):
         ctx.headers = headers
 
 
+def _header_path(ctx: RequestContext, lower: str) -> str:
+    """A header's violation path: the profile's spelling when the route declares it, else `headers.*` (the
+    caller chose that name, and it may be a phone number or an e-mail address)."""
+    assert ctx.route is not None
+    for declared in ctx.route.policy.spec.request_headers:
+        if declared.lower() == lower:
+            return f"headers.{declared}"
+    return "headers.*"
+
+
 def _refuse_non_ascii(ctx: RequestContext, name: str, lower: str) -> None:
     """Refuses a non-ASCII value in a header the route allowlists (an undeclared one is dropped anyway).
     Header bytes have no agreed charset: the servers decode UTF-8 and the upstream client writes Latin-1,
     so the partner would receive other bytes than the caller sent (and the ledger recorded as kept). The
     answer names the header, never its value."""
-    assert ctx.route is not None
-    if any(declared.lower() == lower for declared in ctx.route.policy.spec.request_headers):
-        raise MalformedRequest(
-            f"the header {name} must be ASCII", [Violation(f"headers.{name}", "non-ASCII value")]
-        )
+    path = _header_path(ctx, lower)
+    if path != "headers.*":
+        raise MalformedRequest(f"the header {path.removeprefix('headers.')} must be ASCII",
+                               [Violation(path, "non-ASCII value")])
 
 
 class Validate(SyncStage):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 from proxy_harness import PARTNER_ID, PROFILE_YAML, GatewayHarness, shipment_body
 
 PHONE = "+886912345678"
@@ -78,4 +79,19 @@ async def test_a_refusal_of_undeclared_fields_names_only_their_parents(harness: 
     assert all(value not in text for value in (PHONE, EMAIL, "kim.leak"))
     paths = {violation["path"] for violation in json.loads(text)["violations"]}
     assert paths == {"*", "query:*"}
+    assert not harness.partner.received
+
+
+async def test_a_header_sent_twice_is_named_only_when_the_route_declares_it(harness: GatewayHarness) -> None:
+    contact = f"X-Contact-{EMAIL.replace('@', '-at-')}"
+    for name, path in ((contact, "headers.*"), ("idempotency-key", "headers.Idempotency-Key")):
+        headers = CIMultiDict(harness.auth())
+        headers.add(name, "1")
+        headers.add(name, "2")
+        async with harness.session.post(f"{harness.url}/v1/partners/{PARTNER_ID}/shipments/S-1",
+                                        json=shipment_body(), headers=headers) as response:
+            text = await response.text()
+            assert response.status == 400
+        assert "kim.leak" not in text.lower()
+        assert [v["path"] for v in json.loads(text)["violations"]] == [path]
     assert not harness.partner.received
