@@ -9,10 +9,11 @@ verifies from the anchor a signed prune record gives for it.
 
 What the writer guarantees is enforced too (docs/ledger.md, "What is signed"): every checkpoint's
 `records_since_previous` must match the chain (a checkpoint removed, demoted to an unsigned record or
-renumbered breaks the next one); every head of another chain a checkpoint signed (`detail.heads`) must
-still be there with that hash (a chain deleted or cut); and records covered by no signed statement
-(the chain's own checkpoints, another chain's signed heads, a prune anchor, a head the auditor passes)
-are accepted only on a chain whose writer holds its lease now, no more than its signed cadence allows
+renumbered breaks the next one); every point of another chain a checkpoint signed (`detail.heads`, that
+chain's checkpoint) must still be there with that hash (a chain deleted or cut); and records after a
+chain's last signed point (its own checkpoints and prune records, a prune anchor, a head the auditor
+passes; never another chain's claim, which vouches for nothing after that chain's checkpoint) are
+accepted only on a chain whose writer holds its lease now, no more than its signed cadence allows
 and no older than its checkpoint period. Anything else (checkpoints demoted, a fabricated chain, or the
 tail a crashed writer left) fails until the auditor accepts that exact tail (`--accept-unsigned`).
 """
@@ -130,7 +131,8 @@ class _Walk:
     cadence: dict[str, Any] = field(default_factory=dict)  # the last checkpoint's detail
     times: dict[int, str] = field(default_factory=dict)  # times of the records in `watch_times`
     watch_times: set[int] = field(default_factory=set)
-    after_checkpoint: tuple[int, str] | None = None  # the first record after the last checkpoint
+    after_checkpoint: tuple[int, str] | None = None  # the first record after the last signed record
+    last_signed: int = 0  # the chain's last genuine checkpoint or prune record (0: none)
 
     def fail(self, sequence: int, reason: str) -> None:
         if self.failure is None:
@@ -209,6 +211,9 @@ class _Walk:
         if record.get("kind") == "checkpoint":
             self.checkpoint_sequences.append(sequence)
             self.cadence = record.get("detail") or {}
+        if record.get("kind") in ("checkpoint", "prune"):
+            # Signed (its signature verified above), and chained onto every record before it.
+            self.last_signed = sequence
             self.after_checkpoint = None
         elif self.after_checkpoint is None:
             self.after_checkpoint = (sequence, str(record.get("time")))
@@ -325,23 +330,25 @@ async def verify_snapshot(
                                       "tail truncated")
             elif walk.failure is None and walk.seen_hashes.get(sequence) != copy["hash"]:
                 fail(chain, sequence, "record differs from its signed checkpoint copy: rewritten")
-        covered = max([*walk.checkpoint_sequences, walk.verified_from])
-        signed = max(walk.checkpoint_sequences, default=0)
+        # Only the chain's own signed records (and its prune anchor) cover records: another chain's checkpoint
+        # signs this chain's last signed point, which must still be there, but never vouches for records
+        # after it (older writers signed any head they read, even a forged chain: review rv-verify R0).
+        covered = max(walk.last_signed, walk.verified_from)
+        signed = walk.last_signed
         for sequence, digest, by_chain, by_sequence in sorted(claims.get(chain, ())):
             by = f"checkpoint {by_chain}:{by_sequence}"
+            if walk.failure is None and walk.first <= sequence <= last \
+                    and walk.seen_hashes.get(sequence) == digest:
+                continue  # the chain holds it (also a chain that restarted at 1 after a prune, as writers did)
             if sequence <= max(walk.anchors, default=0):
-                # Pruned since (a chain pruned whole starts again at 1 when its writer returns, so this is
-                # not the walk's own anchor alone); an anchor at that very place must match.
+                # Pruned since; an anchor at that very place must match.
                 if walk.anchors.get(sequence, digest) != digest:
                     fail(chain, sequence, f"pruned anchor differs from the head {by} signed: rewritten")
             elif sequence > last:
                 fail(chain, last + 1, f"chain ends at {last} but {by} signed its head at {sequence}: "
                                       "records or the whole chain deleted")
-            elif walk.failure is None and walk.seen_hashes.get(sequence) != digest:
+            elif walk.failure is None:
                 fail(chain, sequence, f"record differs from the head {by} signed: rewritten")
-            else:
-                covered = max(covered, sequence)
-                signed = max(signed, sequence)
         for head in expected_heads:
             if head.chain != chain:
                 continue
