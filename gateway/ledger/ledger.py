@@ -259,6 +259,12 @@ class Ledger:
         # with nothing unsigned here, so an idle gateway soon signs, say, the chain of a `gateway subject`
         # command run while it serves (deleting that chain then fails verification).
         self._heads_moved = False
+        # The records past the chain's last checkpoint when this writer started (a crashed predecessor's tail,
+        # or records someone put there): the last of them, and when this writer found them. The checkpoint
+        # that first covers them says so (`detail.inherited`), so the verifier holds them to the tail rule as
+        # of this start rather than taking them as signed by this writer (review rv-verify R0).
+        self._inherited_through = 0
+        self._started_stamp = ""
         # Also read again after every checkpoint (in the background), so the next one signs a fresh view.
         self._heads_task: asyncio.Task[None] | None = None
         self._accepting = False
@@ -317,6 +323,8 @@ class Ledger:
                 await self.store.open()
                 await self.store.claim_chain(self.chain_id, self._chain_wait)
                 await self._reload_head()
+                self._inherited_through = self._head.sequence if self._since_checkpoint else 0
+                self._started_stamp = now_text()
                 await self._refresh_heads()
                 if self._closing is not None:
                     # close() was called while this start waited (for the chain's lease, say) and waits for
@@ -975,8 +983,13 @@ class Ledger:
         # Signed with it: the cadence this writer keeps (the verifier bounds a chain's unsigned records
         # by it, and an attacker cannot claim a longer one) and the other chains' last signed points it has
         # seen (each one's newest checkpoint; never records nobody signed).
-        detail = {"records_since_previous": covered, "every_records": self._checkpoint_every_records,
-                  "every_seconds": self._checkpoint_every_seconds, "heads": self._other_heads}
+        detail: dict[str, Any] = {
+            "records_since_previous": covered, "every_records": self._checkpoint_every_records,
+            "every_seconds": self._checkpoint_every_seconds, "heads": self._other_heads}
+        previous = sequence - covered - 1
+        if self._inherited_through > previous:
+            # Derived from the chain, not a flag: a checkpoint that fails is sealed again with the mark.
+            detail["inherited"] = {"records": self._inherited_through - previous, "found": self._started_stamp}
         self._signed_heads = self._other_heads
         return seal(
             RecordDraft(kind="checkpoint", detail=detail),

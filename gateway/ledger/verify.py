@@ -114,6 +114,19 @@ class VerifyReport:
         return f"ledger OK: {self.records} records in {len(self.chains)} chains; heads {heads or '(none)'}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Inherited:
+    """Records a checkpoint covered but its writer did not write: they were there when it started."""
+
+    first: int
+    last: int
+    first_time: str
+    last_hash: str
+    found: str  # when that writer started (its clock)
+    cadence: dict[str, Any]  # the detail of the checkpoint before them (their writer's cadence)
+    by: int  # the checkpoint that marks them
+
+
 @dataclass
 class _Walk:
     chain: str
@@ -133,6 +146,10 @@ class _Walk:
     watch_times: set[int] = field(default_factory=set)
     after_checkpoint: tuple[int, str] | None = None  # the first record after the last signed record
     last_signed: int = 0  # the chain's last genuine checkpoint or prune record (0: none)
+    # The records since the last checkpoint as (sequence, hash, time), for a checkpoint that marks some as
+    # inherited from an earlier writer; and those marked ranges.
+    since_checkpoint: list[tuple[int, str, str]] = field(default_factory=list)
+    inherited: list[_Inherited] = field(default_factory=list)
 
     def fail(self, sequence: int, reason: str) -> None:
         if self.failure is None:
@@ -158,6 +175,30 @@ class _Walk:
             self.fail(sequence, f"signed checkpoint covers {count} records since the previous checkpoint but the "
                                 f"chain holds {sequence - previous - 1} since {since}: a checkpoint was removed, "
                                 "demoted to an unsigned record or renumbered")
+
+    def note_inherited(self, sequence: int, detail: Any) -> None:
+        """A checkpoint's `inherited` mark: the first records it covers were past the last checkpoint when its
+        writer started (a crashed writer's tail, or records put there): they stay subject to the tail rule."""
+        mark = detail.get("inherited") if isinstance(detail, dict) else None
+        if mark is None:
+            return
+        count = mark.get("records") if isinstance(mark, dict) else None
+        found = mark.get("found") if isinstance(mark, dict) else None
+        covered = detail.get("records_since_previous")
+        if type(count) is not int or not isinstance(found, str) or type(covered) is not int \
+                or not 1 <= count <= covered:
+            self.fail(sequence, "signed checkpoint states an invalid inherited record count")
+            return
+        first = sequence - covered
+        held = {s: (h, t) for s, h, t in self.since_checkpoint}
+        last = first + count - 1
+        if first not in held or last not in held:
+            # Pruned up to inside that range: what is left of it is judged from the first record left.
+            first = min((s for s in held if s <= last), default=last + 1)
+            if first > last:
+                return
+        self.inherited.append(_Inherited(first, last, held[first][1], held[last][0], found, dict(self.cadence),
+                                         sequence))
 
     def time_of(self, sequence: int) -> str | None:
         if self.after_checkpoint is not None and self.after_checkpoint[0] == sequence:
@@ -209,8 +250,12 @@ class _Walk:
             self.expected = sequence + 1
             return
         if record.get("kind") == "checkpoint":
+            self.note_inherited(sequence, record.get("detail"))
             self.checkpoint_sequences.append(sequence)
             self.cadence = record.get("detail") or {}
+            self.since_checkpoint.clear()
+        else:
+            self.since_checkpoint.append((sequence, str(record.get("hash")), str(record.get("time"))))
         if record.get("kind") in ("checkpoint", "prune"):
             # Signed (its signature verified above), and chained onto every record before it.
             self.last_signed = sequence
@@ -369,6 +414,23 @@ async def verify_snapshot(
                 fail(chain, min(head.sequence, last + 1), "the head given to --accept-unsigned is not in the chain")
             elif head.sequence > covered:
                 covered, unsigned = head.sequence, "accepted"
+        for part in walk.inherited:
+            if walk.failure is not None:
+                break
+            if any(h.chain == chain and h.sequence == part.last and h.hash == part.last_hash for h in accepted):
+                unsigned = "accepted"
+                continue
+            every_records, every_seconds = _cadence(part.cadence, policy)
+            why = _beyond_bound(part.last - part.first + 1, part.first_time, _parsed(part.found), every_records,
+                                every_seconds, policy)
+            if why:
+                fail(chain, part.first,
+                     f"records {part.first}-{part.last} were past the chain's last checkpoint when its writer "
+                     f"started again ({part.found}; checkpoint {part.by} marks them inherited) and {why}: "
+                     "checkpoints removed or demoted, records rewritten or put there, or a writer that crashed "
+                     "long before; only if its writer crashed, check these records and accept them with "
+                     f"--accept-unsigned {chain}:{part.last}:{part.last_hash}")
+                break
         if walk.failure is None and chain not in failures and last > covered:
             unsigned = await _check_tail(walk, chain, covered, last, policy, live, moment, fail)
         reports.append(ChainReport(
@@ -384,24 +446,9 @@ async def _check_tail(walk: _Walk, chain: str, covered: int, last: int, policy: 
                       fail: Callable[[str, int, str], None]) -> str:
     """Records covered..last are covered by no signed statement: only a live writer's recent tail passes.
     Returns "live writer" when it does (the note in the OK line)."""
-    # The cadence the chain's last checkpoint signed (the writer's own), else the verifier's settings.
-    signed_records, signed_seconds = walk.cadence.get("every_records"), walk.cadence.get("every_seconds")
-    every_records = policy.every_records
-    if isinstance(signed_records, int) and not isinstance(signed_records, bool) and signed_records >= 1:
-        every_records = signed_records
-    every_seconds = policy.every_seconds
-    if isinstance(signed_seconds, int | float) and not isinstance(signed_seconds, bool) and signed_seconds > 0:
-        every_seconds = float(signed_seconds)
-    count = last - covered
-    oldest = walk.time_of(covered + 1)
-    why = ""
-    if count > every_records + policy.max_batch_records:
-        why = (f"are more than its writer leaves unsigned (a checkpoint every {every_records} records, "
-               f"batches of at most {policy.max_batch_records})")
-    elif oldest is None or _age(oldest, now) > policy.window(every_seconds):
-        why = (f"are older than its writer leaves unsigned (a checkpoint at least every {every_seconds:g} s "
-               "while it runs, and one when it stops)")
-    elif live is None or not await live(chain):
+    every_records, every_seconds = _cadence(walk.cadence, policy)
+    why = _beyond_bound(last - covered, walk.time_of(covered + 1), now, every_records, every_seconds, policy)
+    if not why and (live is None or not await live(chain)):
         why = "no writer holds the chain now (a writer that stops cleanly signs every record)"
     if not why:
         return "live writer"
@@ -410,6 +457,39 @@ async def _check_tail(walk: _Walk, chain: str, covered: int, last: int, policy: 
          "demoted, a fabricated chain, or a writer that crashed; only if its writer crashed, check these records "
          f"and accept them with --accept-unsigned {chain}:{last}:{walk.prev_hash}")
     return ""
+
+
+def _cadence(detail: dict[str, Any], policy: TailPolicy) -> tuple[int, float]:
+    """The cadence a checkpoint signed (its writer's own), else the verifier's settings."""
+    signed_records, signed_seconds = detail.get("every_records"), detail.get("every_seconds")
+    every_records = policy.every_records
+    if isinstance(signed_records, int) and not isinstance(signed_records, bool) and signed_records >= 1:
+        every_records = signed_records
+    every_seconds = policy.every_seconds
+    if isinstance(signed_seconds, int | float) and not isinstance(signed_seconds, bool) and signed_seconds > 0:
+        every_seconds = float(signed_seconds)
+    return every_records, every_seconds
+
+
+def _beyond_bound(count: int, oldest: str | None, at: datetime | None, every_records: int, every_seconds: float,
+                  policy: TailPolicy) -> str:
+    """Why `count` unsigned records, the oldest written at `oldest`, are more or older (as of `at`) than a
+    live writer with that cadence leaves unsigned; "" if they are not. One rule for a live writer's tail
+    and for the tail a restarted writer found."""
+    if count > every_records + policy.max_batch_records:
+        return (f"are more than its writer leaves unsigned (a checkpoint every {every_records} records, "
+                f"batches of at most {policy.max_batch_records})")
+    if oldest is None or at is None or _age(oldest, at) > policy.window(every_seconds):
+        return (f"are older than its writer leaves unsigned (a checkpoint at least every {every_seconds:g} s "
+                "while it runs, and one when it stops)")
+    return ""
+
+
+def _parsed(time_text: str) -> datetime | None:
+    try:
+        return parse_time(time_text)
+    except ValueError:
+        return None
 
 
 def _age(time_text: str, now: datetime) -> float:

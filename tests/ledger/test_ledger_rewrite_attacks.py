@@ -431,3 +431,40 @@ async def test_a_later_writer_does_not_sign_a_rewritten_chain(deployed: str, gat
     report = await _verify(deployed, gateway_keys)
     failure = next(f for f in report.failures if f.chain == "gw-main")
     assert "covered by no signed checkpoint" in failure.reason, failure
+
+
+async def test_a_restarted_writer_does_not_sign_the_tail_it_found_as_its_own(
+        ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    # R0 (c): the chain rewritten (checkpoints demoted, a partner changed, back-dated), then its own gateway
+    # restarts: its first checkpoint used to count the rewritten records as its own and verify passed.
+    deployed = ledger_url
+    await _write(deployed, gateway_keys, "gw-main", 12)
+    async with Tamperer(deployed) as db:
+        records = await db.records("gw-main")
+        await db.execute("DELETE FROM ledger_records WHERE chain = ?", "gw-main")
+        await db.execute("DELETE FROM ledger_checkpoints WHERE chain = ?", "gw-main")
+        prev = GENESIS_HASH
+        for record in records:
+            if record["kind"] == "checkpoint":
+                record["kind"] = "outcome"
+                record.pop("signature")
+                record.pop("detail")
+            record["time"] = f"2026-01-01T00:00:{record['sequence']:02d}.000000Z"
+            record["prev_hash"] = prev
+            record.pop("hash")
+            record["hash"] = prev = record_hash(record)
+            await db.insert(record)
+    await _write(deployed, gateway_keys, "gw-main", 1)
+    report = await _verify(deployed, gateway_keys)
+    failure = next(f for f in report.failures if f.chain == "gw-main")
+    assert failure.sequence == 1, failure
+    assert f"records 1-{len(records)} were past the chain's last checkpoint when its writer started" in failure.reason
+    assert f"--accept-unsigned gw-main:{len(records)}:{prev}" in failure.reason
+    # The auditor who checked them (a writer that crashed long ago) accepts exactly that tail.
+    report = await _verify(deployed, gateway_keys, accept=(ExpectedHead("gw-main", len(records), prev),))
+    assert report.ok, report.summary()
+    # Marked in the checkpoint that covered them, and only there.
+    async with Tamperer(deployed) as db:
+        checkpoints = [r for r in await db.records("gw-main") if r["kind"] == "checkpoint"]
+    assert checkpoints[0]["detail"]["inherited"]["records"] == len(records)
+    assert all("inherited" not in c["detail"] for c in checkpoints[1:])
