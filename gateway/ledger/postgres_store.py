@@ -31,6 +31,7 @@ from gateway.ledger.lease import PostgresChainLease, postgres_chain_live
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
+    CHAINS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
     PRUNE_DETAILS_SQL,
@@ -417,6 +418,10 @@ class PostgresStore:
     async def list_signed_points(self) -> dict[str, tuple[int, str]]:
         pool = await self._readers()
         return {row[0]: (row[1], row[2]) for row in await pool.fetch(SIGNED_POINTS_SQL)}
+
+    async def list_chains(self) -> list[str]:
+        pool = await self._readers()
+        return [row[0] for row in await pool.fetch(CHAINS_SQL)]
 
     async def chain_live(self, chain: str) -> bool:
         pool = await self._readers()

@@ -50,6 +50,7 @@ from gateway.ledger.lease import SqliteChainLease, sqlite_chain_live, sqlite_loc
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
+    CHAINS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
     PRUNE_DETAILS_SQL,
@@ -596,6 +597,12 @@ class SqliteStore:
     async def list_signed_points(self) -> dict[str, tuple[int, str]]:
         def run() -> dict[str, tuple[int, str]]:
             return {row[0]: (row[1], row[2]) for row in self._reader_conn().execute(SIGNED_POINTS_SQL)}
+
+        return await self._on(self._reader_thread, run)
+
+    async def list_chains(self) -> list[str]:
+        def run() -> list[str]:
+            return [row[0] for row in self._reader_conn().execute(CHAINS_SQL)]
 
         return await self._on(self._reader_thread, run)
 

@@ -147,6 +147,9 @@ class LedgerStore(Protocol):
     async def list_signed_points(self) -> dict[str, tuple[int, str]]:
         """Every chain's newest checkpoint: chain -> (sequence, hash). Checkpoints sign them (docs/ledger.md)."""
         ...
+    async def list_chains(self) -> list[str]:
+        """Every chain that holds records (the verifier probes their leases before its snapshot)."""
+        ...
     async def chain_live(self, chain: str) -> bool:
         """Whether a writer holds `chain`'s lease now (gateway.ledger.lease); only the verifier asks."""
         ...
@@ -163,6 +166,15 @@ SIGNED_POINTS_SQL = (
     f" SELECT c.chain, h.sequence, h.hash FROM c JOIN {RECORDS_TABLE} h ON h.chain = c.chain"
     f" AND h.sequence = (SELECT max(sequence) FROM {CHECKPOINTS_TABLE} m WHERE m.chain = c.chain)"
     " AND h.kind = 'checkpoint'"
+)
+
+# Every chain's name, through a loose index scan on the records' primary key (one probe per chain).
+CHAINS_SQL = (
+    "WITH RECURSIVE c(chain) AS ("  # noqa: S608 - a constant table name
+    f" SELECT min(chain) FROM {RECORDS_TABLE}"
+    f" UNION ALL SELECT (SELECT min(chain) FROM {RECORDS_TABLE} r WHERE r.chain > c.chain) FROM c"
+    " WHERE c.chain IS NOT NULL)"
+    " SELECT chain FROM c WHERE chain IS NOT NULL"
 )
 
 # The prune records (few: one per prune run, older ones pruned in turn), oldest first.

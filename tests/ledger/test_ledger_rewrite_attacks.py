@@ -468,3 +468,23 @@ async def test_a_restarted_writer_does_not_sign_the_tail_it_found_as_its_own(
         checkpoints = [r for r in await db.records("gw-main") if r["kind"] == "checkpoint"]
     assert checkpoints[0]["detail"]["inherited"]["records"] == len(records)
     assert all("inherited" not in c["detail"] for c in checkpoints[1:])
+
+
+async def test_verify_during_a_clean_shutdown_judges_liveness_as_of_its_snapshot(
+        ledger_url: str, gateway_keys: GatewayKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # R4: the writer stops cleanly after verify's snapshot was taken and before its tail is judged (a deploy
+    # during a long walk): its final checkpoint is not in the snapshot and its lease is already gone.
+    from gateway.cli import ledger as cli_ledger
+
+    ledger = await _write(ledger_url, gateway_keys, "gw-live", 7, every=5, close=False)
+    real = cli_ledger.verify_snapshot
+
+    async def stop_mid_walk(snap, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await snap.fetch_checkpoints()  # the snapshot's read transaction has its view from here on
+        await ledger.close()  # type: ignore[attr-defined]
+        return await real(snap, *args, **kwargs)
+
+    monkeypatch.setattr(cli_ledger, "verify_snapshot", stop_mid_walk)
+    report = await _verify(ledger_url, gateway_keys)
+    assert report.ok, report.summary()
+    assert "unsigned tail: live writer" in report.summary()  # the snapshot's view: the stop came after
