@@ -149,9 +149,17 @@ async def verify_url(url: str, key: Ed25519PublicKey, heads: Sequence[ExpectedHe
     store = open_store(url, create=False)
     await store.open()
     try:
+        # Liveness as of the snapshot: a writer that holds its chain now may stop cleanly while the walk
+        # runs (a deploy), its final checkpoint then lands after the snapshot and its lease is gone by the
+        # time its tail is judged. A chain held before the snapshot was live at it (review rv-verify R4).
+        held = {chain for chain in await store.list_chains() if await store.chain_live(chain)}
+
+        async def live(chain: str) -> bool:
+            return chain in held or await store.chain_live(chain)
+
         async with store.snapshot() as snap:
             return await verify_snapshot(snap, key, heads, accept_unsigned=accept_unsigned,
-                                         policy=policy or TailPolicy(), live=store.chain_live)
+                                         policy=policy or TailPolicy(), live=live)
     finally:
         await store.close()
 

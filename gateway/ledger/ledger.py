@@ -247,17 +247,24 @@ class Ledger:
         self._since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
         self._checkpoint_due = False
-        # The other chains' heads as last read (chain -> {"sequence", "hash"}): every checkpoint signs them,
-        # so deleting or cutting a chain another writer has seen fails verification (docs/ledger.md).
+        # The other chains' last signed points as last read (chain -> {"sequence", "hash"} of its newest
+        # checkpoint): every checkpoint signs them, so deleting or cutting a chain another writer has seen
+        # fails verification (docs/ledger.md). Never another chain's unsigned tail: a writer cannot vouch
+        # for records nobody signed (a forged chain, a rewritten tail; review rv-verify R0).
         # Read at start, on every checkpoint timer tick and before the final checkpoint; a read that fails
         # keeps the previous view (what a checkpoint signs is then older, never wrong).
         self._other_heads: dict[str, dict[str, Any]] = {}
-        self._other_kinds: dict[str, str] = {}  # the kind of each of those heads
         self._signed_heads: dict[str, dict[str, Any]] = {}  # the view the last checkpoint signed
-        # Another chain wrote more than a checkpoint since the last checkpoint here: the next timer tick
-        # writes one even with nothing unsigned here, so an idle gateway soon signs, say, the chain of a
-        # `gateway subject` command run while it serves (deleting that chain then fails verification).
+        # Another chain signed records since the last checkpoint here: the next timer tick writes one even
+        # with nothing unsigned here, so an idle gateway soon signs, say, the chain of a `gateway subject`
+        # command run while it serves (deleting that chain then fails verification).
         self._heads_moved = False
+        # The records past the chain's last checkpoint when this writer started (a crashed predecessor's tail,
+        # or records someone put there): the last of them, and when this writer found them. The checkpoint
+        # that first covers them says so (`detail.inherited`), so the verifier holds them to the tail rule as
+        # of this start rather than taking them as signed by this writer (review rv-verify R0).
+        self._inherited_through = 0
+        self._started_stamp = ""
         # Also read again after every checkpoint (in the background), so the next one signs a fresh view.
         self._heads_task: asyncio.Task[None] | None = None
         self._accepting = False
@@ -316,6 +323,8 @@ class Ledger:
                 await self.store.open()
                 await self.store.claim_chain(self.chain_id, self._chain_wait)
                 await self._reload_head()
+                self._inherited_through = self._head.sequence if self._since_checkpoint else 0
+                self._started_stamp = now_text()
                 await self._refresh_heads()
                 if self._closing is not None:
                     # close() was called while this start waited (for the chain's lease, say) and waits for
@@ -948,23 +957,23 @@ class Ledger:
             self._settle(self._in_flight.popleft(), error, 0.0)
 
     async def _refresh_heads(self) -> None:
-        """Read the other chains' heads for the next checkpoints to sign; a failure keeps the last view."""
+        """Read the other chains' signed points for the next checkpoints to sign; a failure keeps the last view."""
         try:
-            heads = await asyncio.wait_for(self.store.list_heads(), self._commit_timeout)
+            points = await asyncio.wait_for(self.store.list_signed_points(), self._commit_timeout)
         except Exception as exc:
-            log.warning("ledger: other chains' heads could not be read: %s", type(exc).__name__)
+            log.warning("ledger: other chains' signed points could not be read: %s", type(exc).__name__)
             return
         self._other_heads = {chain: {"sequence": sequence, "hash": digest}
-                             for chain, (sequence, digest, _kind) in heads.items() if chain != self.chain_id}
-        self._other_kinds = {chain: kind for chain, (_s, _d, kind) in heads.items()}
+                             for chain, (sequence, digest) in points.items() if chain != self.chain_id}
 
     def _others_moved(self) -> bool:
-        """Whether another chain has records the last checkpoint here did not sign, beyond that chain's
-        own next checkpoint (which alone must not make every idle replica sign the others' each period)."""
+        """Whether another chain signed records the last checkpoint here did not sign: a newer checkpoint
+        than the next one after what was signed here (a checkpoint that signs nothing of its own chain,
+        written because this or another chain moved, must not make every idle replica sign again each
+        period, nor two idle replicas answer each other's checkpoints for ever)."""
         for chain, head in self._other_heads.items():
             signed = self._signed_heads.get(chain)
-            if signed is None or head["sequence"] > signed["sequence"] + (
-                    1 if self._other_kinds.get(chain) == "checkpoint" else 0):
+            if signed is None or head["sequence"] > signed["sequence"] + 1:
                 return True
         return False
 
@@ -972,9 +981,15 @@ class Ledger:
         if self._keys.signing_key is None:
             raise ConfigError("ledger: a signing key is needed to write checkpoints")
         # Signed with it: the cadence this writer keeps (the verifier bounds a chain's unsigned records
-        # by it, and an attacker cannot claim a longer one) and the other chains' heads it has seen.
-        detail = {"records_since_previous": covered, "every_records": self._checkpoint_every_records,
-                  "every_seconds": self._checkpoint_every_seconds, "heads": self._other_heads}
+        # by it, and an attacker cannot claim a longer one) and the other chains' last signed points it has
+        # seen (each one's newest checkpoint; never records nobody signed).
+        detail: dict[str, Any] = {
+            "records_since_previous": covered, "every_records": self._checkpoint_every_records,
+            "every_seconds": self._checkpoint_every_seconds, "heads": self._other_heads}
+        previous = sequence - covered - 1
+        if self._inherited_through > previous:
+            # Derived from the chain, not a flag: a checkpoint that fails is sealed again with the mark.
+            detail["inherited"] = {"records": self._inherited_through - previous, "found": self._started_stamp}
         self._signed_heads = self._other_heads
         return seal(
             RecordDraft(kind="checkpoint", detail=detail),

@@ -31,11 +31,13 @@ from gateway.ledger.lease import PostgresChainLease, postgres_chain_live
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
+    CHAINS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
-    HEADS_SQL,
+    PRUNE_DETAILS_SQL,
     RECORDS_TABLE,
     SCHEMA_VERSION,
+    SIGNED_POINTS_SQL,
     ChainBounds,
     ChainHead,
     LedgerQuery,
@@ -43,6 +45,7 @@ from gateway.ledger.store import (
     PruneBuilder,
     Row,
     WriteDone,
+    head_after_prune,
     query_sql,
     report_transaction,
     store_broken,
@@ -263,8 +266,9 @@ class PostgresStore:
                 chain,
             )
             if last is None:
+                head = head_after_prune(chain, (row[0] for row in await conn.fetch(PRUNE_DETAILS_SQL)))
                 self._broken = False
-                return ChainHead()
+                return head
             checkpoint = await conn.fetchval(
                 f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = $1", chain  # noqa: S608
             )
@@ -411,9 +415,13 @@ class PostgresStore:
         pool = await self._readers()
         return [row_to_record(row) for row in await pool.fetch(sql, *params)]
 
-    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
+    async def list_signed_points(self) -> dict[str, tuple[int, str]]:
         pool = await self._readers()
-        return {row[0]: (row[1], row[2], row[3]) for row in await pool.fetch(HEADS_SQL)}
+        return {row[0]: (row[1], row[2]) for row in await pool.fetch(SIGNED_POINTS_SQL)}
+
+    async def list_chains(self) -> list[str]:
+        pool = await self._readers()
+        return [row[0] for row in await pool.fetch(CHAINS_SQL)]
 
     async def chain_live(self, chain: str) -> bool:
         pool = await self._readers()

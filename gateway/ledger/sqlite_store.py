@@ -50,11 +50,13 @@ from gateway.ledger.lease import SqliteChainLease, sqlite_chain_live, sqlite_loc
 from gateway.ledger.records import COLUMNS, row_to_record
 from gateway.ledger.store import (
     BOUNDS_SQL,
+    CHAINS_SQL,
     CHECKPOINTS_TABLE,
     COLUMN_LIST,
-    HEADS_SQL,
+    PRUNE_DETAILS_SQL,
     RECORDS_TABLE,
     SCHEMA_VERSION,
+    SIGNED_POINTS_SQL,
     ChainBounds,
     ChainHead,
     LedgerQuery,
@@ -62,6 +64,7 @@ from gateway.ledger.store import (
     PruneBuilder,
     Row,
     WriteDone,
+    head_after_prune,
     query_sql,
     report_transaction,
     store_broken,
@@ -417,7 +420,7 @@ class SqliteStore:
             (chain,),
         ).fetchone()
         if last is None:
-            head = ChainHead()
+            head = head_after_prune(chain, (row[0] for row in conn.execute(PRUNE_DETAILS_SQL)))
         else:
             checkpoint = conn.execute(
                 f"SELECT MAX(sequence) FROM {CHECKPOINTS_TABLE} WHERE chain = ?", (chain,)  # noqa: S608
@@ -591,9 +594,15 @@ class SqliteStore:
 
         return await self._on(self._reader_thread, run)
 
-    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
-        def run() -> dict[str, tuple[int, str, str]]:
-            return {row[0]: (row[1], row[2], row[3]) for row in self._reader_conn().execute(HEADS_SQL)}
+    async def list_signed_points(self) -> dict[str, tuple[int, str]]:
+        def run() -> dict[str, tuple[int, str]]:
+            return {row[0]: (row[1], row[2]) for row in self._reader_conn().execute(SIGNED_POINTS_SQL)}
+
+        return await self._on(self._reader_thread, run)
+
+    async def list_chains(self) -> list[str]:
+        def run() -> list[str]:
+            return [row[0] for row in self._reader_conn().execute(CHAINS_SQL)]
 
         return await self._on(self._reader_thread, run)
 

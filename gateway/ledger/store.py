@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.errors import StoreBroken
 from gateway.ledger.records import COLUMNS, GENESIS_HASH
 
@@ -142,24 +144,62 @@ class LedgerStore(Protocol):
     async def prune(self, before: str, build: PruneBuilder) -> None: ...
     async def query(self, query: LedgerQuery) -> list[dict[str, Any]]: ...
     def snapshot(self) -> AbstractAsyncContextManager[LedgerSnapshot]: ...
-    async def list_heads(self) -> dict[str, tuple[int, str, str]]:
-        """Every chain's stored head: chain -> (sequence, hash, kind). Checkpoints sign them (docs/ledger.md)."""
+    async def list_signed_points(self) -> dict[str, tuple[int, str]]:
+        """Every chain's newest checkpoint: chain -> (sequence, hash). Checkpoints sign them (docs/ledger.md)."""
+        ...
+    async def list_chains(self) -> list[str]:
+        """Every chain that holds records (the verifier probes their leases before its snapshot)."""
         ...
     async def chain_live(self, chain: str) -> bool:
         """Whether a writer holds `chain`'s lease now (gateway.ledger.lease); only the verifier asks."""
         ...
 
 
-# Every chain's head through a loose index scan on the primary key (chain, sequence): one index probe per
-# chain rather than a scan of the whole table, which a GROUP BY costs (checkpoints read it every period).
-HEADS_SQL = (
+# Every chain's last signed point: its newest checkpoint (found through a loose index scan on the small
+# checkpoint-copy table's primary key, one probe per chain), with the record the chain holds there. Other
+# writers' checkpoints sign these, never a chain's unsigned tail (docs/ledger.md, "What is signed").
+SIGNED_POINTS_SQL = (
+    "WITH RECURSIVE c(chain) AS ("  # noqa: S608 - constant table names
+    f" SELECT min(chain) FROM {CHECKPOINTS_TABLE}"
+    f" UNION ALL SELECT (SELECT min(chain) FROM {CHECKPOINTS_TABLE} k WHERE k.chain > c.chain) FROM c"
+    " WHERE c.chain IS NOT NULL)"
+    f" SELECT c.chain, h.sequence, h.hash FROM c JOIN {RECORDS_TABLE} h ON h.chain = c.chain"
+    f" AND h.sequence = (SELECT max(sequence) FROM {CHECKPOINTS_TABLE} m WHERE m.chain = c.chain)"
+    " AND h.kind = 'checkpoint'"
+)
+
+# Every chain's name, through a loose index scan on the records' primary key (one probe per chain).
+CHAINS_SQL = (
     "WITH RECURSIVE c(chain) AS ("  # noqa: S608 - a constant table name
     f" SELECT min(chain) FROM {RECORDS_TABLE}"
     f" UNION ALL SELECT (SELECT min(chain) FROM {RECORDS_TABLE} r WHERE r.chain > c.chain) FROM c"
     " WHERE c.chain IS NOT NULL)"
-    f" SELECT c.chain, h.sequence, h.hash, h.kind FROM c JOIN {RECORDS_TABLE} h ON h.chain = c.chain"
-    f" AND h.sequence = (SELECT max(sequence) FROM {RECORDS_TABLE} m WHERE m.chain = c.chain)"
+    " SELECT chain FROM c WHERE chain IS NOT NULL"
 )
+
+# The prune records (few: one per prune run, older ones pruned in turn), oldest first.
+PRUNE_DETAILS_SQL = f"SELECT detail FROM {RECORDS_TABLE} WHERE kind = 'prune' ORDER BY time, sequence"  # noqa: S608
+
+
+def head_after_prune(chain: str, details: Iterable[Any]) -> ChainHead:
+    """The head of a chain that holds no records: where the newest prune record's anchor for it says the
+    chain now starts (every prune record carries the anchors of the ones before it), else a new chain.
+    A chain pruned whole continues its sequence and hash from there when its writer returns, so its
+    sequences never repeat and what other chains signed of its earlier life stays checkable (review
+    rv-verify R1)."""
+    head = ChainHead()
+    for detail in details:
+        if isinstance(detail, str | bytes):
+            try:
+                detail = orjson.loads(detail)
+            except orjson.JSONDecodeError:
+                continue
+        anchor = ((detail or {}).get("anchors") or {}).get(chain) if isinstance(detail, dict) else None
+        if isinstance(anchor, dict) and type(anchor.get("sequence")) is int and isinstance(anchor.get("hash"), str):
+            # Already signed (the prune record): nothing after it is unsigned yet.
+            head = ChainHead(sequence=anchor["sequence"], hash=anchor["hash"], time="",
+                             checkpoint_sequence=anchor["sequence"])
+    return head
 
 
 COLUMN_LIST = ", ".join(COLUMNS)

@@ -9,10 +9,11 @@ verifies from the anchor a signed prune record gives for it.
 
 What the writer guarantees is enforced too (docs/ledger.md, "What is signed"): every checkpoint's
 `records_since_previous` must match the chain (a checkpoint removed, demoted to an unsigned record or
-renumbered breaks the next one); every head of another chain a checkpoint signed (`detail.heads`) must
-still be there with that hash (a chain deleted or cut); and records covered by no signed statement
-(the chain's own checkpoints, another chain's signed heads, a prune anchor, a head the auditor passes)
-are accepted only on a chain whose writer holds its lease now, no more than its signed cadence allows
+renumbered breaks the next one); every point of another chain a checkpoint signed (`detail.heads`, that
+chain's checkpoint) must still be there with that hash (a chain deleted or cut); and records after a
+chain's last signed point (its own checkpoints and prune records, a prune anchor, a head the auditor
+passes; never another chain's claim, which vouches for nothing after that chain's checkpoint) are
+accepted only on a chain whose writer holds its lease now, no more than its signed cadence allows
 and no older than its checkpoint period. Anything else (checkpoints demoted, a fabricated chain, or the
 tail a crashed writer left) fails until the auditor accepts that exact tail (`--accept-unsigned`).
 """
@@ -113,6 +114,19 @@ class VerifyReport:
         return f"ledger OK: {self.records} records in {len(self.chains)} chains; heads {heads or '(none)'}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Inherited:
+    """Records a checkpoint covered but its writer did not write: they were there when it started."""
+
+    first: int
+    last: int
+    first_time: str
+    last_hash: str
+    found: str  # when that writer started (its clock)
+    cadence: dict[str, Any]  # the detail of the checkpoint before them (their writer's cadence)
+    by: int  # the checkpoint that marks them
+
+
 @dataclass
 class _Walk:
     chain: str
@@ -130,7 +144,12 @@ class _Walk:
     cadence: dict[str, Any] = field(default_factory=dict)  # the last checkpoint's detail
     times: dict[int, str] = field(default_factory=dict)  # times of the records in `watch_times`
     watch_times: set[int] = field(default_factory=set)
-    after_checkpoint: tuple[int, str] | None = None  # the first record after the last checkpoint
+    after_checkpoint: tuple[int, str] | None = None  # the first record after the last signed record
+    last_signed: int = 0  # the chain's last genuine checkpoint or prune record (0: none)
+    # The records since the last checkpoint as (sequence, hash, time), for a checkpoint that marks some as
+    # inherited from an earlier writer; and those marked ranges.
+    since_checkpoint: list[tuple[int, str, str]] = field(default_factory=list)
+    inherited: list[_Inherited] = field(default_factory=list)
 
     def fail(self, sequence: int, reason: str) -> None:
         if self.failure is None:
@@ -156,6 +175,30 @@ class _Walk:
             self.fail(sequence, f"signed checkpoint covers {count} records since the previous checkpoint but the "
                                 f"chain holds {sequence - previous - 1} since {since}: a checkpoint was removed, "
                                 "demoted to an unsigned record or renumbered")
+
+    def note_inherited(self, sequence: int, detail: Any) -> None:
+        """A checkpoint's `inherited` mark: the first records it covers were past the last checkpoint when its
+        writer started (a crashed writer's tail, or records put there): they stay subject to the tail rule."""
+        mark = detail.get("inherited") if isinstance(detail, dict) else None
+        if mark is None:
+            return
+        count = mark.get("records") if isinstance(mark, dict) else None
+        found = mark.get("found") if isinstance(mark, dict) else None
+        covered = detail.get("records_since_previous")
+        if type(count) is not int or not isinstance(found, str) or type(covered) is not int \
+                or not 1 <= count <= covered:
+            self.fail(sequence, "signed checkpoint states an invalid inherited record count")
+            return
+        first = sequence - covered
+        held = {s: (h, t) for s, h, t in self.since_checkpoint}
+        last = first + count - 1
+        if first not in held or last not in held:
+            # Pruned up to inside that range: what is left of it is judged from the first record left.
+            first = min((s for s in held if s <= last), default=last + 1)
+            if first > last:
+                return
+        self.inherited.append(_Inherited(first, last, held[first][1], held[last][0], found, dict(self.cadence),
+                                         sequence))
 
     def time_of(self, sequence: int) -> str | None:
         if self.after_checkpoint is not None and self.after_checkpoint[0] == sequence:
@@ -207,8 +250,15 @@ class _Walk:
             self.expected = sequence + 1
             return
         if record.get("kind") == "checkpoint":
+            self.note_inherited(sequence, record.get("detail"))
             self.checkpoint_sequences.append(sequence)
             self.cadence = record.get("detail") or {}
+            self.since_checkpoint.clear()
+        else:
+            self.since_checkpoint.append((sequence, str(record.get("hash")), str(record.get("time"))))
+        if record.get("kind") in ("checkpoint", "prune"):
+            # Signed (its signature verified above), and chained onto every record before it.
+            self.last_signed = sequence
             self.after_checkpoint = None
         elif self.after_checkpoint is None:
             self.after_checkpoint = (sequence, str(record.get("time")))
@@ -325,23 +375,25 @@ async def verify_snapshot(
                                       "tail truncated")
             elif walk.failure is None and walk.seen_hashes.get(sequence) != copy["hash"]:
                 fail(chain, sequence, "record differs from its signed checkpoint copy: rewritten")
-        covered = max([*walk.checkpoint_sequences, walk.verified_from])
-        signed = max(walk.checkpoint_sequences, default=0)
+        # Only the chain's own signed records (and its prune anchor) cover records: another chain's checkpoint
+        # signs this chain's last signed point, which must still be there, but never vouches for records
+        # after it (older writers signed any head they read, even a forged chain: review rv-verify R0).
+        covered = max(walk.last_signed, walk.verified_from)
+        signed = walk.last_signed
         for sequence, digest, by_chain, by_sequence in sorted(claims.get(chain, ())):
             by = f"checkpoint {by_chain}:{by_sequence}"
+            if walk.failure is None and walk.first <= sequence <= last \
+                    and walk.seen_hashes.get(sequence) == digest:
+                continue  # the chain holds it (also a chain that restarted at 1 after a prune, as writers did)
             if sequence <= max(walk.anchors, default=0):
-                # Pruned since (a chain pruned whole starts again at 1 when its writer returns, so this is
-                # not the walk's own anchor alone); an anchor at that very place must match.
+                # Pruned since; an anchor at that very place must match.
                 if walk.anchors.get(sequence, digest) != digest:
                     fail(chain, sequence, f"pruned anchor differs from the head {by} signed: rewritten")
             elif sequence > last:
                 fail(chain, last + 1, f"chain ends at {last} but {by} signed its head at {sequence}: "
                                       "records or the whole chain deleted")
-            elif walk.failure is None and walk.seen_hashes.get(sequence) != digest:
+            elif walk.failure is None:
                 fail(chain, sequence, f"record differs from the head {by} signed: rewritten")
-            else:
-                covered = max(covered, sequence)
-                signed = max(signed, sequence)
         for head in expected_heads:
             if head.chain != chain:
                 continue
@@ -362,6 +414,23 @@ async def verify_snapshot(
                 fail(chain, min(head.sequence, last + 1), "the head given to --accept-unsigned is not in the chain")
             elif head.sequence > covered:
                 covered, unsigned = head.sequence, "accepted"
+        for part in walk.inherited:
+            if walk.failure is not None:
+                break
+            if any(h.chain == chain and h.sequence == part.last and h.hash == part.last_hash for h in accepted):
+                unsigned = "accepted"
+                continue
+            every_records, every_seconds = _cadence(part.cadence, policy)
+            why = _beyond_bound(part.last - part.first + 1, part.first_time, _parsed(part.found), every_records,
+                                every_seconds, policy)
+            if why:
+                fail(chain, part.first,
+                     f"records {part.first}-{part.last} were past the chain's last checkpoint when its writer "
+                     f"started again ({part.found}; checkpoint {part.by} marks them inherited) and {why}: "
+                     "checkpoints removed or demoted, records rewritten or put there, or a writer that crashed "
+                     "long before; only if its writer crashed, check these records and accept them with "
+                     f"--accept-unsigned {chain}:{part.last}:{part.last_hash}")
+                break
         if walk.failure is None and chain not in failures and last > covered:
             unsigned = await _check_tail(walk, chain, covered, last, policy, live, moment, fail)
         reports.append(ChainReport(
@@ -377,24 +446,9 @@ async def _check_tail(walk: _Walk, chain: str, covered: int, last: int, policy: 
                       fail: Callable[[str, int, str], None]) -> str:
     """Records covered..last are covered by no signed statement: only a live writer's recent tail passes.
     Returns "live writer" when it does (the note in the OK line)."""
-    # The cadence the chain's last checkpoint signed (the writer's own), else the verifier's settings.
-    signed_records, signed_seconds = walk.cadence.get("every_records"), walk.cadence.get("every_seconds")
-    every_records = policy.every_records
-    if isinstance(signed_records, int) and not isinstance(signed_records, bool) and signed_records >= 1:
-        every_records = signed_records
-    every_seconds = policy.every_seconds
-    if isinstance(signed_seconds, int | float) and not isinstance(signed_seconds, bool) and signed_seconds > 0:
-        every_seconds = float(signed_seconds)
-    count = last - covered
-    oldest = walk.time_of(covered + 1)
-    why = ""
-    if count > every_records + policy.max_batch_records:
-        why = (f"are more than its writer leaves unsigned (a checkpoint every {every_records} records, "
-               f"batches of at most {policy.max_batch_records})")
-    elif oldest is None or _age(oldest, now) > policy.window(every_seconds):
-        why = (f"are older than its writer leaves unsigned (a checkpoint at least every {every_seconds:g} s "
-               "while it runs, and one when it stops)")
-    elif live is None or not await live(chain):
+    every_records, every_seconds = _cadence(walk.cadence, policy)
+    why = _beyond_bound(last - covered, walk.time_of(covered + 1), now, every_records, every_seconds, policy)
+    if not why and (live is None or not await live(chain)):
         why = "no writer holds the chain now (a writer that stops cleanly signs every record)"
     if not why:
         return "live writer"
@@ -403,6 +457,39 @@ async def _check_tail(walk: _Walk, chain: str, covered: int, last: int, policy: 
          "demoted, a fabricated chain, or a writer that crashed; only if its writer crashed, check these records "
          f"and accept them with --accept-unsigned {chain}:{last}:{walk.prev_hash}")
     return ""
+
+
+def _cadence(detail: dict[str, Any], policy: TailPolicy) -> tuple[int, float]:
+    """The cadence a checkpoint signed (its writer's own), else the verifier's settings."""
+    signed_records, signed_seconds = detail.get("every_records"), detail.get("every_seconds")
+    every_records = policy.every_records
+    if isinstance(signed_records, int) and not isinstance(signed_records, bool) and signed_records >= 1:
+        every_records = signed_records
+    every_seconds = policy.every_seconds
+    if isinstance(signed_seconds, int | float) and not isinstance(signed_seconds, bool) and signed_seconds > 0:
+        every_seconds = float(signed_seconds)
+    return every_records, every_seconds
+
+
+def _beyond_bound(count: int, oldest: str | None, at: datetime | None, every_records: int, every_seconds: float,
+                  policy: TailPolicy) -> str:
+    """Why `count` unsigned records, the oldest written at `oldest`, are more or older (as of `at`) than a
+    live writer with that cadence leaves unsigned; "" if they are not. One rule for a live writer's tail
+    and for the tail a restarted writer found."""
+    if count > every_records + policy.max_batch_records:
+        return (f"are more than its writer leaves unsigned (a checkpoint every {every_records} records, "
+                f"batches of at most {policy.max_batch_records})")
+    if oldest is None or at is None or _age(oldest, at) > policy.window(every_seconds):
+        return (f"are older than its writer leaves unsigned (a checkpoint at least every {every_seconds:g} s "
+                "while it runs, and one when it stops)")
+    return ""
+
+
+def _parsed(time_text: str) -> datetime | None:
+    try:
+        return parse_time(time_text)
+    except ValueError:
+        return None
 
 
 def _age(time_text: str, now: datetime) -> float:

@@ -310,3 +310,181 @@ async def test_idle_gateway_signs_a_cli_chain_and_idle_writers_do_not_sign_each_
     (failure,) = report.failures
     assert failure.chain == "gw-subject-cli"
     assert "the whole chain deleted" in failure.reason
+
+
+# -- review rv-verify R1/R1b: a chain pruned whole continues from its prune anchor ------------------------
+
+async def _prune_all(url: str, keys: GatewayKeys) -> None:
+    await asyncio.sleep(0.01)
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    admin = open_ledger(url, keys.ledger, chain_id="gw-admin")
+    await admin.start()
+    await admin.prune(cut)
+    await admin.close()
+
+
+async def test_chain_pruned_whole_continues_after_its_anchor(ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    # The subject CLI chain is pruned whole by a routine prune; the next command used to start it again at
+    # 1, a running gateway signed that new head, and verify then failed for ever ("pruned anchor differs").
+    gateway = await _write(ledger_url, gateway_keys, "gw-main", 3, close=False)
+    await _cli_change(ledger_url, gateway_keys)
+    before = next(c for c in (await _verify(ledger_url, gateway_keys)).chains if c.chain == "gw-subject-cli")
+    recorded = ExpectedHead("gw-subject-cli", before.last_sequence, before.head_hash)
+    await _prune_all(ledger_url, gateway_keys)
+    await _cli_change(ledger_url, gateway_keys)
+    await gateway.append(disclosure_draft(50, gateway_keys))  # type: ignore[attr-defined]
+    await gateway.close()  # type: ignore[attr-defined]  # its final checkpoint signs the CLI chain's newest one
+    report = await verify_url(ledger_url, gateway_keys.ledger.verify_key, (recorded,))
+    assert report.ok, report.summary()
+    cli = next(c for c in report.chains if c.chain == "gw-subject-cli")
+    assert cli.first_sequence == before.last_sequence + 1  # sequences never repeat
+    assert cli.verified_from == before.last_sequence
+    # And a later prune still finds a ledger that verifies, and so on.
+    await _prune_all(ledger_url, gateway_keys)
+    await _cli_change(ledger_url, gateway_keys)
+    await _write(ledger_url, gateway_keys, "gw-main", 1)
+    report = await verify_url(ledger_url, gateway_keys.ledger.verify_key, (recorded,))
+    assert report.ok, report.summary()
+
+
+async def test_deleting_a_chain_that_came_back_after_a_prune_fails(ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    # R1b: a chain restarted at 1 after a prune sat below its old anchor, where signed heads were not checked.
+    await _write(ledger_url, gateway_keys, "gw-a", 10)
+    await _prune_all(ledger_url, gateway_keys)
+    await _write(ledger_url, gateway_keys, "gw-a", 3)
+    await _write(ledger_url, gateway_keys, "gw-b", 1)  # its checkpoints sign gw-a's newest checkpoint
+    report = await _verify(ledger_url, gateway_keys)
+    assert report.ok, report.summary()
+    async with Tamperer(ledger_url) as db:
+        await db.execute("DELETE FROM ledger_records WHERE chain = ?", "gw-a")
+        await db.execute("DELETE FROM ledger_checkpoints WHERE chain = ?", "gw-a")
+    report = await _verify(ledger_url, gateway_keys)
+    (failure,) = report.failures
+    assert failure.chain == "gw-a"
+    assert "the whole chain deleted" in failure.reason
+
+
+async def test_a_chain_that_restarted_at_one_after_a_prune_still_verifies(
+        ledger_url: str, gateway_keys: GatewayKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ledgers written before the fix: the returning writer started the pruned chain at 1 again.
+    from gateway.ledger import postgres_store, sqlite_store
+    from gateway.ledger.store import ChainHead
+
+    gateway = await _write(ledger_url, gateway_keys, "gw-main", 3, close=False)
+    await _cli_change(ledger_url, gateway_keys)
+    await _prune_all(ledger_url, gateway_keys)
+    for module in (sqlite_store, postgres_store):
+        monkeypatch.setattr(module, "head_after_prune", lambda chain, details: ChainHead())
+    await _cli_change(ledger_url, gateway_keys)
+    await gateway.close()  # type: ignore[attr-defined]
+    report = await _verify(ledger_url, gateway_keys)
+    assert report.ok, report.summary()
+    assert next(c for c in report.chains if c.chain == "gw-subject-cli").first_sequence == 1
+
+
+# -- review rv-verify R0: a writer signs other chains' checkpoints, never records nobody signed -----------
+
+async def test_a_later_writer_does_not_sign_a_fabricated_chain(deployed: str, gateway_keys: GatewayKeys) -> None:
+    from gateway.ledger.records import seal
+
+    async with Tamperer(deployed) as db:
+        prev = GENESIS_HASH
+        for sequence, stamp in ((1, "2026-01-01T00:00:01.000000Z"), (2, "2026-01-01T00:00:02.000000Z")):
+            sealed = seal(RecordDraft(kind="registry", caller="cli", subject_ref=gateway_keys.ledger.subject_ref("u"),
+                                      action="consent_grant"),
+                          record_id=f"{sequence:032x}", chain="gw-old-replica", sequence=sequence, time=stamp,
+                          prev_hash=prev)
+            prev = sealed.hash
+            await db.insert(sealed.record)
+    # Any writer that runs afterwards (here one that writes and stops cleanly, and an idle one whose timer
+    # sees the new chain) used to sign the forged head, and verify then passed for good.
+    await _write(deployed, gateway_keys, "gw-other", 2)
+    idle = open_ledger(deployed, gateway_keys.ledger, chain_id="gw-idle", checkpoint_every_seconds=0.1)
+    await idle.start()
+    await asyncio.sleep(0.5)
+    await idle.close()
+    report = await _verify(deployed, gateway_keys)
+    (failure,) = report.failures
+    assert failure.chain == "gw-old-replica"
+    assert "covered by no signed checkpoint" in failure.reason
+
+
+async def test_a_later_writer_does_not_sign_a_rewritten_chain(deployed: str, gateway_keys: GatewayKeys) -> None:
+    # rewrite.py (every checkpoint demoted, a record changed, copies deleted) and drop_chain.py, then
+    # another replica runs: it used to sign the rewritten head.
+    async with Tamperer(deployed) as db:
+        records = await db.records("gw-main")
+        await db.execute("DELETE FROM ledger_records WHERE chain IN (?, ?)", "gw-main", "gw-subject-cli")
+        await db.execute("DELETE FROM ledger_checkpoints WHERE chain IN (?, ?)", "gw-main", "gw-subject-cli")
+        prev = GENESIS_HASH
+        for record in records:
+            if record["kind"] == "checkpoint":
+                record["kind"] = "outcome"
+                record.pop("signature")
+                record.pop("detail")
+            record["prev_hash"] = prev
+            record.pop("hash")
+            record["hash"] = prev = record_hash(record)
+            await db.insert(record)
+    await _write(deployed, gateway_keys, "gw-other", 1)
+    report = await _verify(deployed, gateway_keys)
+    failure = next(f for f in report.failures if f.chain == "gw-main")
+    assert "covered by no signed checkpoint" in failure.reason, failure
+
+
+async def test_a_restarted_writer_does_not_sign_the_tail_it_found_as_its_own(
+        ledger_url: str, gateway_keys: GatewayKeys) -> None:
+    # R0 (c): the chain rewritten (checkpoints demoted, a partner changed, back-dated), then its own gateway
+    # restarts: its first checkpoint used to count the rewritten records as its own and verify passed.
+    deployed = ledger_url
+    await _write(deployed, gateway_keys, "gw-main", 12)
+    async with Tamperer(deployed) as db:
+        records = await db.records("gw-main")
+        await db.execute("DELETE FROM ledger_records WHERE chain = ?", "gw-main")
+        await db.execute("DELETE FROM ledger_checkpoints WHERE chain = ?", "gw-main")
+        prev = GENESIS_HASH
+        for record in records:
+            if record["kind"] == "checkpoint":
+                record["kind"] = "outcome"
+                record.pop("signature")
+                record.pop("detail")
+            record["time"] = f"2026-01-01T00:00:{record['sequence']:02d}.000000Z"
+            record["prev_hash"] = prev
+            record.pop("hash")
+            record["hash"] = prev = record_hash(record)
+            await db.insert(record)
+    await _write(deployed, gateway_keys, "gw-main", 1)
+    report = await _verify(deployed, gateway_keys)
+    failure = next(f for f in report.failures if f.chain == "gw-main")
+    assert failure.sequence == 1, failure
+    assert f"records 1-{len(records)} were past the chain's last checkpoint when its writer started" in failure.reason
+    assert f"--accept-unsigned gw-main:{len(records)}:{prev}" in failure.reason
+    # The auditor who checked them (a writer that crashed long ago) accepts exactly that tail.
+    report = await _verify(deployed, gateway_keys, accept=(ExpectedHead("gw-main", len(records), prev),))
+    assert report.ok, report.summary()
+    # Marked in the checkpoint that covered them, and only there.
+    async with Tamperer(deployed) as db:
+        checkpoints = [r for r in await db.records("gw-main") if r["kind"] == "checkpoint"]
+    assert checkpoints[0]["detail"]["inherited"]["records"] == len(records)
+    assert all("inherited" not in c["detail"] for c in checkpoints[1:])
+
+
+async def test_verify_during_a_clean_shutdown_judges_liveness_as_of_its_snapshot(
+        ledger_url: str, gateway_keys: GatewayKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # R4: the writer stops cleanly after verify's snapshot was taken and before its tail is judged (a deploy
+    # during a long walk): its final checkpoint is not in the snapshot and its lease is already gone.
+    from gateway.cli import ledger as cli_ledger
+
+    ledger = await _write(ledger_url, gateway_keys, "gw-live", 7, every=5, close=False)
+    real = cli_ledger.verify_snapshot
+
+    async def stop_mid_walk(snap, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await snap.fetch_checkpoints()  # the snapshot's read transaction has its view from here on
+        await ledger.close()  # type: ignore[attr-defined]
+        return await real(snap, *args, **kwargs)
+
+    monkeypatch.setattr(cli_ledger, "verify_snapshot", stop_mid_walk)
+    report = await _verify(ledger_url, gateway_keys)
+    assert report.ok, report.summary()
+    assert "unsigned tail: live writer" in report.summary()  # the snapshot's view: the stop came after
