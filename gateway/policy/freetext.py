@@ -258,14 +258,31 @@ def _emails(text: str) -> list[Hit]:
                 trimmed = core[-_LOCAL_MAX:].lstrip(".")
                 start += len(core) - len(trimmed)
                 core = trimmed
-            host = domain.group()
-            # Sentence punctuation after the address ("mail john@example.org.") is not part of it.
-            host_core = host.strip(".-")
-            end = domain.start() + host.find(host_core) + len(host_core)
-            if core and host_core and _confirm("email", f"{_ascii_stand_in(core)}@{_ascii_stand_in(host_core)}"):
+            end = _host_end(domain, _ascii_stand_in(core)) if core else None
+            if end is not None:
                 hits.append(Hit(start, end, "email"))
         at = text.find("@", at + 1)
     return hits
+
+
+def _host_end(domain: re.Match[str], local: str) -> int | None:
+    """Where the longest host the validator accepts after `local@` ends, or None. The greedy read of
+    host characters may run on past the address: sentence punctuation ("john@example.org."), an
+    ellipsis and the next word ("john@example.org...thanks", where `…` reads as "..."), a dash
+    ("john@example.org.-x"). So the host is cut at each '.' (a label boundary), longest first, without
+    the dots and dashes that end each cut. Work: one validation per '.' in the host (at most 253
+    characters, which end at the next '@'), so linear over the text."""
+    host = domain.group()
+    lead = len(host) - len(host.lstrip(".-"))  # stray dots after the '@' are not part of the host
+    cut = len(host)
+    while cut > lead:
+        candidate = host[lead:cut].rstrip(".-")
+        if "." not in candidate:  # a host name under a top-level domain holds a dot; a shorter cut neither
+            return None
+        if _confirm("email", f"{local}@{_ascii_stand_in(candidate)}"):
+            return domain.start() + lead + len(candidate)
+        cut = host.rfind(".", lead, lead + len(candidate))
+    return None
 
 
 def _phones(text: str) -> list[Hit]:

@@ -341,3 +341,20 @@ def test_digit_windows_per_group_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
     text = " ".join(str(n % 97) for n in range(20000))
     freetext.scan(text)
     assert len(judged) <= 7 * 20000
+
+
+# --- privacy review rv-privacy: spellings the patterns' edges missed ------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("mail john@example.org...thanks", "mail [redacted:email]...thanks"),
+    ("mail john@example.org..thanks", "mail [redacted:email]..thanks"),
+    ("mail john@example.org\u2026thanks", "mail [redacted:email]\u2026thanks"),
+    ("mail john@example.org.-x", "mail [redacted:email].-x"),
+    ("mail john@mail.example.org.1x", "mail [redacted:email].1x"),
+    ("mail john@example.org-.x", "mail [redacted:email]-.x"),
+    ("mail john@example.org.", "mail [redacted:email]."),
+])
+def test_email_before_an_ellipsis_or_dash_is_found(text: str, expected: str) -> None:
+    """F1: the host is read greedily; it is cut at a label boundary to the longest host the validator
+    accepts, so the next word after "..." or "…" neither hides the address nor is redacted with it."""
+    assert redacted(text) == expected
