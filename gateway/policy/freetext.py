@@ -46,14 +46,21 @@ _PHONE_MAX_DIGITS = 15  # E.164
 _PHONE_00_MIN_DIGITS = 8
 _PHONE_SPAN = 80  # 15 digits with up to 3 separators each, and the prefix
 
-_MAC = re.compile(r"(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:\-])"
-                  r"|(?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.])")
-# Twelve bare hex digits (the validator accepts them), not part of a longer hex string or of a separated
-# spelling. At least one must be a letter a-f (twelve decimal digits are far more often an order or
-# tracking number than a MAC) and two decimal digits (a word like "deadbeefcafe" is not an address;
-# and so every pattern needs two of `_MARKS`, which keeps the pre-check of `scan` one translate).
-_BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<![0-9A-Fa-f][:\-.])(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
-                       r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])(?![:\-.][0-9A-Fa-f])")
+# A MAC's look-arounds refuse only a neighbouring hex digit: a label or punctuation next to it
+# ("ID:00:1a:...", "tel:", "router 001a.2b3c.4d5e.") is not part of it. A separated MAC is read as the
+# whole run of hex pairs: a label whose last two letters are hex digits ("MAC-00-1a-...": "AC") adds a
+# pair in front, and a key fingerprint ("43:51:...:a8") is a longer run; see `_macs`.
+_MAC_PAIRS = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:\-]){5,}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
+_MAC_DOTTED = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f])")
+_MAC_SPELT = 17  # six pairs and five separators
+# Twelve bare hex digits (the validator accepts them), not part of a longer hex string nor the last group
+# of a UUID (`-b23e-10b96e40000d`: the one separated spelling that ends in twelve hex digits; a label
+# such as "ID:", "Device-" or "MAC:" before it is no hex group). At least one must be a letter a-f
+# (twelve decimal digits are far more often an order or tracking number than a MAC) and two decimal
+# digits (a word like "deadbeefcafe" is not an address; and so every pattern needs two of `_MARKS`,
+# which keeps the pre-check of `scan` one translate).
+_BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<!-[0-9A-Fa-f]{4}-)(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
+                       r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
 
 # An address's characters: the dot-atom characters of RFC 5322 and, so that a non-ASCII address (which
 # the validator refuses only for being non-ASCII) is still found, letters and digits of any script and
@@ -96,8 +103,9 @@ def _confirm(id_type: str, candidate: str) -> bool:
 
 
 def may_hold_mac(text: str) -> bool:
-    """False only when `_MAC` cannot match: a MAC holds five ':' or '-' separators, or two dots. Most
-    sentences have neither, and the MAC pattern (with its look-arounds) costs ~5 µs on a sentence."""
+    """False only when `_MAC_PAIRS` and `_MAC_DOTTED` cannot match: a MAC holds five ':' or '-'
+    separators, or two dots. Most sentences have neither, and the MAC patterns (with their look-arounds)
+    cost ~5 µs on a sentence."""
     # `in` first: most sentences have neither separator, and two `in` tests cost less than two counts.
     return (((":" in text or "-" in text) and text.count(":") + text.count("-") >= 5)
             or text.count(".") >= 2)
@@ -212,10 +220,25 @@ def _scan_shadow(text: str) -> list[Hit]:
     if digits >= 14:
         found.extend(_digit_identifiers(text))
     if may_hold_mac(text):
-        found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
+        found.extend(_macs(text))
     if digits >= 2 and _TWELVE_HEX in data.translate(_HEX_SHAPE):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _BARE_MAC.finditer(text) if _confirm("mac", m.group()))
     return _merged(found)
+
+
+def _macs(text: str) -> list[Hit]:
+    """Separated MACs. A run of more than six pairs is confirmed by its last six and redacted whole
+    (over-redaction of a fingerprint, never a pair of a MAC left), except a first pair glued to a letter
+    or digit before it: the end of a word ("MAC-00-1a-..."), which stays."""
+    hits: list[Hit] = []
+    for match in _MAC_PAIRS.finditer(text):
+        start, spelt = match.start(), match.group()
+        if _confirm("mac", spelt[-_MAC_SPELT:]):
+            if len(spelt) > _MAC_SPELT and start > 0 and text[start - 1].isalnum():
+                start += 3
+            hits.append(Hit(start, match.end(), "mac"))
+    hits.extend(Hit(m.start(), m.end(), "mac") for m in _MAC_DOTTED.finditer(text) if _confirm("mac", m.group()))
+    return hits
 
 
 def _merged(found: list[Hit]) -> list[Hit]:

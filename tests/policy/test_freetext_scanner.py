@@ -358,3 +358,34 @@ def test_email_before_an_ellipsis_or_dash_is_found(text: str, expected: str) -> 
     """F1: the host is read greedily; it is cut at a label boundary to the longest host the validator
     accepts, so the next word after "..." or "…" neither hides the address nor is redacted with it."""
     assert redacted(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("router ID:00:1A:2B:3C:4D:5E", "router ID:[redacted:mac]"),
+    ("MAC-00-1A-2B-3C-4D-5E", "MAC-[redacted:mac]"),
+    ("My router is 001a.2b3c.4d5e.", "My router is [redacted:mac]."),
+    ("mac 00:1A:2B:3C:4D:5E: ok", "mac [redacted:mac]: ok"),
+    ("tel:00:1a:2b:3c:4d:5e", "tel:[redacted:mac]"),
+    ("mailto:00-1a-2b-3c-4d-5e-1", "mailto:[redacted:mac]-1"),
+    ("no.001a.2b3c.4d5e...", "no.[redacted:mac]..."),
+    ("MAC:0a1b2c3d4e5f", "MAC:[redacted:mac]"),
+    ("mac:0A1B2C3D4E5F router", "mac:[redacted:mac] router"),
+    ("ID:0a1b2c3d4e5f", "ID:[redacted:mac]"),
+    ("Device-0a1b2c3d4e5f", "Device-[redacted:mac]"),
+    ("Router 0a1b2c3d4e5f.Bye", "Router [redacted:mac].Bye"),
+    ("wifi 00:1a:2b:3c:4d:5e-ap", "wifi [redacted:mac]-ap"),
+])
+def test_mac_after_a_label_or_before_punctuation_is_found(text: str, expected: str) -> None:
+    """F2: the MAC look-arounds refuse only a neighbouring hex digit, not a ':', '-' or '.' that ends a
+    label or a sentence."""
+    assert redacted(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "meeting 12:30:45 - 13:45:00, 2024-12-24 10:30:00",
+    "deliver 24-12-2024 between 10:30:00 and 12:00:00",
+    "uuid 38400000-8cf0-11bd-b23e-10b96e40000d, UUID 38400000-8CF0-11BD-B23E-10B96E40000D.",
+    "version 1.2.3.4, build 2024.12.24",
+])
+def test_times_dates_and_uuids_are_no_macs(text: str) -> None:
+    assert freetext.scan(text) == []
