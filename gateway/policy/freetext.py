@@ -38,13 +38,14 @@ _DIGIT_GROUP = re.compile("[0-9]+")
 # A phone's separators are the ones the phone validator strips: white space, dashes, '.', '/', brackets.
 _PHONE_GAP = f"[\\s{_DASHES}./()]"
 _PHONE_PREFIX = re.compile(r"\+|(?<![0-9])00")
-_PHONE_BODY = re.compile(f"{_PHONE_GAP}{{0,3}}[0-9]+(?:{_PHONE_GAP}{{1,3}}[0-9]+)*")
-_FIRST_DIGIT = re.compile("[0-9]")
+_PHONE_BODY = re.compile(f"{_PHONE_GAP}*[0-9]+(?:{_PHONE_GAP}+[0-9]+)*")
 _PHONE_MAX_DIGITS = 15  # E.164
 # A phone spelt with `00` needs this many digits after it: short zero-padded references ("0012345")
 # would otherwise read as "+1 2345"; a `+` is a clear enough sign on its own.
 _PHONE_00_MIN_DIGITS = 8
-_PHONE_SPAN = 80  # 15 digits with up to 3 separators each, and the prefix
+# What follows a '+' or '00' is read up to this many characters: the validator strips any number of
+# separators, so this bound, not a count of separators, keeps the work per prefix bounded.
+_PHONE_SPAN = 80
 
 # A MAC's look-arounds refuse only a neighbouring hex digit: a label or punctuation next to it
 # ("ID:00:1a:...", "tel:", "router 001a.2b3c.4d5e.") is not part of it. A separated MAC is read as the
@@ -314,25 +315,23 @@ def _phones(text: str) -> list[Hit]:
         body = _PHONE_BODY.match(text, prefix.end(), prefix.end() + _PHONE_SPAN)
         if body is None:
             continue
-        # A calling code never starts with 0 ("000...", "+0..."). (The body holds a digit.)
-        first_digit = _FIRST_DIGIT.search(text, body.start())
-        if first_digit is None or first_digit.group() == "0":
-            continue
         # The digit groups up to one past 15 digits, without a bracketed national trunk zero
-        # ("+44 (0)20 ..."), which is not dialled.
+        # ("+44 (0)20 ...", also "+(0)44 ..."), which is not dialled (the validator drops every "(0)").
         groups: list[re.Match[str]] = []
         count = 0
         for group in _DIGIT_GROUP.finditer(text, body.start(), body.end()):
-            if (group.group() == "0" and groups and text[group.start() - 1] == "("
+            if (group.group() == "0" and text[group.start() - 1] == "("
                     and text[group.end():group.end() + 1] == ")"):
                 continue
             groups.append(group)
             count += len(group.group())
             if count > _PHONE_MAX_DIGITS:
                 break
-        # At least a calling code and 4 national digits; a number whose first digits are no calling code
-        # (e.g. a 0) is no phone, whatever its length: one table lookup instead of a refusal per prefix.
-        if count < 5 or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None:
+        # At least a calling code and 4 national digits; a calling code never starts with 0 ("000...",
+        # "+0..."), and a number whose first digits are no calling code is no phone, whatever its length:
+        # one table lookup instead of a refusal per prefix.
+        if (count < 5 or groups[0].group()[0] == "0"
+                or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None):
             continue
         minimum = _PHONE_00_MIN_DIGITS if prefix.group() == "00" else 1
         hit = _longest_phone(prefix.start(), groups, minimum)

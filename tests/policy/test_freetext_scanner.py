@@ -389,3 +389,18 @@ def test_mac_after_a_label_or_before_punctuation_is_found(text: str, expected: s
 ])
 def test_times_dates_and_uuids_are_no_macs(text: str) -> None:
     assert freetext.scan(text) == []
+
+
+@pytest.mark.parametrize("spelling", [
+    "+44    20 7946 0958",
+    "+    442079460958",
+    "+(0)44 20 7946 0958",
+    "+44 2\n\n\n\n079460958",
+    "+44 - - - 20 / / 7946 0958",
+    "0044 (0) 20  -  7946  -  0958",
+])
+def test_phone_with_long_separator_runs_or_leading_trunk_is_found(spelling: str) -> None:
+    """F4: the validator strips any number of separators and every "(0)"; the scanner reads the same
+    spellings (within 80 characters after the '+' or '00')."""
+    assert is_valid("phone", spelling)
+    assert redacted(f"call {spelling} thanks") == "call [redacted:phone] thanks"
