@@ -20,6 +20,7 @@ at most 15 digits, a local part 64 characters (see `_scan_shadow`).
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -125,21 +126,23 @@ _TWELVE_HEX = b"x" * 12
 _MARKS = b"@+:-.0123456789"
 
 
-def scan(text: str) -> list[Hit]:
+def scan(text: str, *, imsi: bool = True) -> list[Hit]:
     """Every confirmed identifier in `text`, left to right, without overlaps (overlapping hits are
-    merged, so no part of either identifier is left)."""
+    merged, so no part of either identifier is left). `imsi=False` leaves out IMSIs (any 14-15 digits
+    starting 2-7 or 9, so also many reference numbers) before merging, so no other identifier is
+    hidden in a merged IMSI hit (the legal-reference check, gateway.subjects.checks)."""
     # An ASCII sentence with fewer than two of the characters every pattern needs (most delivery notes)
     # cannot hold an identifier: one translate answers what the patterns below would ask one by one.
     # (Deleting the 15 marks sets up a shorter table than deleting the other 241 bytes.)
     if text.isascii() and len(text) - len(text.encode("ascii").translate(None, _MARKS)) < 2:
         return []
-    return _scan(text)
+    return _scan(text, imsi=imsi)
 
 
-def _scan(text: str) -> list[Hit]:
+def _scan(text: str, *, imsi: bool = True) -> list[Hit]:
     """`scan` without its ASCII pre-check."""
     shadow, origin = _shadow(text)
-    hits = _scan_shadow(shadow)
+    hits = _scan_shadow(shadow, imsi=imsi)
     if origin is None or not hits:
         return hits
     # Back to the original's offsets: from the first character the hit's first shadow character came
@@ -205,7 +208,7 @@ def _shadow(text: str) -> tuple[str, list[int] | None]:
     return "".join(parts), origin
 
 
-def _scan_shadow(text: str) -> list[Hit]:
+def _scan_shadow(text: str, *, imsi: bool = True) -> list[Hit]:
     """The hits in an already normalised text. Work is linear: each '@' reads at most 64 characters back
     and 253 on; each '+'/'00' at most 80 on and tries at most 30 prefixes; each digit group starts at most
     7 windows (exact lengths 14, 15 and 18-22); each pattern is a single pass without nested repeats
@@ -219,7 +222,7 @@ def _scan_shadow(text: str) -> list[Hit]:
     if digits >= 5 and ("+" in text or "00" in text):
         found.extend(_phones(text))
     if digits >= 14:
-        found.extend(_digit_identifiers(text))
+        found.extend(_digit_identifiers(text, imsi=imsi))
     if may_hold_mac(text):
         found.extend(_macs(text))
     if digits >= 2 and _TWELVE_HEX in data.translate(_HEX_SHAPE):
@@ -370,45 +373,89 @@ _IMSI_LENGTHS = (14, 15)
 _ICCID_LENGTHS = (14, 15, 18, 19, 20, 21, 22)  # a window starting with 89 may also be an ICCID
 
 
-def _digit_identifiers(text: str) -> list[Hit]:
+def _digit_identifiers(text: str, *, imsi: bool = True) -> list[Hit]:
     """IMEI, IMSI and ICCID in each maximal run of digit groups: every window of whole groups with an
     identifier's digit count, so a neighbouring number neither hides nor spoils one. (Not windows
     inside a group: any 14 or 15 digits starting 2-7 or 9 are a valid IMSI, so every long tracking
-    number would be redacted.)"""
+    number would be redacted.) A date written with dashes (`2024-12-24`, `24-12-2024`) is no part of any
+    window: joined to its neighbours it reads as an IMSI ("window 2024-12-24 - 2024-12-31"), and no
+    identifier is written with a year and a month as its groups."""
     hits: list[Hit] = []
     tried: dict[str, str | None] = {}  # this text's windows already judged (a repeated number costs once)
     for run in _DIGIT_RUN.finditer(text):
         if run.end() - run.start() < 14:
             continue
         groups = [(g.start(), g.end(), g.group()) for g in _DIGIT_GROUP.finditer(text, run.start(), run.end())]
-        counts = [0]  # digits before each group
-        for _, _, group in groups:
-            counts.append(counts[-1] + len(group))
-        total = counts[-1]
-        spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
-        covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
-        for first, (start, _, head) in enumerate(groups):
-            base = counts[first]
-            if total - base < 14:
-                break
-            lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
-            for length in lengths:
-                # The window of whole groups from `first` with exactly `length` digits, if there is one.
-                after = bisect.bisect_left(counts, base + length, first + 1)
-                if after == len(counts):
-                    break
-                end = groups[after - 1][1]
-                if counts[after] != base + length or end <= covered:
-                    continue
-                digits = spelt[base:base + length]
-                if digits in tried:
-                    found = tried[digits]
-                else:
-                    found = tried[digits] = _digit_type(digits)
-                if found is not None:
-                    hits.append(Hit(start, end, found))
-                    covered = end
+        dates = _date_groups(text, groups)
+        if not dates:
+            _windows(groups, hits, tried, imsi)
+            continue
+        segment: list[tuple[int, int, str]] = []
+        for index, group in enumerate(groups):
+            if index in dates:
+                _windows(segment, hits, tried, imsi)
+                segment = []
+            else:
+                segment.append(group)
+        _windows(segment, hits, tried, imsi)
     return hits
+
+
+_DATE_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+
+
+def _date_groups(text: str, groups: list[tuple[int, int, str]]) -> set[int]:
+    """The indexes of the groups that form a date joined by single dashes: a year 1900-2099 and a month
+    and day of one or two digits, year first (`2024-12-24`) or last (`24-12-2024`, `12-24-2024`)."""
+    dates: set[int] = set()
+    for index, (_, _, group) in enumerate(groups):
+        if len(group) != 4 or group[:2] not in ("19", "20"):
+            continue
+        for first in (index, index - 2):  # the year first, or last
+            if first < 0 or first + 2 >= len(groups):
+                continue
+            triple = groups[first:first + 3]
+            if not all(text[a[1]:b[0]] in _DATE_DASHES for a, b in itertools.pairwise(triple)):
+                continue
+            small = [g for i, (_, _, g) in enumerate(triple) if first + i != index]
+            if all(len(g) <= 2 and 1 <= int(g) <= 31 for g in small) and min(int(g) for g in small) <= 12:
+                dates.update(range(first, first + 3))
+    return dates
+
+
+def _windows(groups: list[tuple[int, int, str]], hits: list[Hit], tried: dict[str, str | None],
+             imsi: bool) -> None:
+    """Adds to `hits` the identifiers in the windows of whole `groups` (start, end, digits); IMSIs only
+    with `imsi`."""
+    counts = [0]  # digits before each group
+    for _, _, group in groups:
+        counts.append(counts[-1] + len(group))
+    total = counts[-1]
+    if total < 14:
+        return
+    spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
+    covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
+    for first, (start, _, head) in enumerate(groups):
+        base = counts[first]
+        if total - base < 14:
+            break
+        lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
+        for length in lengths:
+            # The window of whole groups from `first` with exactly `length` digits, if there is one.
+            after = bisect.bisect_left(counts, base + length, first + 1)
+            if after == len(counts):
+                break
+            end = groups[after - 1][1]
+            if counts[after] != base + length or end <= covered:
+                continue
+            digits = spelt[base:base + length]
+            if digits in tried:
+                found = tried[digits]
+            else:
+                found = tried[digits] = _digit_type(digits)
+            if found is not None and (imsi or found != "imsi"):
+                hits.append(Hit(start, end, found))
+                covered = end
 
 
 def _digit_type(digits: str) -> str | None:

@@ -89,13 +89,17 @@ def check_legal_reference(route: LegalReferenceRequirement, header_value: str | 
     name put there could never be erased). On a route that requires one, a missing, blank or implausible
     value is refused with 403: at most 200 printable characters (case numbers may be in Hangul or
     Vietnamese, so not only ASCII), at least 3, with a letter or digit. A reference in which the free-text
-    scanner finds an identifier (an e-mail, a phone, an IMEI, ...) is refused with 422 naming only the
-    kind: a case number carries no personal identifier, and the reference is stored verbatim."""
+    scanner finds an identifier (an e-mail, a phone, an IMEI, an ICCID or a MAC; not a bare IMSI-shaped
+    number, which case numbers often are) is refused with 422 naming only the kind: a case number
+    carries no personal identifier, and the reference is stored verbatim."""
     if not route.legal_reference_required:
         return None
     cleaned = _clean_reference(header_value)
     if cleaned is not None:
-        kinds = sorted({hit.id_type for hit in scan(cleaned)})
+        # IMSIs are left out: any 14-15 digits starting 2-7 or 9 pass the IMSI check, and year-led case
+        # numbers ("Warrant 2024-000123-4567-89") are such digits; the kinds kept carry a check digit
+        # (IMEI, ICCID) or a shape no case number has (e-mail, phone with '+'/'00', MAC).
+        kinds = sorted({hit.id_type for hit in scan(cleaned, imsi=False)})
         if kinds:
             raise IdentifierInFreeText(
                 "X-Legal-Reference must name the legal instrument (subpoena or case number), not hold a "

@@ -404,3 +404,34 @@ def test_phone_with_long_separator_runs_or_leading_trunk_is_found(spelling: str)
     spellings (within 80 characters after the '+' or '00')."""
     assert is_valid("phone", spelling)
     assert redacted(f"call {spelling} thanks") == "call [redacted:phone] thanks"
+
+
+@pytest.mark.parametrize("text", [
+    "window 2024-12-24 - 2024-12-31",
+    "window 24-12-2024 - 31-12-2024 - 01-01-2025",
+    "from 12-24-2024 - 12-31-2024 please",
+    "deliver 2024\u201312\u201324 \u2013 2024\u201312\u201331",
+])
+def test_date_ranges_written_with_dashes_are_no_imsi(text: str) -> None:
+    """F7: a date written with dashes is no part of an identifier window; joined to the next date it
+    read as an IMSI ("[redacted:imsi]-31")."""
+    assert freetext.scan(text) == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (f"2024-12-24 {IMEI}", "2024-12-24 [redacted:imei]"),
+    (f"2024-12-24-{IMEI}", "2024-12-24-[redacted:imei]"),
+    ("12-24-2024 4901 5420 3237 518", "12-24-2024 [redacted:imei]"),
+    (f"window 2024-12-24 - 2024-12-31 sim {IMSI}", "window 2024-12-24 - 2024-12-31 sim [redacted:imsi]"),
+])
+def test_identifier_next_to_a_date_is_still_found(text: str, expected: str) -> None:
+    assert redacted(text) == expected
+
+
+def test_scan_without_imsi_keeps_every_other_kind() -> None:
+    """F7: the legal-reference check leaves IMSI-shaped numbers out before hits are merged, so an IMEI
+    overlapping an IMSI window is still reported as an IMEI."""
+    text = "Ref 20 24 4901 5420 3237 518"
+    assert {hit.id_type for hit in freetext.scan(text)} == {"imsi"}  # merged: the IMSI window starts first
+    assert [hit.id_type for hit in freetext.scan(text, imsi=False)] == ["imei"]
+    assert freetext.scan("Warrant 2024-000123-4567-89", imsi=False) == []
