@@ -126,17 +126,25 @@ _TWELVE_HEX = b"x" * 12
 _MARKS = b"@+:-.0123456789"
 
 
-def scan(text: str, *, imsi: bool = True) -> list[Hit]:
+def scan(text: str) -> list[Hit]:
     """Every confirmed identifier in `text`, left to right, without overlaps (overlapping hits are
-    merged, so no part of either identifier is left). `imsi=False` leaves out IMSIs (any 14-15 digits
-    starting 2-7 or 9, so also many reference numbers) before merging, so no other identifier is
-    hidden in a merged IMSI hit (the legal-reference check, gateway.subjects.checks)."""
+    merged, so no part of either identifier is left)."""
     # An ASCII sentence with fewer than two of the characters every pattern needs (most delivery notes)
     # cannot hold an identifier: one translate answers what the patterns below would ask one by one.
     # (Deleting the 15 marks sets up a shorter table than deleting the other 241 bytes.)
     if text.isascii() and len(text) - len(text.encode("ascii").translate(None, _MARKS)) < 2:
         return []
-    return _scan(text, imsi=imsi)
+    return _scan(text)
+
+
+def scan_without_imsi(text: str) -> list[Hit]:
+    """`scan` leaving out IMSIs (any 14-15 digits starting 2-7 or 9, so also many reference numbers)
+    before hits are merged, so no other identifier is hidden in a merged IMSI hit. For the
+    legal-reference check (gateway.subjects.checks); `scan`, on every kept free-text value, keeps its
+    one-argument call."""
+    if text.isascii() and len(text) - len(text.encode("ascii").translate(None, _MARKS)) < 2:
+        return []
+    return _scan(text, imsi=False)
 
 
 def _scan(text: str, *, imsi: bool = True) -> list[Hit]:

@@ -20,7 +20,7 @@ from gateway.errors import (
     TransferNotAllowed,
     Violation,
 )
-from gateway.policy.freetext import scan
+from gateway.policy.freetext import scan_without_imsi
 from gateway.subjects.model import SubjectStatus
 from gateway.subjects.transfers import TransferDecision
 
@@ -99,7 +99,7 @@ def check_legal_reference(route: LegalReferenceRequirement, header_value: str | 
         # IMSIs are left out: any 14-15 digits starting 2-7 or 9 pass the IMSI check, and year-led case
         # numbers ("Warrant 2024-000123-4567-89") are such digits; the kinds kept carry a check digit
         # (IMEI, ICCID) or a shape no case number has (e-mail, phone with '+'/'00', MAC).
-        kinds = sorted({hit.id_type for hit in scan(cleaned, imsi=False)})
+        kinds = sorted({hit.id_type for hit in scan_without_imsi(cleaned)})
         if kinds:
             raise IdentifierInFreeText(
                 "X-Legal-Reference must name the legal instrument (subpoena or case number), not hold a "

@@ -433,5 +433,5 @@ def test_scan_without_imsi_keeps_every_other_kind() -> None:
     overlapping an IMSI window is still reported as an IMEI."""
     text = "Ref 20 24 4901 5420 3237 518"
     assert {hit.id_type for hit in freetext.scan(text)} == {"imsi"}  # merged: the IMSI window starts first
-    assert [hit.id_type for hit in freetext.scan(text, imsi=False)] == ["imei"]
-    assert freetext.scan("Warrant 2024-000123-4567-89", imsi=False) == []
+    assert [hit.id_type for hit in freetext.scan_without_imsi(text)] == ["imei"]
+    assert freetext.scan_without_imsi("Warrant 2024-000123-4567-89") == []
