@@ -239,15 +239,18 @@ def _scan_shadow(text: str, *, imsi: bool = True) -> list[Hit]:
 
 
 def _macs(text: str) -> list[Hit]:
-    """Separated MACs. A run of more than six pairs is confirmed by its last six and redacted whole
-    (over-redaction of a fingerprint, never a pair of a MAC left), except a first pair glued to a letter
-    or digit before it: the end of a word ("MAC-00-1a-..."), which stays."""
+    """Separated MACs. A run of more than six pairs is confirmed by its last six (or else its first six:
+    "00:1a:2b:3c:4d:5e-00" mixes separators) and redacted whole (over-redaction of a fingerprint, never a
+    pair of a MAC left), except a first pair glued to a letter or digit before it: the end of a word
+    ("MAC-00-1a-..."), which stays."""
     hits: list[Hit] = []
     for match in _MAC_PAIRS.finditer(text):
         start, spelt = match.start(), match.group()
         if _confirm("mac", spelt[-_MAC_SPELT:]):
             if len(spelt) > _MAC_SPELT and start > 0 and text[start - 1].isalnum():
                 start += 3
+            hits.append(Hit(start, match.end(), "mac"))
+        elif len(spelt) > _MAC_SPELT and _confirm("mac", spelt[:_MAC_SPELT]):
             hits.append(Hit(start, match.end(), "mac"))
     hits.extend(Hit(m.start(), m.end(), "mac") for m in _MAC_DOTTED.finditer(text) if _confirm("mac", m.group()))
     return hits

@@ -374,6 +374,8 @@ def test_email_before_an_ellipsis_or_dash_is_found(text: str, expected: str) -> 
     ("Device-0a1b2c3d4e5f", "Device-[redacted:mac]"),
     ("Router 0a1b2c3d4e5f.Bye", "Router [redacted:mac].Bye"),
     ("wifi 00:1a:2b:3c:4d:5e-ap", "wifi [redacted:mac]-ap"),
+    ("wifi 00:1a:2b:3c:4d:5e-00 ok", "wifi [redacted:mac] ok"),
+    ("fp 43:51:43:a1:b5:fc:8b:b7:0a:3a:a9:b1 ok", "fp [redacted:mac] ok"),
 ])
 def test_mac_after_a_label_or_before_punctuation_is_found(text: str, expected: str) -> None:
     """F2: the MAC look-arounds refuse only a neighbouring hex digit, not a ':', '-' or '.' that ends a
