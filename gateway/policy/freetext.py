@@ -20,6 +20,7 @@ at most 15 digits, a local part 64 characters (see `_scan_shadow`).
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -38,22 +39,30 @@ _DIGIT_GROUP = re.compile("[0-9]+")
 # A phone's separators are the ones the phone validator strips: white space, dashes, '.', '/', brackets.
 _PHONE_GAP = f"[\\s{_DASHES}./()]"
 _PHONE_PREFIX = re.compile(r"\+|(?<![0-9])00")
-_PHONE_BODY = re.compile(f"{_PHONE_GAP}{{0,3}}[0-9]+(?:{_PHONE_GAP}{{1,3}}[0-9]+)*")
-_FIRST_DIGIT = re.compile("[0-9]")
+_PHONE_BODY = re.compile(f"{_PHONE_GAP}*[0-9]+(?:{_PHONE_GAP}+[0-9]+)*")
 _PHONE_MAX_DIGITS = 15  # E.164
 # A phone spelt with `00` needs this many digits after it: short zero-padded references ("0012345")
 # would otherwise read as "+1 2345"; a `+` is a clear enough sign on its own.
 _PHONE_00_MIN_DIGITS = 8
-_PHONE_SPAN = 80  # 15 digits with up to 3 separators each, and the prefix
+# What follows a '+' or '00' is read up to this many characters: the validator strips any number of
+# separators, so this bound, not a count of separators, keeps the work per prefix bounded.
+_PHONE_SPAN = 80
 
-_MAC = re.compile(r"(?<![0-9A-Fa-f:\-])(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:\-])"
-                  r"|(?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.])")
-# Twelve bare hex digits (the validator accepts them), not part of a longer hex string or of a separated
-# spelling. At least one must be a letter a-f (twelve decimal digits are far more often an order or
-# tracking number than a MAC) and two decimal digits (a word like "deadbeefcafe" is not an address;
-# and so every pattern needs two of `_MARKS`, which keeps the pre-check of `scan` one translate).
-_BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<![0-9A-Fa-f][:\-.])(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
-                       r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])(?![:\-.][0-9A-Fa-f])")
+# A MAC's look-arounds refuse only a neighbouring hex digit: a label or punctuation next to it
+# ("ID:00:1a:...", "tel:", "router 001a.2b3c.4d5e.") is not part of it. A separated MAC is read as the
+# whole run of hex pairs: a label whose last two letters are hex digits ("MAC-00-1a-...": "AC") adds a
+# pair in front, and a key fingerprint ("43:51:...:a8") is a longer run; see `_macs`.
+_MAC_PAIRS = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:\-]){5,}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
+_MAC_DOTTED = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f])")
+_MAC_SPELT = 17  # six pairs and five separators
+# Twelve bare hex digits (the validator accepts them), not part of a longer hex string nor the last group
+# of a UUID (`-b23e-10b96e40000d`: the one separated spelling that ends in twelve hex digits; a label
+# such as "ID:", "Device-" or "MAC:" before it is no hex group). At least one must be a letter a-f
+# (twelve decimal digits are far more often an order or tracking number than a MAC) and two decimal
+# digits (a word like "deadbeefcafe" is not an address; and so every pattern needs two of `_MARKS`,
+# which keeps the pre-check of `scan` one translate).
+_BARE_MAC = re.compile(r"(?<![0-9A-Fa-f])(?<!-[0-9A-Fa-f]{4}-)(?=[0-9]*[A-Fa-f])(?=[A-Fa-f]*[0-9][A-Fa-f]*[0-9])"
+                       r"[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
 
 # An address's characters: the dot-atom characters of RFC 5322 and, so that a non-ASCII address (which
 # the validator refuses only for being non-ASCII) is still found, letters and digits of any script and
@@ -96,8 +105,9 @@ def _confirm(id_type: str, candidate: str) -> bool:
 
 
 def may_hold_mac(text: str) -> bool:
-    """False only when `_MAC` cannot match: a MAC holds five ':' or '-' separators, or two dots. Most
-    sentences have neither, and the MAC pattern (with its look-arounds) costs ~5 µs on a sentence."""
+    """False only when `_MAC_PAIRS` and `_MAC_DOTTED` cannot match: a MAC holds five ':' or '-'
+    separators, or two dots. Most sentences have neither, and the MAC patterns (with their look-arounds)
+    cost ~5 µs on a sentence."""
     # `in` first: most sentences have neither separator, and two `in` tests cost less than two counts.
     return (((":" in text or "-" in text) and text.count(":") + text.count("-") >= 5)
             or text.count(".") >= 2)
@@ -127,10 +137,20 @@ def scan(text: str) -> list[Hit]:
     return _scan(text)
 
 
-def _scan(text: str) -> list[Hit]:
+def scan_without_imsi(text: str) -> list[Hit]:
+    """`scan` leaving out IMSIs (any 14-15 digits starting 2-7 or 9, so also many reference numbers)
+    before hits are merged, so no other identifier is hidden in a merged IMSI hit. For the
+    legal-reference check (gateway.subjects.checks); `scan`, on every kept free-text value, keeps its
+    one-argument call."""
+    if text.isascii() and len(text) - len(text.encode("ascii").translate(None, _MARKS)) < 2:
+        return []
+    return _scan(text, imsi=False)
+
+
+def _scan(text: str, *, imsi: bool = True) -> list[Hit]:
     """`scan` without its ASCII pre-check."""
     shadow, origin = _shadow(text)
-    hits = _scan_shadow(shadow)
+    hits = _scan_shadow(shadow, imsi=imsi)
     if origin is None or not hits:
         return hits
     # Back to the original's offsets: from the first character the hit's first shadow character came
@@ -196,7 +216,7 @@ def _shadow(text: str) -> tuple[str, list[int] | None]:
     return "".join(parts), origin
 
 
-def _scan_shadow(text: str) -> list[Hit]:
+def _scan_shadow(text: str, *, imsi: bool = True) -> list[Hit]:
     """The hits in an already normalised text. Work is linear: each '@' reads at most 64 characters back
     and 253 on; each '+'/'00' at most 80 on and tries at most 30 prefixes; each digit group starts at most
     7 windows (exact lengths 14, 15 and 18-22); each pattern is a single pass without nested repeats
@@ -210,12 +230,30 @@ def _scan_shadow(text: str) -> list[Hit]:
     if digits >= 5 and ("+" in text or "00" in text):
         found.extend(_phones(text))
     if digits >= 14:
-        found.extend(_digit_identifiers(text))
+        found.extend(_digit_identifiers(text, imsi=imsi))
     if may_hold_mac(text):
-        found.extend(Hit(m.start(), m.end(), "mac") for m in _MAC.finditer(text) if _confirm("mac", m.group()))
+        found.extend(_macs(text))
     if digits >= 2 and _TWELVE_HEX in data.translate(_HEX_SHAPE):
         found.extend(Hit(m.start(), m.end(), "mac") for m in _BARE_MAC.finditer(text) if _confirm("mac", m.group()))
     return _merged(found)
+
+
+def _macs(text: str) -> list[Hit]:
+    """Separated MACs. A run of more than six pairs is confirmed by its last six (or else its first six:
+    "00:1a:2b:3c:4d:5e-00" mixes separators) and redacted whole (over-redaction of a fingerprint, never a
+    pair of a MAC left), except a first pair glued to a letter or digit before it: the end of a word
+    ("MAC-00-1a-..."), which stays."""
+    hits: list[Hit] = []
+    for match in _MAC_PAIRS.finditer(text):
+        start, spelt = match.start(), match.group()
+        if _confirm("mac", spelt[-_MAC_SPELT:]):
+            if len(spelt) > _MAC_SPELT and start > 0 and text[start - 1].isalnum():
+                start += 3
+            hits.append(Hit(start, match.end(), "mac"))
+        elif len(spelt) > _MAC_SPELT and _confirm("mac", spelt[:_MAC_SPELT]):
+            hits.append(Hit(start, match.end(), "mac"))
+    hits.extend(Hit(m.start(), m.end(), "mac") for m in _MAC_DOTTED.finditer(text) if _confirm("mac", m.group()))
+    return hits
 
 
 def _merged(found: list[Hit]) -> list[Hit]:
@@ -258,14 +296,31 @@ def _emails(text: str) -> list[Hit]:
                 trimmed = core[-_LOCAL_MAX:].lstrip(".")
                 start += len(core) - len(trimmed)
                 core = trimmed
-            host = domain.group()
-            # Sentence punctuation after the address ("mail john@example.org.") is not part of it.
-            host_core = host.strip(".-")
-            end = domain.start() + host.find(host_core) + len(host_core)
-            if core and host_core and _confirm("email", f"{_ascii_stand_in(core)}@{_ascii_stand_in(host_core)}"):
+            end = _host_end(domain, _ascii_stand_in(core)) if core else None
+            if end is not None:
                 hits.append(Hit(start, end, "email"))
         at = text.find("@", at + 1)
     return hits
+
+
+def _host_end(domain: re.Match[str], local: str) -> int | None:
+    """Where the longest host the validator accepts after `local@` ends, or None. The greedy read of
+    host characters may run on past the address: sentence punctuation ("john@example.org."), an
+    ellipsis and the next word ("john@example.org...thanks", where `…` reads as "..."), a dash
+    ("john@example.org.-x"). So the host is cut at each '.' (a label boundary), longest first, without
+    the dots and dashes that end each cut. Work: one validation per '.' in the host (at most 253
+    characters, which end at the next '@'), so linear over the text."""
+    host = domain.group()
+    lead = len(host) - len(host.lstrip(".-"))  # stray dots after the '@' are not part of the host
+    cut = len(host)
+    while cut > lead:
+        candidate = host[lead:cut].rstrip(".-")
+        if "." not in candidate:  # a host name under a top-level domain holds a dot; a shorter cut neither
+            return None
+        if _confirm("email", f"{local}@{_ascii_stand_in(candidate)}"):
+            return domain.start() + lead + len(candidate)
+        cut = host.rfind(".", lead, lead + len(candidate))
+    return None
 
 
 def _phones(text: str) -> list[Hit]:
@@ -274,25 +329,23 @@ def _phones(text: str) -> list[Hit]:
         body = _PHONE_BODY.match(text, prefix.end(), prefix.end() + _PHONE_SPAN)
         if body is None:
             continue
-        # A calling code never starts with 0 ("000...", "+0..."). (The body holds a digit.)
-        first_digit = _FIRST_DIGIT.search(text, body.start())
-        if first_digit is None or first_digit.group() == "0":
-            continue
         # The digit groups up to one past 15 digits, without a bracketed national trunk zero
-        # ("+44 (0)20 ..."), which is not dialled.
+        # ("+44 (0)20 ...", also "+(0)44 ..."), which is not dialled (the validator drops every "(0)").
         groups: list[re.Match[str]] = []
         count = 0
         for group in _DIGIT_GROUP.finditer(text, body.start(), body.end()):
-            if (group.group() == "0" and groups and text[group.start() - 1] == "("
+            if (group.group() == "0" and text[group.start() - 1] == "("
                     and text[group.end():group.end() + 1] == ")"):
                 continue
             groups.append(group)
             count += len(group.group())
             if count > _PHONE_MAX_DIGITS:
                 break
-        # At least a calling code and 4 national digits; a number whose first digits are no calling code
-        # (e.g. a 0) is no phone, whatever its length: one table lookup instead of a refusal per prefix.
-        if count < 5 or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None:
+        # At least a calling code and 4 national digits; a calling code never starts with 0 ("000...",
+        # "+0..."), and a number whose first digits are no calling code is no phone, whatever its length:
+        # one table lookup instead of a refusal per prefix.
+        if (count < 5 or groups[0].group()[0] == "0"
+                or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None):
             continue
         minimum = _PHONE_00_MIN_DIGITS if prefix.group() == "00" else 1
         hit = _longest_phone(prefix.start(), groups, minimum)
@@ -331,45 +384,89 @@ _IMSI_LENGTHS = (14, 15)
 _ICCID_LENGTHS = (14, 15, 18, 19, 20, 21, 22)  # a window starting with 89 may also be an ICCID
 
 
-def _digit_identifiers(text: str) -> list[Hit]:
+def _digit_identifiers(text: str, *, imsi: bool = True) -> list[Hit]:
     """IMEI, IMSI and ICCID in each maximal run of digit groups: every window of whole groups with an
     identifier's digit count, so a neighbouring number neither hides nor spoils one. (Not windows
     inside a group: any 14 or 15 digits starting 2-7 or 9 are a valid IMSI, so every long tracking
-    number would be redacted.)"""
+    number would be redacted.) A date written with dashes (`2024-12-24`, `24-12-2024`) is no part of any
+    window: joined to its neighbours it reads as an IMSI ("window 2024-12-24 - 2024-12-31"), and no
+    identifier is written with a year and a month as its groups."""
     hits: list[Hit] = []
     tried: dict[str, str | None] = {}  # this text's windows already judged (a repeated number costs once)
     for run in _DIGIT_RUN.finditer(text):
         if run.end() - run.start() < 14:
             continue
         groups = [(g.start(), g.end(), g.group()) for g in _DIGIT_GROUP.finditer(text, run.start(), run.end())]
-        counts = [0]  # digits before each group
-        for _, _, group in groups:
-            counts.append(counts[-1] + len(group))
-        total = counts[-1]
-        spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
-        covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
-        for first, (start, _, head) in enumerate(groups):
-            base = counts[first]
-            if total - base < 14:
-                break
-            lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
-            for length in lengths:
-                # The window of whole groups from `first` with exactly `length` digits, if there is one.
-                after = bisect.bisect_left(counts, base + length, first + 1)
-                if after == len(counts):
-                    break
-                end = groups[after - 1][1]
-                if counts[after] != base + length or end <= covered:
-                    continue
-                digits = spelt[base:base + length]
-                if digits in tried:
-                    found = tried[digits]
-                else:
-                    found = tried[digits] = _digit_type(digits)
-                if found is not None:
-                    hits.append(Hit(start, end, found))
-                    covered = end
+        dates = _date_groups(text, groups)
+        if not dates:
+            _windows(groups, hits, tried, imsi)
+            continue
+        segment: list[tuple[int, int, str]] = []
+        for index, group in enumerate(groups):
+            if index in dates:
+                _windows(segment, hits, tried, imsi)
+                segment = []
+            else:
+                segment.append(group)
+        _windows(segment, hits, tried, imsi)
     return hits
+
+
+_DATE_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+
+
+def _date_groups(text: str, groups: list[tuple[int, int, str]]) -> set[int]:
+    """The indexes of the groups that form a date joined by single dashes: a year 1900-2099 and a month
+    and day of one or two digits, year first (`2024-12-24`) or last (`24-12-2024`, `12-24-2024`)."""
+    dates: set[int] = set()
+    for index, (_, _, group) in enumerate(groups):
+        if len(group) != 4 or group[:2] not in ("19", "20"):
+            continue
+        for first in (index, index - 2):  # the year first, or last
+            if first < 0 or first + 2 >= len(groups):
+                continue
+            triple = groups[first:first + 3]
+            if not all(text[a[1]:b[0]] in _DATE_DASHES for a, b in itertools.pairwise(triple)):
+                continue
+            small = [g for i, (_, _, g) in enumerate(triple) if first + i != index]
+            if all(len(g) <= 2 and 1 <= int(g) <= 31 for g in small) and min(int(g) for g in small) <= 12:
+                dates.update(range(first, first + 3))
+    return dates
+
+
+def _windows(groups: list[tuple[int, int, str]], hits: list[Hit], tried: dict[str, str | None],
+             imsi: bool) -> None:
+    """Adds to `hits` the identifiers in the windows of whole `groups` (start, end, digits); IMSIs only
+    with `imsi`."""
+    counts = [0]  # digits before each group
+    for _, _, group in groups:
+        counts.append(counts[-1] + len(group))
+    total = counts[-1]
+    if total < 14:
+        return
+    spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
+    covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
+    for first, (start, _, head) in enumerate(groups):
+        base = counts[first]
+        if total - base < 14:
+            break
+        lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
+        for length in lengths:
+            # The window of whole groups from `first` with exactly `length` digits, if there is one.
+            after = bisect.bisect_left(counts, base + length, first + 1)
+            if after == len(counts):
+                break
+            end = groups[after - 1][1]
+            if counts[after] != base + length or end <= covered:
+                continue
+            digits = spelt[base:base + length]
+            if digits in tried:
+                found = tried[digits]
+            else:
+                found = tried[digits] = _digit_type(digits)
+            if found is not None and (imsi or found != "imsi"):
+                hits.append(Hit(start, end, found))
+                covered = end
 
 
 def _digit_type(digits: str) -> str | None:

@@ -8,6 +8,7 @@ bounded `reason` label for the ledger's refusal record and the metrics; no detai
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Protocol
 
@@ -20,10 +21,17 @@ from gateway.errors import (
     TransferNotAllowed,
     Violation,
 )
-from gateway.policy.freetext import scan
+from gateway.policy.freetext import scan_without_imsi
 from gateway.subjects.model import SubjectStatus
 from gateway.subjects.transfers import TransferDecision
 
+# A Korean resident registration number (주민등록번호) as written: birth date YYMMDD, a dash, a 7-digit
+# serial starting with the sex/century digit 1-8. Only the dashed spelling: 13 digits in a row are as
+# often a barcode or an order number. (The free-text scanner does not look for national ID numbers; a
+# legal reference is stored verbatim in the append-only ledger, and the Korean routes are the ones that
+# require one.)
+_RESIDENT_NUMBER = re.compile(r"(?<![0-9])[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+                              r"\s*[\-\u2010-\u2015\u2212]\s*[1-8][0-9]{6}(?![0-9])")
 LEGAL_REFERENCE_MAX_CHARS = 200
 LEGAL_REFERENCE_MIN_CHARS = 3
 
@@ -89,13 +97,21 @@ def check_legal_reference(route: LegalReferenceRequirement, header_value: str | 
     name put there could never be erased). On a route that requires one, a missing, blank or implausible
     value is refused with 403: at most 200 printable characters (case numbers may be in Hangul or
     Vietnamese, so not only ASCII), at least 3, with a letter or digit. A reference in which the free-text
-    scanner finds an identifier (an e-mail, a phone, an IMEI, ...) is refused with 422 naming only the
-    kind: a case number carries no personal identifier, and the reference is stored verbatim."""
+    scanner finds an identifier (an e-mail, a phone, an IMEI, an ICCID or a MAC; not a bare IMSI-shaped
+    number, which case numbers often are), or a Korean resident registration number, is refused with
+    422 naming only the kind: a case number carries no personal identifier, and the reference is stored
+    verbatim."""
     if not route.legal_reference_required:
         return None
     cleaned = _clean_reference(header_value)
     if cleaned is not None:
-        kinds = sorted({hit.id_type for hit in scan(cleaned)})
+        # IMSIs are left out: any 14-15 digits starting 2-7 or 9 pass the IMSI check, and year-led case
+        # numbers ("Warrant 2024-000123-4567-89") are such digits; the kinds kept carry a check digit
+        # (IMEI, ICCID) or a shape no case number has (e-mail, phone with '+'/'00', MAC).
+        found = {hit.id_type for hit in scan_without_imsi(cleaned)}
+        if _RESIDENT_NUMBER.search(cleaned) is not None:
+            found.add("rrn")
+        kinds = sorted(found)
         if kinds:
             raise IdentifierInFreeText(
                 "X-Legal-Reference must name the legal instrument (subpoena or case number), not hold a "

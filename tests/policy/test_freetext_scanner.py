@@ -341,3 +341,99 @@ def test_digit_windows_per_group_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
     text = " ".join(str(n % 97) for n in range(20000))
     freetext.scan(text)
     assert len(judged) <= 7 * 20000
+
+
+# --- privacy review rv-privacy: spellings the patterns' edges missed ------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("mail john@example.org...thanks", "mail [redacted:email]...thanks"),
+    ("mail john@example.org..thanks", "mail [redacted:email]..thanks"),
+    ("mail john@example.org\u2026thanks", "mail [redacted:email]\u2026thanks"),
+    ("mail john@example.org.-x", "mail [redacted:email].-x"),
+    ("mail john@mail.example.org.1x", "mail [redacted:email].1x"),
+    ("mail john@example.org-.x", "mail [redacted:email]-.x"),
+    ("mail john@example.org.", "mail [redacted:email]."),
+])
+def test_email_before_an_ellipsis_or_dash_is_found(text: str, expected: str) -> None:
+    """F1: the host is read greedily; it is cut at a label boundary to the longest host the validator
+    accepts, so the next word after "..." or "…" neither hides the address nor is redacted with it."""
+    assert redacted(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("router ID:00:1A:2B:3C:4D:5E", "router ID:[redacted:mac]"),
+    ("MAC-00-1A-2B-3C-4D-5E", "MAC-[redacted:mac]"),
+    ("My router is 001a.2b3c.4d5e.", "My router is [redacted:mac]."),
+    ("mac 00:1A:2B:3C:4D:5E: ok", "mac [redacted:mac]: ok"),
+    ("tel:00:1a:2b:3c:4d:5e", "tel:[redacted:mac]"),
+    ("mailto:00-1a-2b-3c-4d-5e-1", "mailto:[redacted:mac]-1"),
+    ("no.001a.2b3c.4d5e...", "no.[redacted:mac]..."),
+    ("MAC:0a1b2c3d4e5f", "MAC:[redacted:mac]"),
+    ("mac:0A1B2C3D4E5F router", "mac:[redacted:mac] router"),
+    ("ID:0a1b2c3d4e5f", "ID:[redacted:mac]"),
+    ("Device-0a1b2c3d4e5f", "Device-[redacted:mac]"),
+    ("Router 0a1b2c3d4e5f.Bye", "Router [redacted:mac].Bye"),
+    ("wifi 00:1a:2b:3c:4d:5e-ap", "wifi [redacted:mac]-ap"),
+    ("wifi 00:1a:2b:3c:4d:5e-00 ok", "wifi [redacted:mac] ok"),
+    ("fp 43:51:43:a1:b5:fc:8b:b7:0a:3a:a9:b1 ok", "fp [redacted:mac] ok"),
+])
+def test_mac_after_a_label_or_before_punctuation_is_found(text: str, expected: str) -> None:
+    """F2: the MAC look-arounds refuse only a neighbouring hex digit, not a ':', '-' or '.' that ends a
+    label or a sentence."""
+    assert redacted(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "meeting 12:30:45 - 13:45:00, 2024-12-24 10:30:00",
+    "deliver 24-12-2024 between 10:30:00 and 12:00:00",
+    "uuid 38400000-8cf0-11bd-b23e-10b96e40000d, UUID 38400000-8CF0-11BD-B23E-10B96E40000D.",
+    "version 1.2.3.4, build 2024.12.24",
+])
+def test_times_dates_and_uuids_are_no_macs(text: str) -> None:
+    assert freetext.scan(text) == []
+
+
+@pytest.mark.parametrize("spelling", [
+    "+44    20 7946 0958",
+    "+    442079460958",
+    "+(0)44 20 7946 0958",
+    "+44 2\n\n\n\n079460958",
+    "+44 - - - 20 / / 7946 0958",
+    "0044 (0) 20  -  7946  -  0958",
+])
+def test_phone_with_long_separator_runs_or_leading_trunk_is_found(spelling: str) -> None:
+    """F4: the validator strips any number of separators and every "(0)"; the scanner reads the same
+    spellings (within 80 characters after the '+' or '00')."""
+    assert is_valid("phone", spelling)
+    assert redacted(f"call {spelling} thanks") == "call [redacted:phone] thanks"
+
+
+@pytest.mark.parametrize("text", [
+    "window 2024-12-24 - 2024-12-31",
+    "window 24-12-2024 - 31-12-2024 - 01-01-2025",
+    "from 12-24-2024 - 12-31-2024 please",
+    "deliver 2024\u201312\u201324 \u2013 2024\u201312\u201331",
+])
+def test_date_ranges_written_with_dashes_are_no_imsi(text: str) -> None:
+    """F7: a date written with dashes is no part of an identifier window; joined to the next date it
+    read as an IMSI ("[redacted:imsi]-31")."""
+    assert freetext.scan(text) == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (f"2024-12-24 {IMEI}", "2024-12-24 [redacted:imei]"),
+    (f"2024-12-24-{IMEI}", "2024-12-24-[redacted:imei]"),
+    ("12-24-2024 4901 5420 3237 518", "12-24-2024 [redacted:imei]"),
+    (f"window 2024-12-24 - 2024-12-31 sim {IMSI}", "window 2024-12-24 - 2024-12-31 sim [redacted:imsi]"),
+])
+def test_identifier_next_to_a_date_is_still_found(text: str, expected: str) -> None:
+    assert redacted(text) == expected
+
+
+def test_scan_without_imsi_keeps_every_other_kind() -> None:
+    """F7: the legal-reference check leaves IMSI-shaped numbers out before hits are merged, so an IMEI
+    overlapping an IMSI window is still reported as an IMEI."""
+    text = "Ref 20 24 4901 5420 3237 518"
+    assert {hit.id_type for hit in freetext.scan(text)} == {"imsi"}  # merged: the IMSI window starts first
+    assert [hit.id_type for hit in freetext.scan_without_imsi(text)] == ["imei"]
+    assert freetext.scan_without_imsi("Warrant 2024-000123-4567-89") == []

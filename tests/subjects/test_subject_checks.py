@@ -164,3 +164,34 @@ def test_a_reference_holding_an_identifier_is_refused_naming_only_its_kind(value
     for part in value.split():
         if (any(ch.isdigit() for ch in part) and len(part) > 8) or "@" in part:
             assert part not in problem
+
+
+@pytest.mark.parametrize("value", [
+    "Warrant 2024-000123-4567-89",
+    "Case 2024-12-24 - 2024-12-31",
+    "Ref 2024 0001 2345 678",
+    "Case 2024-SEOUL-CYB-00817",
+    "Case 901301-1234567",  # month 13: no birth date
+    "Case 900101-9234567",  # serial not starting 1-8
+    "EAN 9001011234567",  # undashed: 13 digits are as often a barcode
+])
+def test_imsi_shaped_case_numbers_are_accepted(value: str) -> None:
+    """rv-privacy F7: year-led case numbers of 14-15 digits pass the IMSI check (no check digit); the
+    gate refuses only the kinds a case number does not look like (e-mail, phone, IMEI, ICCID, MAC)."""
+    assert check_legal_reference(FakeRoute(legal_reference_required=True), value) == value
+
+
+@pytest.mark.parametrize(("value", "kinds"), [
+    ("Case 2024-SEOUL-CYB-00817 re kim.minjun@example.com...subpoena", "email"),
+    ("Case 2024-55 tel +82 10    5550 1234", "phone"),
+    ("Case 2024-55 device ID:00:1A:2B:3C:4D:5E", "mac"),
+    ("Ref 20 24 4901 5420 3237 518", "imei"),
+    ("Case 7 sim 8984040000123456781", "iccid"),
+    ("Case 2024-55 re RRN 900101-1234567", "rrn"),
+    ("Case 2024-55 re 900101 \u2013 2234567", "rrn"),
+    ("\uc0ac\uac74 2024\uace0\ub2e81234 \uc8fc\ubbfc\ubc88\ud638 851231-5234567 kim@example.com", "email, rrn"),
+])
+def test_rv_privacy_spellings_in_a_reference_are_refused(value: str, kinds: str) -> None:
+    with pytest.raises(IdentifierInFreeText) as refused:
+        check_legal_reference(FakeRoute(legal_reference_required=True), value)
+    assert [v.reason for v in refused.value.violations] == [f"holds an identifier: {kinds}"]
