@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import sqlite_path
 from gateway.errors import ConfigError
+from gateway.keys import normal_subject_id
 
 # The table a gateway's first start creates with the ledger schema (and its schema-version row).
 _LEDGER_META_TABLE = "ledger_meta"
@@ -26,9 +27,11 @@ class MissingLedger(ConfigError):
 
 def read_subject_id(argument: str) -> str:
     """The subject id given on the command line, or read from the first line of stdin for `-` (keeps it
-    out of shell history and the process list); a blank id is refused (it names nobody)."""
+    out of shell history and the process list); a blank id is refused (it names nobody), by the same test
+    the egress path and the subject reference apply (`normal_subject_id`: white space and invisible format
+    characters only)."""
     value = sys.stdin.readline().rstrip("\r\n") if argument == "-" else argument
-    if not value.strip():
+    if normal_subject_id(value) is None:
         raise ConfigError("the subject id is empty")
     return value
 

@@ -189,7 +189,7 @@ def test_query_reads_the_subject_from_stdin_and_refuses_a_blank_one(
     code, out, _ = _run(capsys, "ledger", "query", "--subject", "-", "--format", "jsonl")
     assert code == 0
     assert sorted(orjson.loads(line)["request_id"] for line in out.splitlines()) == ["req-10", "req-3"]
-    for blank in ("", "  "):
+    for blank in ("", "  ", "\u200b\u3000"):  # white space and format characters only
         monkeypatch.setattr("sys.stdin", io.StringIO(blank + "\n"))
         code, out, err = _run(capsys, "ledger", "query", "--subject", "-", "--format", "jsonl")
         assert (code, out) == (2, "")
