@@ -237,7 +237,7 @@ class Parse(SyncStage):
                 raise MalformedRequest("a header was sent twice", [Violation(_header_path(ctx, lower), "duplicate")])
             seen.add(lower)
             if not value.isascii():
-                _refuse_non_ascii(ctx, name, lower)
+                _refuse_non_ascii(ctx, lower)
             headers[name] = value
         ctx.headers = headers
 
@@ -252,7 +252,7 @@ def _header_path(ctx: RequestContext, lower: str) -> str:
     return "headers.*"
 
 
-def _refuse_non_ascii(ctx: RequestContext, name: str, lower: str) -> None:
+def _refuse_non_ascii(ctx: RequestContext, lower: str) -> None:
     """Refuses a non-ASCII value in a header the route allowlists (an undeclared one is dropped anyway).
     Header bytes have no agreed charset: the servers decode UTF-8 and the upstream client writes Latin-1,
     so the partner would receive other bytes than the caller sent (and the ledger recorded as kept). The
