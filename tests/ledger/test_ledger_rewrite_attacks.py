@@ -9,6 +9,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledger_helpers import disclosure_draft
@@ -17,7 +18,7 @@ from test_ledger_tamper_detection import Tamperer
 from gateway.cli.ledger import verify_url
 from gateway.keys import GatewayKeys
 from gateway.ledger import RecordDraft, open_ledger
-from gateway.ledger.records import GENESIS_HASH, record_hash
+from gateway.ledger.records import GENESIS_HASH, record_hash, seal
 from gateway.ledger.verify import ExpectedHead, VerifyReport
 
 
@@ -45,6 +46,35 @@ async def _verify(url: str, keys: GatewayKeys, *, accept: tuple[ExpectedHead, ..
     return await verify_url(url, keys.ledger.verify_key, (), accept)
 
 
+async def _reinsert_demoted(db: Tamperer, records: list[dict[str, Any]]) -> None:
+    """rewrite.py's core: the records inserted again with every checkpoint turned into an unsigned outcome
+    and every hash recomputed from the genesis hash (the caller deleted the originals)."""
+    prev = GENESIS_HASH
+    for record in records:
+        if record["kind"] == "checkpoint":
+            record["kind"] = "outcome"
+            record.pop("signature")
+            record.pop("detail")
+        record["prev_hash"] = prev
+        record.pop("hash")
+        record["hash"] = prev = record_hash(record)
+        await db.insert(record)
+
+
+async def _forge_chain(db: Tamperer, keys: GatewayKeys) -> str:
+    """forge_chain.py's core: a new chain `gw-old-replica` from the genesis hash, two back-dated unsigned
+    registry records; returns its head hash."""
+    prev = GENESIS_HASH
+    for sequence, stamp in ((1, "2026-01-01T00:00:01.000000Z"), (2, "2026-01-01T00:00:02.000000Z")):
+        sealed = seal(RecordDraft(kind="registry", caller="cli", subject_ref=keys.ledger.subject_ref("u"),
+                                  action="consent_grant"),
+                      record_id=f"{sequence:032x}", chain="gw-old-replica", sequence=sequence, time=stamp,
+                      prev_hash=prev)
+        prev = sealed.hash
+        await db.insert(sealed.record)
+    return prev
+
+
 @pytest.fixture
 async def deployed(ledger_url: str, gateway_keys: GatewayKeys) -> str:
     """A gateway chain that wrote before and after a CLI consent withdrawal (so its later checkpoints have
@@ -70,18 +100,8 @@ async def test_demoted_checkpoints_with_recomputed_hashes_fail(deployed: str, ga
         records = await db.records("gw-main")
         await db.execute("DELETE FROM ledger_records WHERE chain = ?", "gw-main")
         await db.execute("DELETE FROM ledger_checkpoints WHERE chain = ?", "gw-main")
-        prev = GENESIS_HASH
-        for record in records:
-            if record["sequence"] == 3:
-                record["partner"] = "someone-else"
-            if record["kind"] == "checkpoint":
-                record["kind"] = "outcome"
-                record.pop("signature")
-                record.pop("detail")
-            record["prev_hash"] = prev
-            record.pop("hash")
-            record["hash"] = prev = record_hash(record)
-            await db.insert(record)
+        next(record for record in records if record["sequence"] == 3)["partner"] = "someone-else"
+        await _reinsert_demoted(db, records)
     report = await _verify(deployed, gateway_keys)
     assert not report.ok
     failure = next(f for f in report.failures if f.chain == "gw-main")
@@ -167,17 +187,8 @@ async def test_deleted_chain_fails(deployed: str, gateway_keys: GatewayKeys) -> 
 
 async def test_fabricated_chain_fails(deployed: str, gateway_keys: GatewayKeys) -> None:
     # forge_chain.py: a new chain from the genesis hash with back-dated unsigned records.
-    from gateway.ledger.records import seal
-
     async with Tamperer(deployed) as db:
-        prev = GENESIS_HASH
-        for sequence, stamp in ((1, "2026-01-01T00:00:01.000000Z"), (2, "2026-01-01T00:00:02.000000Z")):
-            sealed = seal(RecordDraft(kind="registry", caller="cli", subject_ref=gateway_keys.ledger.subject_ref("u"),
-                                      action="consent_grant"),
-                          record_id=f"{sequence:032x}", chain="gw-old-replica", sequence=sequence, time=stamp,
-                          prev_hash=prev)
-            prev = sealed.hash
-            await db.insert(sealed.record)
+        prev = await _forge_chain(db, gateway_keys)
     report = await _verify(deployed, gateway_keys)
     (failure,) = report.failures
     assert failure.chain == "gw-old-replica"
@@ -187,7 +198,7 @@ async def test_fabricated_chain_fails(deployed: str, gateway_keys: GatewayKeys) 
 
 
 async def test_fabricated_recent_chain_fails_without_a_live_writer(deployed: str, gateway_keys: GatewayKeys) -> None:
-    from gateway.ledger.records import format_time, seal
+    from gateway.ledger.records import format_time
 
     async with Tamperer(deployed) as db:
         sealed = seal(RecordDraft(kind="registry", caller="cli", subject_ref=gateway_keys.ledger.subject_ref("u"),
@@ -204,6 +215,7 @@ async def test_fabricated_recent_chain_fails_without_a_live_writer(deployed: str
 _CRASHING_WRITER = """
 import asyncio, os, sys
 from pathlib import Path
+from typing import Any
 from gateway.keys import load_keys
 from gateway.ledger import RecordDraft, open_ledger
 
@@ -386,17 +398,8 @@ async def test_a_chain_that_restarted_at_one_after_a_prune_still_verifies(
 # -- review rv-verify R0: a writer signs other chains' checkpoints, never records nobody signed -----------
 
 async def test_a_later_writer_does_not_sign_a_fabricated_chain(deployed: str, gateway_keys: GatewayKeys) -> None:
-    from gateway.ledger.records import seal
-
     async with Tamperer(deployed) as db:
-        prev = GENESIS_HASH
-        for sequence, stamp in ((1, "2026-01-01T00:00:01.000000Z"), (2, "2026-01-01T00:00:02.000000Z")):
-            sealed = seal(RecordDraft(kind="registry", caller="cli", subject_ref=gateway_keys.ledger.subject_ref("u"),
-                                      action="consent_grant"),
-                          record_id=f"{sequence:032x}", chain="gw-old-replica", sequence=sequence, time=stamp,
-                          prev_hash=prev)
-            prev = sealed.hash
-            await db.insert(sealed.record)
+        await _forge_chain(db, gateway_keys)
     # Any writer that runs afterwards (here one that writes and stops cleanly, and an idle one whose timer
     # sees the new chain) used to sign the forged head, and verify then passed for good.
     await _write(deployed, gateway_keys, "gw-other", 2)
@@ -417,16 +420,7 @@ async def test_a_later_writer_does_not_sign_a_rewritten_chain(deployed: str, gat
         records = await db.records("gw-main")
         await db.execute("DELETE FROM ledger_records WHERE chain IN (?, ?)", "gw-main", "gw-subject-cli")
         await db.execute("DELETE FROM ledger_checkpoints WHERE chain IN (?, ?)", "gw-main", "gw-subject-cli")
-        prev = GENESIS_HASH
-        for record in records:
-            if record["kind"] == "checkpoint":
-                record["kind"] = "outcome"
-                record.pop("signature")
-                record.pop("detail")
-            record["prev_hash"] = prev
-            record.pop("hash")
-            record["hash"] = prev = record_hash(record)
-            await db.insert(record)
+        await _reinsert_demoted(db, records)
     await _write(deployed, gateway_keys, "gw-other", 1)
     report = await _verify(deployed, gateway_keys)
     failure = next(f for f in report.failures if f.chain == "gw-main")
