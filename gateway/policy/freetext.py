@@ -30,8 +30,10 @@ from gateway.pseudonyms.tables import country_calling_code
 
 SCANNED_TYPES = ("imei", "imsi", "iccid", "mac", "email", "phone")
 
-# Dashes a person may type between digit groups (ASCII hyphen, Unicode hyphens and dashes, minus sign).
-_DASHES = "\\-\u2010-\u2015\u2212"
+# Dashes a person may type between digit groups (ASCII hyphen, Unicode hyphens and dashes, minus sign),
+# as characters and as the body of a regex character class.
+_DASH_CHARS = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+_DASHES = re.escape(_DASH_CHARS)
 # Between the digit groups of an IMEI, IMSI or ICCID: white space (any amount, as the validators strip it)
 # and dashes. Not '.', '/' or ':': those join dates, prices and times ("25.12.2024 14.30") into numbers.
 _DIGIT_RUN = re.compile(f"[0-9]+(?:[\\s{_DASHES}]+[0-9]+)*")
@@ -412,7 +414,7 @@ def _digit_identifiers(text: str, *, imsi: bool = True) -> list[Hit]:
     return hits
 
 
-_DATE_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+_DATE_DASHES = frozenset(_DASH_CHARS)
 
 
 def _date_groups(text: str, groups: list[tuple[int, int, str]]) -> set[int]:
