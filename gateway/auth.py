@@ -14,7 +14,10 @@ Security choices (see docs/authentication.md):
 - `kid` is only a dictionary key; it never names a file, a URL or a query;
 - `iss` and `aud` are compared exactly (an `aud` array containing ours is accepted, RFC 7519 4.1.3);
   `exp`, `iss`, `aud` and `sub` are required; `exp`, `nbf` and `iat` are honoured with the configured
-  leeway (a token is accepted until `exp` plus the leeway).
+  leeway (a token is accepted until `exp` plus the leeway);
+- a JWKS URL is fetched over verified TLS without following redirects; plain `http://` is refused outside
+  development mode unless its host is loopback (`gateway.config.jwks_url_check`), and a loopback URL
+  naming `localhost` only ever connects to a loopback address.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ from typing import Any
 
 import aiohttp
 import jwt
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import (
@@ -49,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from yarl import URL
 
-from gateway.config import ASYMMETRIC_ALGORITHMS, Settings
+from gateway.config import ASYMMETRIC_ALGORITHMS, JwksUrlCheck, Settings, jwks_url_check
 from gateway.errors import ConfigError, Unauthenticated
 from gateway.keys import GatewayKeys
 
@@ -473,19 +480,47 @@ class KeyProvider:
             await self._close_loader()
 
 
-class _JwksUrlLoader:
-    """Fetches a JWKS over HTTP(S) with one pooled session: no redirects, bounded time and size."""
+class _LoopbackResolver(AbstractResolver):
+    """aiohttp's resolver keeping only loopback addresses: a plain-HTTP JWKS URL accepted because it names
+    `localhost` never reaches another machine, whatever /etc/hosts or DNS answer for that name."""
 
-    def __init__(self, url: str, allowed: frozenset[str]) -> None:
-        self.url = url
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        results = [r for r in await self._inner.resolve(host, port, family)
+                   if ipaddress.ip_address(r["host"]).is_loopback]
+        if not results:
+            raise OSError(f"{host} resolves to no loopback address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class _JwksUrlLoader:
+    """Fetches a JWKS over HTTP(S) with one pooled session: no redirects (any 3xx is a failed load, so a
+    redirect to http:// or to another host is never followed), TLS certificates verified, no proxy from
+    the environment, bounded time and size."""
+
+    def __init__(self, checked: JwksUrlCheck, allowed: frozenset[str]) -> None:
+        self.url = checked.url
+        self._loopback_only = checked.loopback_name
         self._allowed = allowed
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: _LoopbackResolver | None = None
 
     async def __call__(self) -> KeySet:
         if self._session is None or self._session.closed:
+            if self._loopback_only and self._resolver is None:
+                self._resolver = _LoopbackResolver()  # closed by close(): the connector does not own it
             self._session = aiohttp.ClientSession(
+                # ssl=True: the default, spelled out; certificate and host name are verified.
+                connector=aiohttp.TCPConnector(ssl=True, resolver=self._resolver),
                 timeout=aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT_SECONDS),
                 headers={"Accept": "application/jwk-set+json, application/json"},
+                trust_env=False,
             )
         async with self._session.get(self.url, allow_redirects=False) as response:
             if response.status != 200:
@@ -514,6 +549,9 @@ class _JwksUrlLoader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
 
 def _read_key_file(path: Path, allowed: frozenset[str], *, strict: bool) -> KeySet:
@@ -644,11 +682,14 @@ class CallerAuthenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings, keys: GatewayKeys) -> CallerAuthenticator:
-        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`); a
-        file is read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the
-        development public key, only in development mode."""
+        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`; a
+        plain-HTTP one is refused here, before any connection, when `jwks_url_check` refuses it); a file is
+        read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the development
+        public key, only in development mode."""
         allowed = frozenset(settings.jwt_algorithms)
         source = settings.jwt_keys
+        # load_settings already applies it; repeated so that no other construction path skips it.
+        checked = jwks_url_check(settings)
         if source is None:
             if not settings.dev_mode:
                 raise ConfigError("GATEWAY_JWT_KEYS must be set outside development mode")
@@ -657,11 +698,18 @@ class CallerAuthenticator:
             bound = _bind_key(keys.jwt_dev_public, None, allowed, None, "development JWT key")
             provider = KeyProvider(None, KeySet(by_kid={bound.kid: bound}), cache_seconds=math.inf,
                                    min_refresh_interval=math.inf, description="development key")
-        elif source.startswith(("http://", "https://")):
-            url_loader = _JwksUrlLoader(source, allowed)
+        elif checked is not None:
+            description = _redacted_url(source)
+            if checked.insecure:
+                log.warning(
+                    "jwt keys fetched over plain http: anyone on the network path can replace them",
+                    extra={"key_source": description,
+                           "allowed_by": "jwks_allow_insecure_http" if not settings.dev_mode else "dev_mode"},
+                )
+            url_loader = _JwksUrlLoader(checked, allowed)
             provider = KeyProvider(url_loader, None, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=_redacted_url(source), close_loader=url_loader.close)
+                                   description=description, close_loader=url_loader.close)
         else:
             path = Path(source)
             initial = _read_key_file(path, allowed, strict=True)
