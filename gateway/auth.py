@@ -18,6 +18,8 @@ Security choices (see docs/authentication.md):
 - a JWKS URL is fetched over verified TLS without following redirects; plain `http://` is refused outside
   development mode unless its host is loopback (`gateway.config.jwks_url_check`), and a loopback URL
   naming `localhost` only ever connects to a loopback address.
+
+Each load of the key set is reported to a `KeyLoadObserver` (the metrics), which this module does not import.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
@@ -351,6 +353,16 @@ def _redacted_url(url: str) -> str:
     return str(parsed.with_user(None).with_password(None).with_query(None).with_fragment(None))
 
 
+class KeyLoadObserver(Protocol):
+    """Told about each load of the key set (gateway.metrics feeds its JWKS metrics from this)."""
+
+    def loaded(self, keys: int) -> None:
+        """A load obtained the key set, now in force with `keys` usable keys (0: every token is refused)."""
+
+    def failed(self) -> None:
+        """A load could not obtain the key set; the last good set (if any) stays in force."""
+
+
 class KeyProvider:
     """Holds the key set in force and refreshes it: when it is older than `cache_seconds` (in the
     background; requests keep using the current set), and when a token names an unknown kid (awaited),
@@ -368,6 +380,7 @@ class KeyProvider:
         min_refresh_interval: float,
         description: str,
         close_loader: Callable[[], Awaitable[None]] | None = None,
+        observer: KeyLoadObserver | None = None,
     ) -> None:
         # loader raises ConfigError/OSError/aiohttp errors; None means a static set (the development key).
         self._loader = loader
@@ -384,6 +397,9 @@ class KeyProvider:
         self._load: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._close_loader = close_loader
+        self._observer = observer
+        if observer is not None and initial is not None:
+            observer.loaded(len(initial.by_kid))  # the file (or development key) read at start
 
     @property
     def keyset(self) -> KeySet | None:
@@ -438,6 +454,8 @@ class KeyProvider:
         try:
             keyset: KeySet = await self._loader()
         except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if self._observer is not None:
+                self._observer.failed()
             log.warning(
                 "jwt key refresh failed; keeping the last good key set",
                 extra={"key_source": self.description, "error": type(exc).__name__,
@@ -445,6 +463,10 @@ class KeyProvider:
                        "have_keys": self._keyset is not None and bool(self._keyset.by_kid)},
             )
             return
+        except Exception:
+            if self._observer is not None:
+                self._observer.failed()  # unexpected, but still a load that obtained nothing
+            raise
         finally:
             self._finished_at = time.monotonic()
             self._load = None
@@ -455,6 +477,8 @@ class KeyProvider:
         if previous is None or changed or keyset.skipped != previous.skipped:
             self._report(keyset)  # once per change, not at every reload
         self._keyset = keyset
+        if self._observer is not None:
+            self._observer.loaded(len(keyset.by_kid))
         if changed:
             for listener in self._listeners:
                 listener()
@@ -681,11 +705,12 @@ class CallerAuthenticator:
         provider.on_change(self._cache.clear)
 
     @classmethod
-    def from_settings(cls, settings: Settings, keys: GatewayKeys) -> CallerAuthenticator:
+    def from_settings(cls, settings: Settings, keys: GatewayKeys, *, observer: KeyLoadObserver | None = None
+                      ) -> CallerAuthenticator:
         """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`; a
         plain-HTTP one is refused here, before any connection, when `jwks_url_check` refuses it); a file is
         read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the development
-        public key, only in development mode."""
+        public key, only in development mode. `observer` is told about every load of the set."""
         allowed = frozenset(settings.jwt_algorithms)
         source = settings.jwt_keys
         # load_settings already applies it; repeated so that no other construction path skips it.
@@ -697,7 +722,8 @@ class CallerAuthenticator:
                 raise ConfigError(f"no development JWT public key in {keys.keys_dir}; set GATEWAY_JWT_KEYS")
             bound = _bind_key(keys.jwt_dev_public, None, allowed, None, "development JWT key")
             provider = KeyProvider(None, KeySet(by_kid={bound.kid: bound}), cache_seconds=math.inf,
-                                   min_refresh_interval=math.inf, description="development key")
+                                   min_refresh_interval=math.inf, description="development key",
+                                   observer=observer)
         elif checked is not None:
             description = _redacted_url(source)
             if checked.insecure:
@@ -709,7 +735,7 @@ class CallerAuthenticator:
             url_loader = _JwksUrlLoader(checked, allowed)
             provider = KeyProvider(url_loader, None, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=description, close_loader=url_loader.close)
+                                   description=description, close_loader=url_loader.close, observer=observer)
         else:
             path = Path(source)
             initial = _read_key_file(path, allowed, strict=True)
@@ -719,7 +745,7 @@ class CallerAuthenticator:
 
             provider = KeyProvider(reload_file, initial, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=str(path))
+                                   description=str(path), observer=observer)
         return cls(
             provider,
             issuer=settings.jwt_issuer,
