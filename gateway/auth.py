@@ -14,7 +14,12 @@ Security choices (see docs/authentication.md):
 - `kid` is only a dictionary key; it never names a file, a URL or a query;
 - `iss` and `aud` are compared exactly (an `aud` array containing ours is accepted, RFC 7519 4.1.3);
   `exp`, `iss`, `aud` and `sub` are required; `exp`, `nbf` and `iat` are honoured with the configured
-  leeway (a token is accepted until `exp` plus the leeway).
+  leeway (a token is accepted until `exp` plus the leeway);
+- a JWKS URL is fetched over verified TLS without following redirects; plain `http://` is refused outside
+  development mode unless its host is loopback (`gateway.config.jwks_url_check`), and a loopback URL
+  naming `localhost` only ever connects to a loopback address.
+
+Each load of the key set is reported to a `KeyLoadObserver` (the metrics), which this module does not import.
 """
 
 from __future__ import annotations
@@ -23,18 +28,22 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import (
@@ -49,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from yarl import URL
 
-from gateway.config import ASYMMETRIC_ALGORITHMS, Settings
+from gateway.config import ASYMMETRIC_ALGORITHMS, JwksUrlCheck, Settings, jwks_url_check
 from gateway.errors import ConfigError, Unauthenticated
 from gateway.keys import GatewayKeys
 
@@ -344,6 +353,16 @@ def _redacted_url(url: str) -> str:
     return str(parsed.with_user(None).with_password(None).with_query(None).with_fragment(None))
 
 
+class KeyLoadObserver(Protocol):
+    """Told about each load of the key set (gateway.metrics feeds its JWKS metrics from this)."""
+
+    def loaded(self, keys: int) -> None:
+        """A load obtained the key set, now in force with `keys` usable keys (0: every token is refused)."""
+
+    def failed(self) -> None:
+        """A load could not obtain the key set; the last good set (if any) stays in force."""
+
+
 class KeyProvider:
     """Holds the key set in force and refreshes it: when it is older than `cache_seconds` (in the
     background; requests keep using the current set), and when a token names an unknown kid (awaited),
@@ -361,6 +380,7 @@ class KeyProvider:
         min_refresh_interval: float,
         description: str,
         close_loader: Callable[[], Awaitable[None]] | None = None,
+        observer: KeyLoadObserver | None = None,
     ) -> None:
         # loader raises ConfigError/OSError/aiohttp errors; None means a static set (the development key).
         self._loader = loader
@@ -377,6 +397,9 @@ class KeyProvider:
         self._load: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._close_loader = close_loader
+        self._observer = observer
+        if observer is not None and initial is not None:
+            observer.loaded(len(initial.by_kid))  # the file (or development key) read at start
 
     @property
     def keyset(self) -> KeySet | None:
@@ -431,6 +454,8 @@ class KeyProvider:
         try:
             keyset: KeySet = await self._loader()
         except (ConfigError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if self._observer is not None:
+                self._observer.failed()
             log.warning(
                 "jwt key refresh failed; keeping the last good key set",
                 extra={"key_source": self.description, "error": type(exc).__name__,
@@ -438,6 +463,10 @@ class KeyProvider:
                        "have_keys": self._keyset is not None and bool(self._keyset.by_kid)},
             )
             return
+        except Exception:
+            if self._observer is not None:
+                self._observer.failed()  # unexpected, but still a load that obtained nothing
+            raise
         finally:
             self._finished_at = time.monotonic()
             self._load = None
@@ -448,6 +477,8 @@ class KeyProvider:
         if previous is None or changed or keyset.skipped != previous.skipped:
             self._report(keyset)  # once per change, not at every reload
         self._keyset = keyset
+        if self._observer is not None:
+            self._observer.loaded(len(keyset.by_kid))
         if changed:
             for listener in self._listeners:
                 listener()
@@ -473,19 +504,47 @@ class KeyProvider:
             await self._close_loader()
 
 
-class _JwksUrlLoader:
-    """Fetches a JWKS over HTTP(S) with one pooled session: no redirects, bounded time and size."""
+class _LoopbackResolver(AbstractResolver):
+    """aiohttp's resolver keeping only loopback addresses: a plain-HTTP JWKS URL accepted because it names
+    `localhost` never reaches another machine, whatever /etc/hosts or DNS answer for that name."""
 
-    def __init__(self, url: str, allowed: frozenset[str]) -> None:
-        self.url = url
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        results = [r for r in await self._inner.resolve(host, port, family)
+                   if ipaddress.ip_address(r["host"]).is_loopback]
+        if not results:
+            raise OSError(f"{host} resolves to no loopback address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class _JwksUrlLoader:
+    """Fetches a JWKS over HTTP(S) with one pooled session: no redirects (any 3xx is a failed load, so a
+    redirect to http:// or to another host is never followed), TLS certificates verified, no proxy from
+    the environment, bounded time and size."""
+
+    def __init__(self, checked: JwksUrlCheck, allowed: frozenset[str]) -> None:
+        self.url = checked.url
+        self._loopback_only = checked.loopback_name
         self._allowed = allowed
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: _LoopbackResolver | None = None
 
     async def __call__(self) -> KeySet:
         if self._session is None or self._session.closed:
+            if self._loopback_only and self._resolver is None:
+                self._resolver = _LoopbackResolver()  # closed by close(): the connector does not own it
             self._session = aiohttp.ClientSession(
+                # ssl=True: the default, spelled out; certificate and host name are verified.
+                connector=aiohttp.TCPConnector(ssl=True, resolver=self._resolver),
                 timeout=aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT_SECONDS),
                 headers={"Accept": "application/jwk-set+json, application/json"},
+                trust_env=False,
             )
         async with self._session.get(self.url, allow_redirects=False) as response:
             if response.status != 200:
@@ -514,6 +573,9 @@ class _JwksUrlLoader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
 
 def _read_key_file(path: Path, allowed: frozenset[str], *, strict: bool) -> KeySet:
@@ -643,12 +705,16 @@ class CallerAuthenticator:
         provider.on_change(self._cache.clear)
 
     @classmethod
-    def from_settings(cls, settings: Settings, keys: GatewayKeys) -> CallerAuthenticator:
-        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`); a
-        file is read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the
-        development public key, only in development mode."""
+    def from_settings(cls, settings: Settings, keys: GatewayKeys, *, observer: KeyLoadObserver | None = None
+                      ) -> CallerAuthenticator:
+        """Key source from `settings.jwt_keys`: an http(s) URL is a JWKS URL (fetched by `start()`; a
+        plain-HTTP one is refused here, before any connection, when `jwks_url_check` refuses it); a file is
+        read now (PEM when it starts with `-----BEGIN`, otherwise a JWKS document). Unset: the development
+        public key, only in development mode. `observer` is told about every load of the set."""
         allowed = frozenset(settings.jwt_algorithms)
         source = settings.jwt_keys
+        # load_settings already applies it; repeated so that no other construction path skips it.
+        checked = jwks_url_check(settings)
         if source is None:
             if not settings.dev_mode:
                 raise ConfigError("GATEWAY_JWT_KEYS must be set outside development mode")
@@ -656,12 +722,20 @@ class CallerAuthenticator:
                 raise ConfigError(f"no development JWT public key in {keys.keys_dir}; set GATEWAY_JWT_KEYS")
             bound = _bind_key(keys.jwt_dev_public, None, allowed, None, "development JWT key")
             provider = KeyProvider(None, KeySet(by_kid={bound.kid: bound}), cache_seconds=math.inf,
-                                   min_refresh_interval=math.inf, description="development key")
-        elif source.startswith(("http://", "https://")):
-            url_loader = _JwksUrlLoader(source, allowed)
+                                   min_refresh_interval=math.inf, description="development key",
+                                   observer=observer)
+        elif checked is not None:
+            description = _redacted_url(source)
+            if checked.insecure:
+                log.warning(
+                    "jwt keys fetched over plain http: anyone on the network path can replace them",
+                    extra={"key_source": description,
+                           "allowed_by": "jwks_allow_insecure_http" if not settings.dev_mode else "dev_mode"},
+                )
+            url_loader = _JwksUrlLoader(checked, allowed)
             provider = KeyProvider(url_loader, None, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=_redacted_url(source), close_loader=url_loader.close)
+                                   description=description, close_loader=url_loader.close, observer=observer)
         else:
             path = Path(source)
             initial = _read_key_file(path, allowed, strict=True)
@@ -671,7 +745,7 @@ class CallerAuthenticator:
 
             provider = KeyProvider(reload_file, initial, cache_seconds=settings.jwks_cache_seconds,
                                    min_refresh_interval=settings.jwks_refresh_min_interval_seconds,
-                                   description=str(path))
+                                   description=str(path), observer=observer)
         return cls(
             provider,
             issuer=settings.jwt_issuer,

@@ -7,6 +7,7 @@ so the gateway never starts half-configured. Every setting is documented in docs
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yarl import URL
 
 from gateway.errors import ConfigError
 
@@ -40,6 +42,9 @@ class Settings:
     jwt_leeway_seconds: int = 30
     jwks_refresh_min_interval_seconds: float = 30.0
     jwks_cache_seconds: float = 300.0
+    # Outside development mode a plain-HTTP JWKS URL is refused unless its host is loopback; this lets any
+    # http:// URL through (a path protected some other way, e.g. a service mesh's mTLS). See jwks_url_check.
+    jwks_allow_insecure_http: bool = False
     transfer_rules: Path | None = None  # YAML; default: the shipped rules in gateway/subjects
     max_body_bytes: int = 1_048_576
     max_json_depth: int = 32
@@ -129,7 +134,68 @@ def _validate(settings: Settings) -> Settings:
         value = getattr(settings, name)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"setting {name}: must be a positive number of seconds")
+    jwks_url_check(settings)
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class JwksUrlCheck:
+    """What `jwks_url_check` found about a JWKS URL accepted for use."""
+
+    url: URL  # parsed once: the URL the fetch uses is the one that was checked
+    # Plain HTTP to a host that is not loopback: anyone on the network path can replace the key set.
+    insecure: bool
+    # Plain HTTP to `localhost`: the fetch must connect to a loopback address only, whatever it resolves to.
+    loopback_name: bool
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """An IP literal in 127.0.0.0/8 or ::1, or the name `localhost` (not `localhost.`, not a subdomain)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def jwks_url_check(settings: Settings) -> JwksUrlCheck | None:
+    """The rule for a JWKS URL (None when `jwt_keys` is not an http(s) URL). Pure: it parses the URL and
+    looks at nothing else, so a refused URL is never connected to. Over plain HTTP anyone on the path can
+    substitute the key set and mint tokens with any scope, so an `http://` URL whose host is not loopback
+    is a ConfigError outside development mode unless `jwks_allow_insecure_http` is set; when accepted
+    (development mode, or that setting) `insecure` is True and the caller logs a warning."""
+    source = settings.jwt_keys
+    if source is None or not source.startswith(("http://", "https://")):
+        return None
+    try:
+        url = URL(source)
+    except ValueError as exc:
+        raise ConfigError("GATEWAY_JWT_KEYS: not a valid URL") from exc
+    if not url.host:
+        raise ConfigError("GATEWAY_JWT_KEYS: the JWKS URL names no host")
+    if url.scheme == "https":
+        return JwksUrlCheck(url, insecure=False, loopback_name=False)
+    if is_loopback_host(url.host):
+        return JwksUrlCheck(url, insecure=False, loopback_name=not _is_ip(url.host))
+    if not settings.dev_mode and not settings.jwks_allow_insecure_http:
+        raise ConfigError(
+            f"GATEWAY_JWT_KEYS: plain http:// JWKS URL to {url.host} refused outside development mode (anyone "
+            "on the network path could replace the keys and mint any token); use https://, a loopback host "
+            "(127.0.0.0/8, ::1, localhost), or set GATEWAY_JWKS_ALLOW_INSECURE_HTTP=true if the path is "
+            "protected otherwise"
+        )
+    return JwksUrlCheck(url, insecure=True, loopback_name=False)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def load_settings(

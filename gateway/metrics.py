@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Label value for a request whose partner id names no loaded profile; "-" is not a valid profile id
@@ -88,12 +88,36 @@ class GatewayMetrics:
         )
         for result in RELOAD_RESULTS:
             self.profile_reloads.labels(result=result)
+        # The caller-token key set (gateway.auth.KeyProvider): a stale set shows as failed loads while the
+        # last success ages. With --workers N the gauges take the worst live worker ("livemin"), so one
+        # worker stuck on an old set is not hidden by the others, and no pid label is needed.
+        self.jwks_refreshes = Counter(
+            "gateway_jwks_refreshes_total",
+            "Loads of the caller-token key set (JWKS URL or key file, the one at start included) by result.",
+            ("result",), registry=reg,
+        )
+        for result in RELOAD_RESULTS:
+            self.jwks_refreshes.labels(result=result)
+        self.jwks_last_success = Gauge(
+            "gateway_jwks_last_success_timestamp_seconds",
+            "Unix time of the last load that obtained the caller-token key set (0: none yet).",
+            registry=reg, multiprocess_mode="livemin",
+        )
+        self.jwks_keys = Gauge(
+            "gateway_jwks_keys", "Usable keys in the caller-token key set in force (0: every token is refused).",
+            registry=reg, multiprocess_mode="livemin",
+        )
         self.series = RequestSeries(self)
 
     def ledger_observer(self) -> LedgerCommitMetrics:
         """The observer to pass to gateway.ledger.open_ledger, feeding the four ledger metrics."""
         return LedgerCommitMetrics(self.ledger_batch_size, self.ledger_commit, self.ledger_errors,
                                    self.ledger_late_commits)
+
+    def jwks_observer(self) -> JwksLoadMetrics:
+        """The observer to pass to CallerAuthenticator.from_settings, feeding the three JWKS metrics."""
+        return JwksLoadMetrics(self.jwks_refreshes.labels(result="ok"), self.jwks_refreshes.labels(result="error"),
+                               self.jwks_last_success, self.jwks_keys)
 
     def prime(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create the zero-valued series of every known (partner, route), so dashboards see them at once."""
@@ -165,6 +189,25 @@ class LedgerCommitMetrics:
 
     def landed_late(self, records: int) -> None:
         self.late_commits.inc(records)
+
+
+@dataclass(frozen=True, slots=True)
+class JwksLoadMetrics:
+    """A gateway.auth.KeyLoadObserver (auth does not import this module): counts each load of the key set
+    by result; a successful one also stamps its time and the number of usable keys it put in force."""
+
+    ok: Counter
+    error: Counter
+    last_success: Gauge
+    keys: Gauge
+
+    def loaded(self, keys: int) -> None:
+        self.ok.inc()
+        self.last_success.set_to_current_time()
+        self.keys.set(keys)
+
+    def failed(self) -> None:
+        self.error.inc()
 
 
 def partner_label(partner_id: str | None, known: Iterable[str] | frozenset[str]) -> str:

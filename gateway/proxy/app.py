@@ -110,7 +110,7 @@ class GatewayState:
         keys = await asyncio.to_thread(load_keys, settings.keys_dir, dev_mode=settings.dev_mode)
         pseudonymiser = Pseudonymiser(PartnerKeyring(keys.master_key))
         rules = await asyncio.to_thread(TransferRules.load, settings.transfer_rules)
-        authenticator = CallerAuthenticator.from_settings(settings, keys)
+        authenticator = CallerAuthenticator.from_settings(settings, keys, observer=metrics.jwks_observer())
         chain_id = self._chain_id()
         ledger = open_ledger(
             settings.ledger_url, keys.ledger, chain_id=chain_id,

@@ -149,6 +149,12 @@ async def test_serve_with_two_workers_reload_and_drain(
                     break
                 await asyncio.sleep(0.05)
             assert forwarded.search(text), text[:2000]
+            # The key-set metrics of both workers: loads summed, the gauges the worst live worker's (no pid label).
+            assert 'gateway_jwks_refreshes_total{result="ok"} 2.0' in text
+            assert re.search(r"^gateway_jwks_keys 1\.0$", text, re.MULTILINE), text[:3000]
+            last = re.search(r"^gateway_jwks_last_success_timestamp_seconds (\S+)$", text, re.MULTILINE)
+            assert last is not None, text[:3000]
+            assert float(last.group(1)) > time.time() - 120
             process.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
