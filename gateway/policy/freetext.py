@@ -29,6 +29,12 @@ from gateway.pseudonyms.tables import country_calling_code
 
 SCANNED_TYPES = ("imei", "imsi", "iccid", "mac", "email", "phone")
 
+# How many characters of free text one request (or one response) may have scanned, in all its free-text
+# values, unless its route sets `free_text_max_chars`: beyond it the policy refuses instead of scanning.
+# The scan is linear but costs up to ~3 µs a character on digit-heavy text (docs/performance.md), on the
+# event loop; 32768 characters is 160 goods descriptions of 200 characters, and at most ~0.1 s.
+FREE_TEXT_MAX_CHARS = 32768
+
 # Dashes a person may type between digit groups (ASCII hyphen, Unicode hyphens and dashes, minus sign),
 # as characters and as the body of a regex character class.
 _DASH_CHARS = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
