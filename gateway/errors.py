@@ -150,6 +150,11 @@ class IdentifierInFreeText(Unprocessable):
     title = "A free-text field contains an identifier"
 
 
+class FreeTextTooLong(Unprocessable):
+    slug = "free-text-too-long"
+    title = "More free text than the route scans"
+
+
 class RateLimited(GatewayError):
     status = 429
     slug = "rate-limited"

@@ -46,10 +46,11 @@ from gateway.policy.actions import (
     mask_value,
 )
 from gateway.policy.fastschema import ANNOTATIONS, Unsupported, compile_check
-from gateway.policy.freetext import redact, scan
+from gateway.policy.freetext import FREE_TEXT_MAX_CHARS, redact, scan
 
-# What a generated walk returns when it is sure: the body and the report records in the reference order.
-WalkResult = tuple[Any, dict[str, None], dict[str, None], dict[str, None], dict[str, int], list[Any]]
+# What a generated walk returns when it is sure: the body and the report records in the reference order,
+# and how many characters of free text the request may still have scanned (its query and headers).
+WalkResult = tuple[Any, dict[str, None], dict[str, None], dict[str, None], dict[str, int], list[Any], int]
 GeneratedWalk = Callable[[Any], WalkResult | None]
 GeneratedCheck = Callable[[Any], bool | None]
 
@@ -104,10 +105,11 @@ class _Writer:
     """Source text being built, with the names its constants are bound to."""
 
     def __init__(self, reject_unknown: bool, free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any],
-                 Any]], names: frozenset[str] = frozenset()) -> None:
+                 Any]], names: frozenset[str] = frozenset(), free_text_max_chars: int = FREE_TEXT_MAX_CHARS) -> None:
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"MISS": _MISS, "InvalidIdentifier": InvalidIdentifier,
-                                          "NotGeneralisable": NotGeneralisable, "scan": scan, "redact": redact}
+                                          "NotGeneralisable": NotGeneralisable, "scan": scan, "redact": redact,
+                                          "SCAN_MAX": free_text_max_chars}
         self.counter = 0
         # Flags of report paths appended once per call: a leaf under an array would otherwise add its path
         # once per element (the report keeps first occurrences only, so the outcome is the same).
@@ -290,13 +292,20 @@ def _emit_leaf(w: _Writer, depth: int, var: str, node: PolicyNode, store: Callab
         kind = w.name("t")
         if action.free_text:
             hits = w.name("h")
+            # Each string scanned counts against the request's limit; over it, the reference engine refuses.
             if known == "string":  # the schema check proved it: no type tests
+                w.emit(depth, f"scan_left -= len({var})")
+                w.emit(depth, "if scan_left < 0: return None")
                 w.emit(depth, f"{hits} = scan({var})")
             else:
                 # A container holding free text is rare: the reference engine scans it; a number it refuses.
                 w.emit(depth, f"{kind} = type({var})")
                 w.emit(depth, f"if {kind} is not str and {var} is not None and {kind} is not bool: return None")
-                w.emit(depth, f"{hits} = scan({var}) if {kind} is str else None")
+                w.emit(depth, f"{hits} = None")
+                w.emit(depth, f"if {kind} is str:")
+                w.emit(depth + 1, f"scan_left -= len({var})")
+                w.emit(depth + 1, "if scan_left < 0: return None")
+                w.emit(depth + 1, f"{hits} = scan({var})")
             if w.free_text_reject:
                 w.emit(depth, f"if {hits}: return None")
                 w.record(depth, "kept", path, in_array)
@@ -585,18 +594,18 @@ def _counted_id_types(node: PolicyNode) -> list[str]:
 
 def _walk_function(root: PolicyNode, schema: Any, name: str, reject_unknown: bool, free_text_reject: bool,
                    bind: Callable[[FieldAction], Callable[[Any], Any]],
-                   names: frozenset[str]) -> tuple[GeneratedWalk, str, bool]:
-    w = _Writer(reject_unknown, free_text_reject, bind, names)
+                   names: frozenset[str], free_text_max_chars: int) -> tuple[GeneratedWalk, str, bool]:
+    w = _Writer(reject_unknown, free_text_reject, bind, names, free_text_max_chars)
     id_types = _counted_id_types(root)
     w.single_id_types = frozenset(id_type for id_type in id_types if id_types.count(id_type) == 1)
     w.emit(0, f"def {name}(body):")
     # Report paths are dict keys (first place kept, as the reference engine's run records them).
     w.emit(1, "kept = {}; transformed = {}; dropped = {}; counts = {}; verbatim = []")
     w.emit(1, "verbatim_append = verbatim.append")
-    w.emit(1, "result = MISS")
+    w.emit(1, "result = MISS; scan_left = SCAN_MAX")
     flags_at = len(w.lines)
     _emit_walk(w, 1, "body", schema, root, lambda expr: f"result = {expr}", False)
-    w.emit(1, "return (result, kept, transformed, dropped, counts, verbatim)")
+    w.emit(1, "return (result, kept, transformed, dropped, counts, verbatim, scan_left)")
     if w.once_flags:
         w.lines.insert(flags_at, "    " + " = ".join(w.once_flags) + " = True")
     return _compile_source(w, name), "\n".join(w.lines), w.overlaps
@@ -616,7 +625,8 @@ _GIVE_UP = (_TooComplex, SyntaxError, RecursionError, MemoryError)
 
 def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject_unknown: bool,
                    free_text_reject: bool, bind: Callable[[FieldAction], Callable[[Any], Any]],
-                   schema_compiles: bool, names: frozenset[str] | None = None) -> GeneratedRoute:
+                   schema_compiles: bool, names: frozenset[str] | None = None,
+                   free_text_max_chars: int = FREE_TEXT_MAX_CHARS) -> GeneratedRoute:
     """The generated functions for one route's request body. `bind` gives the value function of a
     pseudonymise, reidentify, generalise or mask action; `schema_compiles` says whether fastschema
     serves the schema (otherwise jsonschema does every check and nothing schema-related is generated);
@@ -631,7 +641,7 @@ def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject
     overlaps = True
     try:
         walk, source, overlaps = _walk_function(root, None, "walk", reject_unknown, free_text_reject, bind,
-                                                  names)
+                                                  names, free_text_max_chars)
         sources.append(source)
     except _GIVE_UP:
         walk = None
@@ -643,7 +653,7 @@ def generate_route(root: PolicyNode, schema: Mapping[str, Any] | None, *, reject
             sources.append(source)
             if walk is not None:
                 fused, source, overlaps = _walk_function(root, schema, "fused", reject_unknown, free_text_reject,
-                                                         bind, names)
+                                                         bind, names, free_text_max_chars)
                 sources.append(source)
         except _GIVE_UP:
             fused = None

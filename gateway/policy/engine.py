@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.errors import (
     FieldNotAllowed,
+    FreeTextTooLong,
     GatewayError,
     IdentifierInFreeText,
     InvalidIdentifier,
@@ -57,7 +58,7 @@ from gateway.policy.codegen import (
     undeclared_paths,
     value_function,
 )
-from gateway.policy.freetext import redact, scan
+from gateway.policy.freetext import FREE_TEXT_MAX_CHARS, redact, scan
 from gateway.policy.schema import ROOT, CompiledSchema
 from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
 
@@ -86,7 +87,7 @@ MISSING: Any = _Missing()
 
 # Refusals are raised with every violation found; the first class present in this order decides the type.
 _ERROR_ORDER: tuple[type[GatewayError], ...] = (FieldNotAllowed, InvalidIdentifier, IdentifierInFreeText,
-                                                SchemaViolation)
+                                                FreeTextTooLong, SchemaViolation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,8 @@ class RoutePolicySpec:
     response_headers: Mapping[str, FieldAction] = field(default_factory=dict)
     unknown_fields: UnknownFields = "drop"
     free_text: FreeTextMode = "reject"
+    # Characters of free text scanned per request (and per response) at most; beyond, a refusal.
+    free_text_max_chars: int = FREE_TEXT_MAX_CHARS
     schema: Mapping[str, Any] | None = None
 
 
@@ -234,10 +237,10 @@ class PolicyCompileError(ValueError):
 class _Run:
     """The mutable record of one application of a policy: what happened to which path, and refusals."""
 
-    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "transformed",
-                 "verbatim")
+    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "scan_left",
+                 "scan_max", "transformed", "verbatim")
 
-    def __init__(self, reject_unknown: bool, free_text_reject: bool) -> None:
+    def __init__(self, reject_unknown: bool, free_text_reject: bool, scan_max: int) -> None:
         # Paths as dict keys: a path recorded again (one per array element) keeps its first place, so the
         # report needs no de-duplication pass.
         self.kept: dict[str, None] = {}
@@ -247,6 +250,10 @@ class _Run:
         self.errors: list[tuple[type[GatewayError], Violation]] = []
         self.reject_unknown = reject_unknown
         self.free_text_reject = free_text_reject
+        # The characters of free text this run may still scan: the scan is linear but not cheap on
+        # digit-heavy text, and runs on the event loop, so what one request can cost is bounded.
+        self.scan_max = scan_max
+        self.scan_left = scan_max
         # Containers placed in the output whose keys came from the caller, not from the allowlist: the
         # only parts of the output whose keys the canonical form still has to check.
         self.verbatim: list[Any] = []
@@ -262,13 +269,25 @@ class _Run:
         self.errors.append((kind, Violation(path, reason)))
         return MISSING
 
+    def within_scan_budget(self, text: str, path: str) -> bool:
+        """Takes `text`'s length from what this run may still scan; False (and a refusal naming the path,
+        never the text) once the run is over its limit: the text is then not scanned at all."""
+        self.scan_left -= len(text)
+        if self.scan_left >= 0:
+            return True
+        self.refuse(FreeTextTooLong, path, f"more free text than the route scans ({self.scan_max} characters "
+                                           "per request in all)")
+        return False
+
     def scan_free_text(self, value: Any, path: str) -> Any:
         """`value` with identifiers in its strings redacted (or refused), recursing into containers.
         Free text is text: a number (an IMEI or phone written as a JSON number would pass the scanner) is
         refused, and so is an object key holding an identifier, whatever the mode (a redacted key could
-        collide with its sibling)."""
+        collide with its sibling). Every string and key scanned counts against the run's limit."""
         kind = type(value)
         if kind is str:
+            if not self.within_scan_budget(value, path):
+                return MISSING
             hits = scan(value)
             if not hits:
                 return value
@@ -280,6 +299,8 @@ class _Run:
         if kind is dict:
             out = {}
             for key, item in value.items():
+                if type(key) is str and not self.within_scan_budget(key, path):
+                    return MISSING
                 if type(key) is str and (hits := scan(key)):
                     found = ", ".join(sorted({hit.id_type for hit in hits}))
                     return self.refuse(IdentifierInFreeText, path,
@@ -631,7 +652,7 @@ class CompiledRoutePolicy:
         self._request_body = request_tree.compile(partner_id, pseudonymiser, names)
         self._generated = generate_route(
             request_tree, spec.schema, reject_unknown=spec.unknown_fields == "reject",
-            free_text_reject=spec.free_text == "reject",
+            free_text_reject=spec.free_text == "reject", free_text_max_chars=spec.free_text_max_chars,
             bind=lambda action: value_function(action, partner_id, pseudonymiser.bind, pseudonymiser.bind_reverse),
             schema_compiles=self._schema is not None and self._schema.compiled_fast, names=names)
         self._response_body, _ = compile_body(spec.response_body, partner_id, pseudonymiser, ("response", "body"))
@@ -711,9 +732,10 @@ class CompiledRoutePolicy:
         if kept_header_paths is not None and not query and not path_params:
             return self._finish_plain(walked, headers, kept_header_paths)
         run: _Run = _new(_Run)
-        body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
+        body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim, run.scan_left = walked
         run.errors = []
         run.reject_unknown, run.free_text_reject = self._reject_unknown, self._free_text_reject
+        run.scan_max = self.spec.free_text_max_chars
         return self._finish(body, run, query, path_params, headers, True)
 
     def minimise_request(self, body: Any | None, query: Sequence[tuple[str, str]], path_params: Mapping[str, str],
@@ -723,13 +745,13 @@ class CompiledRoutePolicy:
 
     def _minimise(self, body: Any | None, walked: WalkResult | None, query: Sequence[tuple[str, str]],
                   path_params: Mapping[str, str], headers: Mapping[str, str]) -> MinimisedRequest:
-        run = _Run(self._reject_unknown, self._free_text_reject)
+        run = _Run(self._reject_unknown, self._free_text_reject, self.spec.free_text_max_chars)
         if walked is None and body is not None and (walk := self._generated.walk) is not None:
             walked = walk(body)
         if walked is not None:
             # The generated walk is sure (nothing refused, nothing doubtful): its records are exactly what
             # the reference walk below would have made.
-            out_body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim = walked
+            out_body, run.kept, run.transformed, run.dropped, run.counts, run.verbatim, run.scan_left = walked
         else:
             out_body = _apply_root(self._request_body, body, run)
         return self._finish(out_body, run, query, path_params, headers, walked is not None)
@@ -767,7 +789,7 @@ class CompiledRoutePolicy:
         """`_finish` for a generated walk's outcome, no query or path parameters and only plain-keep
         headers: nothing can be refused, so the records go straight into the walk's containers (no `_Run`)
         in the order `_finish` makes them. Property-tested against `_finish`."""
-        body, kept, transformed, dropped, counts, verbatim = walked
+        body, kept, transformed, dropped, counts, verbatim, _ = walked
         out_headers: dict[str, str] = {}
         resolved = self._request_header_names
         for name, value in headers.items():
@@ -809,7 +831,7 @@ class CompiledRoutePolicy:
     def filter_response(self, body: Any | None, headers: Mapping[str, str]) -> FilteredResponse:
         """The partner's answer as the caller may see it. Undeclared fields are dropped (never refused: the
         caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`."""
-        run = _Run(False, self.free_text == "reject")
+        run = _Run(False, self.free_text == "reject", self.spec.free_text_max_chars)
         out_body = _apply_root(self._response_body, body, run)
         out_headers = _apply_headers(self._response_headers, headers, run, self._response_header_names)
         run.raise_errors(response=True)

@@ -19,7 +19,6 @@ at most 15 digits, a local part 64 characters (see `_scan_shadow`).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import re
 import unicodedata
@@ -29,6 +28,12 @@ from gateway.pseudonyms import is_valid, luhn_check_digit
 from gateway.pseudonyms.tables import country_calling_code
 
 SCANNED_TYPES = ("imei", "imsi", "iccid", "mac", "email", "phone")
+
+# How many characters of free text one request (or one response) may have scanned, in all its free-text
+# values, unless its route sets `free_text_max_chars`: beyond it the policy refuses instead of scanning.
+# The scan is linear but costs up to ~3 µs a character on digit-heavy text (docs/performance.md), on the
+# event loop; 32768 characters is 160 goods descriptions of 200 characters, and at most ~0.1 s.
+FREE_TEXT_MAX_CHARS = 32768
 
 # Dashes a person may type between digit groups (ASCII hyphen, Unicode hyphens and dashes, minus sign),
 # as characters and as the body of a regex character class.
@@ -331,23 +336,24 @@ def _phones(text: str) -> list[Hit]:
         body = _PHONE_BODY.match(text, prefix.end(), prefix.end() + _PHONE_SPAN)
         if body is None:
             continue
-        # The digit groups up to one past 15 digits, without a bracketed national trunk zero
-        # ("+44 (0)20 ...", also "+(0)44 ..."), which is not dialled (the validator drops every "(0)").
-        groups: list[re.Match[str]] = []
+        # The digit groups (start, end, digits) up to one past 15 digits, without a bracketed national
+        # trunk zero ("+44 (0)20 ...", also "+(0)44 ..."), which is not dialled (the validator drops every
+        # "(0)"). Each group's digits are taken once: a prefix reads up to 16 groups, several times over.
+        groups: list[tuple[int, int, str]] = []
         count = 0
-        for group in _DIGIT_GROUP.finditer(text, body.start(), body.end()):
-            if (group.group() == "0" and text[group.start() - 1] == "("
-                    and text[group.end():group.end() + 1] == ")"):
+        for match in _DIGIT_GROUP.finditer(text, body.start(), body.end()):
+            start, end, digits = match.start(), match.end(), match.group()
+            if digits == "0" and text[start - 1] == "(" and text[end:end + 1] == ")":
                 continue
-            groups.append(group)
-            count += len(group.group())
+            groups.append((start, end, digits))
+            count += len(digits)
             if count > _PHONE_MAX_DIGITS:
                 break
         # At least a calling code and 4 national digits; a calling code never starts with 0 ("000...",
         # "+0..."), and a number whose first digits are no calling code is no phone, whatever its length:
         # one table lookup instead of a refusal per prefix.
-        if (count < 5 or groups[0].group()[0] == "0"
-                or country_calling_code("".join(group.group() for group in groups[:3])[:3]) is None):
+        if (count < 5 or groups[0][2][0] == "0"
+                or country_calling_code("".join(group[2] for group in groups[:3])[:3]) is None):
             continue
         minimum = _PHONE_00_MIN_DIGITS if prefix.group() == "00" else 1
         hit = _longest_phone(prefix.start(), groups, minimum)
@@ -356,26 +362,27 @@ def _phones(text: str) -> list[Hit]:
     return hits
 
 
-def _longest_phone(start: int, groups: list[re.Match[str]], minimum: int) -> Hit | None:
-    """The longest valid phone from `start` over `groups`: ending on a group boundary if one is valid
-    (so a number written after the phone stays out of it), otherwise on any digit."""
+def _longest_phone(start: int, groups: list[tuple[int, int, str]], minimum: int) -> Hit | None:
+    """The longest valid phone from `start` over `groups` (start, end, digits): ending on a group
+    boundary if one is valid (so a number written after the phone stays out of it), otherwise on any
+    digit."""
     digits = ""
     ends: list[tuple[int, int]] = []  # (digit count, end offset) at each group boundary
-    for group in groups:
-        if len(digits) + len(group.group()) > _PHONE_MAX_DIGITS:
+    for _, end, group in groups:
+        if len(digits) + len(group) > _PHONE_MAX_DIGITS:
             break
-        digits += group.group()
-        ends.append((len(digits), group.end()))
+        digits += group
+        ends.append((len(digits), end))
     for count, end in reversed(ends):
         if count >= minimum and _confirm("phone", "+" + digits[:count]):
             return Hit(start, end, "phone")
     if len(ends) == len(groups):
         return None  # every digit was on a boundary already tried
     # No boundary works and a group did not fit: the digits up to any point within that group.
-    group = groups[len(ends)]
-    for count in range(min(_PHONE_MAX_DIGITS - len(digits), len(group.group()) - 1), 0, -1):
-        if len(digits) + count >= minimum and _confirm("phone", "+" + digits + group.group()[:count]):
-            return Hit(start, group.start() + count, "phone")
+    group_start, _, group = groups[len(ends)]
+    for count in range(min(_PHONE_MAX_DIGITS - len(digits), len(group) - 1), 0, -1):
+        if len(digits) + count >= minimum and _confirm("phone", "+" + digits + group[:count]):
+            return Hit(start, group_start + count, "phone")
     return None
 
 
@@ -439,7 +446,8 @@ def _date_groups(text: str, groups: list[tuple[int, int, str]]) -> set[int]:
 def _windows(groups: list[tuple[int, int, str]], hits: list[Hit], tried: dict[str, str | None],
              imsi: bool) -> None:
     """Adds to `hits` the identifiers in the windows of whole `groups` (start, end, digits); IMSIs only
-    with `imsi`."""
+    with `imsi`. Per window O(1): the window's end is one dict lookup by digit count, its Luhn sum a
+    difference of two prefix sums, and only a window passing the check digit is sliced and validated."""
     counts = [0]  # digits before each group
     for _, _, group in groups:
         counts.append(counts[-1] + len(group))
@@ -447,34 +455,63 @@ def _windows(groups: list[tuple[int, int, str]], hits: list[Hit], tried: dict[st
     if total < 14:
         return
     spelt = "".join(group for _, _, group in groups)  # a window's digits are a slice of this
+    index_of = {count: index for index, count in enumerate(counts)}  # counts only grow: one index each
+    # Luhn over any window in O(1): a whole number (check digit last) is valid when its sum, with every
+    # second digit from the check digit's left neighbour doubled, is 0 mod 10. The doubled digits of a
+    # window ending at `end` are those whose offset has the parity of `end`: so one prefix sum of the
+    # digits with the even offsets doubled, one with the odd ones doubled (built in C by translate).
+    data = spelt.encode("ascii")
+    plain = data.translate(_DIGIT_VALUE)
+    doubled = data.translate(_DIGIT_DOUBLED)
+    even = bytearray(plain)
+    even[0::2] = doubled[0::2]
+    odd = bytearray(plain)
+    odd[1::2] = doubled[1::2]
+    sums = (list(itertools.accumulate(even, initial=0)), list(itertools.accumulate(odd, initial=0)))
     covered = -1  # the furthest end of a hit in this run: a window within it would add nothing
     for first, (start, _, head) in enumerate(groups):
         base = counts[first]
         if total - base < 14:
             break
         lengths = _ICCID_LENGTHS if head.startswith("89") or head == "8" else _IMSI_LENGTHS
+        # The IMSI validator's whole test for 14 or 15 ASCII digits (a test pins the equivalence).
+        imsi_head = imsi and (head[0] in _IMSI_FIRST or spelt.startswith("001", base))
         for length in lengths:
             # The window of whole groups from `first` with exactly `length` digits, if there is one.
-            after = bisect.bisect_left(counts, base + length, first + 1)
-            if after == len(counts):
+            stop = base + length
+            if stop > total:
                 break
-            end = groups[after - 1][1]
-            if counts[after] != base + length or end <= covered:
+            after = index_of.get(stop)
+            if after is None:
                 continue
-            digits = spelt[base:base + length]
-            if digits in tried:
-                found = tried[digits]
-            else:
-                found = tried[digits] = _digit_type(digits)
-            if found is not None and (imsi or found != "imsi"):
+            end = groups[after - 1][1]
+            if end <= covered:
+                continue
+            prefix = sums[stop & 1]
+            found: str | None = None
+            if (prefix[stop] - prefix[base]) % 10 == 0 and length != 14:  # the check digit of an IMEI or ICCID
+                id_type = "imei" if length == 15 else "iccid"
+                if id_type == "imei" or spelt.startswith("89", base):
+                    digits = spelt[base:stop]
+                    if digits in tried:
+                        found = tried[digits]
+                    else:
+                        found = tried[digits] = id_type if _confirm(id_type, digits) else None
+            if found is None and length <= 15 and imsi_head:
+                found = "imsi"
+            if found is not None:
                 hits.append(Hit(start, end, found))
                 covered = end
 
 
+# A digit's value, and its Luhn contribution doubled (10..18 reduced to their digit sum), by ASCII byte.
+_DIGIT_VALUE = bytes(range(256)).maketrans(b"0123456789", bytes(range(10)))
+_DIGIT_DOUBLED = bytes(range(256)).maketrans(b"0123456789", bytes((2 * d) // 10 + (2 * d) % 10 for d in range(10)))
+
+
 def _digit_type(digits: str) -> str | None:
-    """The identifier type `digits` (a window of 14, 15 or 18-22 digits) is valid as, if any. The check
-    digit of an IMEI or ICCID is tested here first: most windows fail it, and a validator's refusal is an
-    exception, which costs more than the test."""
+    """The identifier type `digits` (a window of 14, 15 or 18-22 digits) is valid as, if any: one window
+    judged on its own, the answer `_windows` gives each window of a run (tests hold them to each other)."""
     for id_type in _TYPES_OF_LENGTH[len(digits)]:
         if id_type == "imsi":
             # The IMSI validator's whole test for 14 or 15 ASCII digits (a test pins the equivalence):

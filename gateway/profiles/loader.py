@@ -33,6 +33,7 @@ from gateway.policy import (
     parse_action,
 )
 from gateway.policy.engine import parse_field_path
+from gateway.policy.freetext import FREE_TEXT_MAX_CHARS
 from gateway.profiles.examples import example_pseudonymiser, run_profile_examples
 from gateway.profiles.model import (
     ExampleRequest,
@@ -414,6 +415,7 @@ def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_
         request_path=sections[("request", "path")], request_headers=sections[("request", "headers")],
         response_body=sections[("response", "body")], response_headers=sections[("response", "headers")],
         unknown_fields=raw.get("unknown_fields", "drop"), free_text=raw.get("free_text", "reject"), schema=schema,
+        free_text_max_chars=raw.get("free_text_max_chars", FREE_TEXT_MAX_CHARS),
     )
     if len(ctx.problems) > before:
         return None

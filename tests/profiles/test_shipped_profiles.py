@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import GatewayError
+from gateway.policy import parse_field_path
 from gateway.policy.actions import Drop, FieldAction, Keep, Pseudonymise, Reidentify
 from gateway.profiles import (
     PartnerProfile,
@@ -293,3 +294,25 @@ def test_environment_overrides_base_url_and_credentials() -> None:
     assert upstream.auth is not None
     assert upstream.auth.value == "Bearer staging-secret"
     assert "staging-secret" not in repr(upstream)
+
+
+def test_every_shipped_free_text_field_is_a_bounded_string(shipped: ProfileSet) -> None:
+    """Each kept free-text field of a shipped route is pinned in the route's schema to a string with a
+    maxLength no longer than the route's scan limit: one value is refused by the schema before it is
+    scanned, the route's `free_text_max_chars` bounds the sum over arrays (docs/profile-format.md)."""
+    checked = 0
+    for profile in shipped.profiles.values():
+        for route in profile.routes:
+            spec = route.policy.spec
+            for path, action in spec.request_body.items():
+                if not (isinstance(action, Keep) and action.free_text):
+                    continue
+                node = spec.schema
+                for segment in parse_field_path(path):
+                    assert isinstance(node, dict), (profile.id, route.id, path)
+                    node = node["items"] if segment is None else node["properties"][segment]
+                assert isinstance(node, dict)
+                assert node.get("type") == "string", (profile.id, route.id, path)
+                assert 0 < node.get("maxLength", 0) <= spec.free_text_max_chars, (profile.id, route.id, path)
+                checked += 1
+    assert checked >= 14
