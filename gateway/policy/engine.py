@@ -495,25 +495,44 @@ class _Builder:
             plain = self.items.check_names(section) and plain
         return plain
 
-    def compile(self, partner_id: str, binder: PseudonymBinder, names: frozenset[str] | None = None) -> Apply:
+    def compile(self, partner_id: str, binder: PseudonymBinder, names: frozenset[str] | None = None,
+                scalar_keeps: bool = False) -> Apply:
         """The node as one function; `names` are the profile's key names (codegen.profile_names; default:
-        this tree's own), the only undeclared keys reported by name."""
+        this tree's own), the only undeclared keys reported by name. With `scalar_keeps` (responses) a
+        `keep` without `open_subtree` passes scalars only: an object or array under it is dropped."""
         if names is None:
             names = profile_names(self, None)
         if self.action is not None:
-            return _leaf(self.action, self.path, partner_id, binder)
+            leaf = _leaf(self.action, self.path, partner_id, binder)
+            if scalar_keeps and isinstance(self.action, Keep) and not self.action.open_subtree:
+                return _scalars_only(leaf, self.path)
+            return leaf
         if self.items is not None:
-            return _array(self.path, self.items.compile(partner_id, binder, names))
+            return _array(self.path, self.items.compile(partner_id, binder, names, scalar_keeps))
         fields: dict[str, Apply | str] = {}
         for name, node in self.fields.items():
-            plain_keep = isinstance(node.action, Keep) and not node.action.free_text
-            fields[name] = node.path if plain_keep else node.compile(partner_id, binder, names)
-        return _object(self.path, fields, names)
+            plain_keep = isinstance(node.action, Keep) and not node.action.free_text and not (
+                scalar_keeps and node.action.open_subtree)
+            fields[name] = node.path if plain_keep else node.compile(partner_id, binder, names, scalar_keeps)
+        return _object(self.path, fields, names, scalar_keeps)
 
 
-def _object(path: str, fields: dict[str, Apply | str], names: frozenset[str]) -> Apply:
+def _scalars_only(keep: Apply, path: str) -> Apply:
+    """A response `keep` leaf that passes a scalar (string, number, boolean, null) and drops an object or
+    array: an allowlisted name (`status`, `tracking_number`) must not carry a partner's whole subtree
+    (phones, e-mails, locations) to the caller. `{keep: {open_subtree: true}}` is the explicit exception."""
+    def keep_scalar(value: Any, run: _Run) -> Any:
+        if type(value) is dict or type(value) is list:
+            run.dropped[path] = None
+            return MISSING
+        return keep(value, run)
+    return keep_scalar
+
+
+def _object(path: str, fields: dict[str, Apply | str], names: frozenset[str], scalar_keeps: bool = False) -> Apply:
     """An object node. `fields` maps a declared name to its function, or, for a plain `keep` leaf, to the
-    leaf's path: most declared fields are plain keeps, and handling them inline saves a call per field."""
+    leaf's path: most declared fields are plain keeps, and handling them inline saves a call per field.
+    With `scalar_keeps` (responses) such a leaf holding an object or array is dropped (`_scalars_only`)."""
     lookup = fields.get
     # Report paths of undeclared keys: by name only for a name the profile writes, else the object's
     # marker (`recipient.*`): the caller's key names never reach the report, the ledger or a refusal.
@@ -537,10 +556,13 @@ def _object(path: str, fields: dict[str, Apply | str], names: frozenset[str]) ->
                 else:
                     run.dropped[unknown] = None
             elif isinstance(entry, str):
-                kept[entry] = None
                 kind = type(item)
                 if kind is dict or kind is list:
+                    if scalar_keeps:
+                        run.dropped[entry] = None
+                        continue
                     run.verbatim.append(item)
+                kept[entry] = None
                 out[key] = item
             else:
                 result = entry(item, run)
@@ -570,9 +592,10 @@ def _array(path: str, element: Apply) -> Apply:
 def compile_body(policy: Mapping[str, FieldAction], partner_id: str, binder: PseudonymBinder,
                  section: tuple[str, ...]) -> tuple[Apply, bool]:
     """The body policy as one function, and whether all its declared names are ASCII (so the keys it
-    writes are canonical); raises `PolicyCompileError` naming the declared path."""
+    writes are canonical); raises `PolicyCompileError` naming the declared path. In a response policy
+    (`section` ("response", ...)) a `keep` without `open_subtree` passes scalars only."""
     root, plain_names = _body_tree(policy, section)
-    return root.compile(partner_id, binder, profile_names(root, None)), plain_names
+    return root.compile(partner_id, binder, profile_names(root, None), section[0] == "response"), plain_names
 
 
 def _body_tree(policy: Mapping[str, FieldAction], section: tuple[str, ...]) -> tuple[_Builder, bool]:

@@ -10,7 +10,7 @@ import base64
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -35,6 +35,12 @@ from gateway.policy import (
 from gateway.policy.engine import parse_field_path
 from gateway.policy.freetext import FREE_TEXT_MAX_CHARS
 from gateway.profiles.examples import example_pseudonymiser, run_profile_examples
+from gateway.profiles.headers import (
+    CREDENTIAL_HEADER_REFUSALS,
+    RESPONSE_HEADER_REFUSALS,
+    basic_credential_problem,
+    header_credential_problem,
+)
 from gateway.profiles.model import (
     ExampleRequest,
     ExpectedError,
@@ -170,16 +176,27 @@ def _value_free_rule(error: ValidationError) -> str:
     return f"fails the {keyword} rule"
 
 
-def _read_secret(ctx: _FileContext, path: JsonPath, options: Mapping[str, Any], key: str, folder: Path) -> str:
+def _read_secret(ctx: _FileContext, path: JsonPath, options: Mapping[str, Any], key: str, folder: Path,
+                 problem: Callable[[str], str | None] = header_credential_problem) -> str:
+    """The secret `key` (or the contents of `key`_file) of `options`; a secret that `problem` refuses
+    adds a problem naming the key and the rule, never the value (it is a credential)."""
     if key in options:
-        return str(options[key])
-    file_name = Path(str(options[f"{key}_file"]))
-    secret_file = file_name if file_name.is_absolute() else folder / file_name
-    try:
-        return secret_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        ctx.add((*path, f"{key}_file"), f"cannot read {key}_file: {exc.strerror}")
-        return ""
+        where, secret = key, str(options[key])
+    else:
+        where = f"{key}_file"
+        file_name = Path(str(options[where]))
+        secret_file = file_name if file_name.is_absolute() else folder / file_name
+        try:
+            secret = secret_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            ctx.add((*path, where), f"cannot read {where}: {reason}")
+            return ""
+    reason = problem(secret)
+    if reason is not None:
+        ctx.add((*path, where), f"{'.'.join(map(str, path))}.{where}: the credential {reason}; "
+                                "its value is not shown")
+    return secret
 
 
 def _build_auth(ctx: _FileContext, raw: Mapping[str, Any] | None, folder: Path) -> UpstreamAuth | None:
@@ -190,9 +207,18 @@ def _build_auth(ctx: _FileContext, raw: Mapping[str, Any] | None, folder: Path) 
     if kind == "bearer":
         return UpstreamAuth("bearer", "Authorization", "Bearer " + _read_secret(ctx, path, raw, "token", folder))
     if kind == "header":
-        return UpstreamAuth("header", str(raw["header"]), _read_secret(ctx, path, raw, "value", folder))
-    password = _read_secret(ctx, path, raw, "password", folder)
-    token = base64.b64encode(f"{raw['username']}:{password}".encode()).decode("ascii")
+        header = str(raw["header"])
+        refused = CREDENTIAL_HEADER_REFUSALS.get(header.lower())
+        if refused is not None:
+            ctx.add((*path, "header"), f"upstream.auth.header: {header.lower()!r} cannot carry the credential: "
+                                       f"{refused}")
+        return UpstreamAuth("header", header, _read_secret(ctx, path, raw, "value", folder))
+    username = str(raw["username"])
+    reason = basic_credential_problem(username)
+    if reason is not None:
+        ctx.add((*path, "username"), f"upstream.auth.username: {reason}; its value is not shown")
+    password = _read_secret(ctx, path, raw, "password", folder, basic_credential_problem)
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     return UpstreamAuth("basic", "Authorization", "Basic " + token)
 
 
@@ -406,6 +432,11 @@ def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_
     for name, reason in _unclosed_keeps(schema, sections[("request", "body")]):
         ctx.add((*at, "request", "body", name), f"route {route_id}: request.body.{name}: keep would pass what the "
                                                  f"request schema does not declare ({reason}); {_OPEN_HINT}")
+    for name in sections[("response", "headers")]:
+        refused = RESPONSE_HEADER_REFUSALS.get(name.lower())
+        if refused is not None:
+            ctx.add((*at, "response", "headers", name), f"route {route_id}: response.headers.{name}: the partner's "
+                                                         f"{name.lower()!r} header cannot be passed on: {refused}")
     for name, action in sections[("request", "path")].items():
         if isinstance(action, Drop):
             ctx.add((*at, "request", "path", name), f"route {route_id}: path parameter {name} cannot be dropped: "

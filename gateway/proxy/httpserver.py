@@ -111,7 +111,10 @@ _SINGLETON_HEADERS: Final = (
     "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Max-Forwards", "Server",
     "Transfer-Encoding", "User-Agent",
 )  # and Host, checked on its own (exactly one in HTTP/1.1)
-_UNSAFE_HEADER = re.compile(r"[\r\n\x00]")
+# What an answer's header line may not hold: anything but visible ASCII, space and tab. A line break or
+# NUL would split the head; another control character or a non-ASCII one has no agreed meaning in a
+# header (FilterResponse withholds such partner values; this is the last check before the bytes go out).
+_UNSAFE_HEADER = re.compile(r"[^\t\x20-\x7e]")
 # Always HTTP/1.1, whatever 1.x the request named: a server sends its own version (RFC 9110, 6.2).
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"

@@ -36,6 +36,7 @@ from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
+from gateway.profiles.headers import RESPONSE_HEADER_REFUSALS
 from gateway.proxy.context import Answer, RequestContext
 from gateway.proxy.problems import InternalError
 from gateway.proxy.services import GatewayServices
@@ -591,18 +592,35 @@ class FilterResponse(SyncStage):
             filtered = route.policy.filter_response(parsed, answer.headers)
         except GatewayError as exc:
             raise UpstreamError("the partner's answer could not be filtered", reason="upstream-filter") from exc
-        headers = {name: value for name, value in filtered.headers.items() if name.lower() not in _FRAMING_HEADERS}
+        headers: dict[str, str] = {}
+        withheld = 0
+        for name, value in filtered.headers.items():
+            lowered = name.lower()
+            if lowered in _FRAMING_HEADERS:
+                continue
+            # The loader refuses these names and values in `response.headers`; this holds for a profile set
+            # built any other way, and for a spelling the declared name matched case-insensitively.
+            if lowered in RESPONSE_HEADER_REFUSALS or _HEADER_VALUE(value) is None:
+                withheld += 1
+                continue
+            headers[name] = value
         headers["X-Disclosure-Id"] = str(ctx.disclosure.id)
         headers["X-Request-Id"] = ctx.request_id
         body = b"" if filtered.body is None else orjson.dumps(filtered.body)
-        ctx.fields_response_dropped = len(filtered.report.dropped)
+        ctx.fields_response_dropped = len(filtered.report.dropped) + withheld
         ctx.response = Answer(
             answer.status, tuple(headers.items()), body, "application/json" if filtered.body is not None else None
         )
 
 
-# Set by aiohttp from the body it is given, never copied from the partner's answer.
+# Set by the gateway from the body it writes, never copied from the partner's answer (a declared
+# Content-Type is allowed and has no effect; the rest are refused at load, see RESPONSE_HEADER_REFUSALS).
 _FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
+# What a partner's header value may hold to be passed on: visible ASCII, space and tab. The upstream client
+# reads header bytes as Latin-1, and the caller's answer is written as ASCII: a control character (\v, DEL)
+# or a non-ASCII byte (whose charset nobody agreed on; `café` would reach the caller as `cafÃ©`) withholds
+# the header, as a declared request header with a non-ASCII value is refused.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*").fullmatch
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
