@@ -130,7 +130,10 @@ class Pipeline:
             )
         if error is not None:
             self._record_error(ctx, error)
-            response = problem_answer(error, ctx.request_id)
+            # A disclosure record exists, so the request may have reached the partner (a 502/504 after
+            # forwarding, or a retry refused after an earlier try was sent): say which record covers it.
+            disclosure = ctx.disclosure
+            response = problem_answer(error, ctx.request_id, None if disclosure is None else str(disclosure.id))
         else:
             assert ctx.response is not None
             response = ctx.response
