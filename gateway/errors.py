@@ -173,6 +173,15 @@ class UpstreamError(GatewayError):
     title = "The partner failed"
 
 
+class UpstreamReidentifyRefused(UpstreamError):
+    """The partner's answer holds, in a `reidentify` field, a pseudonym that this request did not send it
+    (another subject's token, one never issued, or one from an earlier exchange). It is never decrypted:
+    the answer fails as a whole, naming the declared field paths only."""
+
+    slug = "upstream-reidentify"
+    title = "The partner answered with a pseudonym this request did not send"
+
+
 class LedgerUnavailable(GatewayError):
     status = 503
     slug = "ledger-unavailable"

@@ -62,6 +62,11 @@ class GatewayMetrics:
             "gateway_pseudonymised_total", "Identifiers replaced by pseudonyms, per identifier type.",
             ("partner", "type"), registry=reg,
         )
+        self.reidentifications = Counter(
+            "gateway_reidentifications_total",
+            "Pseudonyms in partner answers re-identified (done) or refused as not sent by the request (refused).",
+            ("partner", "route", "result"), registry=reg,
+        )
         self.refusals = Counter(
             "gateway_refusals_total", "Requests refused, by the refusal's reason.",
             ("partner", "reason"), registry=reg,
@@ -168,6 +173,7 @@ class RequestSeries:
         self.fields_dropped = _Children(metrics.fields_dropped)  # (partner, route)
         self.pseudonymised = _Children(metrics.pseudonymised)  # (partner, type)
         self.refusals = _Children(metrics.refusals)  # (partner, reason)
+        self.reidentifications = _Children(metrics.reidentifications)  # (partner, route, result)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,10 @@ from gateway.policy.actions import (
     parse_action,
 )
 from gateway.policy.engine import (
+    NO_PSEUDONYMS_ISSUED,
     CompiledRoutePolicy,
     FilteredResponse,
+    IssuedPseudonyms,
     MinimisationReport,
     MinimisedRequest,
     PolicyCompileError,
@@ -27,6 +29,7 @@ from gateway.policy.engine import (
 from gateway.policy.schema import CompiledSchema, check_schema
 
 __all__ = [
+    "NO_PSEUDONYMS_ISSUED",
     "ActionError",
     "CompiledRoutePolicy",
     "CompiledSchema",
@@ -34,6 +37,7 @@ __all__ = [
     "FieldAction",
     "FilteredResponse",
     "Generalise",
+    "IssuedPseudonyms",
     "Keep",
     "Mask",
     "MinimisationReport",

@@ -11,6 +11,11 @@ route out as one generated function (schema check, walk, or both fused) that ser
 and hands anything doubtful back to this engine; `validate_request` + `minimise_validated` use the fused
 one, `validate` and `minimise_request` the separate ones.
 
+`reidentify` in a response turns back only the `fpe` pseudonyms that the same request sent the partner
+(`CompiledRoutePolicy.issued_pseudonyms`, taken from the minimised request): a token the exchange did
+not issue (another subject's, a forged one: FF1 decrypts any well-formed string to some real-looking
+identifier) is never decrypted, and fails the answer with `UpstreamReidentifyRefused`.
+
 Reports use the declared path form (`items[].sku`) so one field is one entry however many array
 elements carried it. Query parameters, path parameters and headers are reported as `query:NAME`,
 `path:NAME` and `header:NAME`, so they can never be confused with a body field of the same name.
@@ -21,6 +26,7 @@ parent's marker (`recipient.*`, `*`, `query:*`, `header:*`).
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -34,6 +40,7 @@ from gateway.errors import (
     InvalidIdentifier,
     SchemaViolation,
     UpstreamError,
+    UpstreamReidentifyRefused,
     Violation,
 )
 from gateway.policy.actions import (
@@ -60,6 +67,7 @@ from gateway.policy.codegen import (
 )
 from gateway.policy.freetext import FREE_TEXT_MAX_CHARS, redact, scan
 from gateway.policy.schema import ROOT, CompiledSchema
+from gateway.pseudonyms import normalise
 from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
 
 UnknownFields = Literal["drop", "reject"]
@@ -139,6 +147,39 @@ class FilteredResponse:
     body: Any | None
     headers: Mapping[str, str]
     report: MinimisationReport
+    # Declared path -> how many values the answer re-identified there (paths only, never values).
+    reidentified: Mapping[str, int] = field(default_factory=dict)
+
+
+class IssuedPseudonyms:
+    """The `fpe` pseudonyms one request sent its partner, per identifier type: the only tokens the
+    response policy may re-identify. Keyed by the token's normalised spelling (a partner may echo
+    `42-44-...` as `42:44:...`), holding the token exactly as sent, which is what gets decrypted, so the
+    value returned is the caller's own (normalised as the pseudonymiser did). Tokens only, no cleartext;
+    still never logged: the repr shows counts."""
+
+    __slots__ = ("_by_type",)
+
+    def __init__(self, by_type: Mapping[str, Mapping[str, str]]) -> None:
+        self._by_type = by_type
+
+    def sent(self, id_type: str, token: str) -> str | None:
+        """The token as the request sent it when `token` (in any accepted spelling) is one of this
+        request's `id_type` pseudonyms, else None. Raises InvalidIdentifier when it is no `id_type`."""
+        tokens = self._by_type.get(id_type)
+        if not tokens:
+            normalise(id_type, token)  # garbage stays an invalid identifier, as before
+            return None
+        found = tokens.get(token)
+        return found if found is not None else tokens.get(normalise(id_type, token))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{id_type}: {len(tokens)}" for id_type, tokens in sorted(self._by_type.items()))
+        return f"IssuedPseudonyms({{{counts}}})"
+
+
+# What a response is filtered against when no request issued anything: every token is refused.
+NO_PSEUDONYMS_ISSUED = IssuedPseudonyms({})
 
 
 def _builder_class(cls: type, names: tuple[str, ...]) -> type:
@@ -237,8 +278,11 @@ class PolicyCompileError(ValueError):
 class _Run:
     """The mutable record of one application of a policy: what happened to which path, and refusals."""
 
-    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "kept", "reject_unknown", "scan_left",
-                 "scan_max", "transformed", "verbatim")
+    # `issued` and `reidentified` are set by `filter_response` only: the request side never reads them.
+    __slots__ = ("counts", "dropped", "errors", "free_text_reject", "issued", "kept", "reidentified",
+                 "reject_unknown", "scan_left", "scan_max", "transformed", "verbatim")
+    issued: IssuedPseudonyms
+    reidentified: dict[str, int]
 
     def __init__(self, reject_unknown: bool, free_text_reject: bool, scan_max: int) -> None:
         # Paths as dict keys: a path recorded again (one per array element) keeps its first place, so the
@@ -325,6 +369,11 @@ class _Run:
             return
         violations = [violation for _, violation in self.errors]
         if response:
+            refused = [violation for kind, violation in self.errors if kind is UpstreamReidentifyRefused]
+            if refused:
+                raise UpstreamReidentifyRefused(
+                    f"the partner's answer holds a pseudonym this request did not send, at {len(refused)} "
+                    "place(s); it was not re-identified", refused, reason="upstream-reidentify")
             raise UpstreamError("the partner's response violates the route's response policy", violations,
                                 reason="response-policy")
         kinds = {kind for kind, _ in self.errors}
@@ -358,14 +407,12 @@ def _leaf(action: FieldAction, path: str, partner_id: str, binder: PseudonymBind
             run.dropped[path] = None
             return MISSING
         return drop
-    if isinstance(action, Pseudonymise | Reidentify):
+    if isinstance(action, Reidentify):
+        return _reidentify_leaf(action.id_type, path, binder.bind_reverse(partner_id, action.id_type))
+    if isinstance(action, Pseudonymise):
         id_type = action.id_type
-        if isinstance(action, Pseudonymise):
-            convert = binder.bind(partner_id, id_type, action.mode)
-            invalid = f"not a valid {id_type}"
-        else:
-            convert = binder.bind_reverse(partner_id, id_type)
-            invalid = f"not a reversible {id_type} pseudonym"
+        convert = binder.bind(partner_id, id_type, action.mode)
+        invalid = f"not a valid {id_type}"
 
         def pseudonymise(value: Any, run: _Run) -> Any:
             if value is None:
@@ -420,6 +467,35 @@ def _leaf(action: FieldAction, path: str, partner_id: str, binder: PseudonymBind
             run.verbatim.append(result)
         return result
     return coarsen
+
+
+def _reidentify_leaf(id_type: str, path: str, convert: Callable[[str], str]) -> Apply:
+    """A `reidentify` leaf: decrypts only a token that the run's request issued (`_Run.issued`), never
+    another: the partner holds every token it was ever sent, and FF1 is a bijection, so any well-formed
+    string would decrypt to somebody's identifier."""
+    unissued = f"not a {id_type} pseudonym this request sent"
+
+    def reidentify(value: Any, run: _Run) -> Any:
+        if value is None:
+            run.kept[path] = None
+            return None
+        if type(value) is int:
+            value = str(value)
+        elif type(value) is not str:
+            return run.refuse(InvalidIdentifier, path, f"a {id_type} must be a string")
+        issued: IssuedPseudonyms = run.issued
+        try:
+            sent = issued.sent(id_type, value)
+            if sent is None:
+                return run.refuse(UpstreamReidentifyRefused, path, unissued)
+            result = convert(sent)
+        except InvalidIdentifier:
+            return run.refuse(InvalidIdentifier, path, f"not a reversible {id_type} pseudonym")
+        run.transformed[path] = None
+        run.counts[id_type] = run.counts.get(id_type, 0) + 1
+        run.reidentified[path] = run.reidentified.get(path, 0) + 1
+        return result
+    return reidentify
 
 
 def parse_field_path(text: str) -> tuple[str | None, ...]:
@@ -640,6 +716,7 @@ class CompiledRoutePolicy:
         "_finish_pops",
         "_free_text_reject",
         "_generated",
+        "_issued_sources",
         "_kept_header_paths",
         "_path",
         "_plain_request_names",
@@ -654,6 +731,7 @@ class CompiledRoutePolicy:
         "_schema",
         "free_text",
         "partner_id",
+        "reidentifies",
         "spec",
         "unknown_fields",
     )
@@ -697,6 +775,9 @@ class CompiledRoutePolicy:
             path.startswith("header:") for path in spec.request_body)
         self._response_headers = _compile_names(spec.response_headers, "header:", partner_id, pseudonymiser,
                                                 ("response", "headers"), fold_case=True)
+        self._issued_sources = _issued_sources(spec)
+        # Whether the response re-identifies anything: only then does a request keep its issued pseudonyms.
+        self.reidentifies = bool(self._issued_sources)
 
     def request_actions(self, location: str) -> Mapping[str, FieldAction]:
         """The declared request actions of `location` ("body", "query", "path" or "headers"), by path."""
@@ -851,14 +932,91 @@ class CompiledRoutePolicy:
         minimised.__class__ = MinimisedRequest
         return minimised  # type: ignore[no-any-return]
 
-    def filter_response(self, body: Any | None, headers: Mapping[str, str]) -> FilteredResponse:
+    def issued_pseudonyms(self, minimised: MinimisedRequest) -> IssuedPseudonyms:
+        """The `fpe` pseudonyms `minimised` sends the partner, of the types the response re-identifies:
+        read from the minimised request itself (the values at the route's `fpe` leaves), so the request
+        side pays nothing for it. Empty when the response re-identifies nothing."""
+        by_type: dict[str, dict[str, str]] = {}
+        for id_type, location, key in self._issued_sources:
+            tokens = by_type.setdefault(id_type, {})
+            if location == "body":
+                _collect_tokens(minimised.body, key, 0, id_type, tokens)
+            elif location == "query":
+                for name, value in minimised.query:
+                    if name == key:
+                        _add_token(value, id_type, tokens)
+            elif location == "path":
+                _add_token(minimised.path_params.get(key), id_type, tokens)
+            else:
+                _add_token(minimised.headers.get(key), id_type, tokens)
+        return IssuedPseudonyms(by_type)
+
+    def filter_response(self, body: Any | None, headers: Mapping[str, str],
+                        issued: IssuedPseudonyms = NO_PSEUDONYMS_ISSUED) -> FilteredResponse:
         """The partner's answer as the caller may see it. Undeclared fields are dropped (never refused: the
-        caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`."""
+        caller did nothing wrong); a value the policy cannot apply to raises `UpstreamError`, a token to
+        re-identify that is not among `issued` (the request's own, `issued_pseudonyms`)
+        `UpstreamReidentifyRefused`."""
         run = _Run(False, self.free_text == "reject", self.spec.free_text_max_chars)
+        run.issued = issued
+        run.reidentified = {}
         out_body = _apply_root(self._response_body, body, run)
         out_headers = _apply_headers(self._response_headers, headers, run, self._response_header_names)
         run.raise_errors(response=True)
-        return FilteredResponse(out_body, out_headers, run.report())
+        return FilteredResponse(out_body, out_headers, run.report(), run.reidentified)
+
+
+IssuedSource = tuple[str, str, Any]  # (identifier type, "body" | "query" | "path" | "headers", path or name)
+
+
+def _issued_sources(spec: RoutePolicySpec) -> tuple[IssuedSource, ...]:
+    """Where the request puts the `fpe` pseudonyms of each type the response re-identifies; refuses
+    (`PolicyCompileError`) a `reidentify` whose type the request never pseudonymises with `fpe`: it could
+    only ever refuse, since nothing but the exchange's own tokens is re-identified."""
+    wanted: dict[str, tuple[tuple[str, str], str]] = {}
+    for location, actions in (("body", spec.response_body), ("headers", spec.response_headers)):
+        for declared, action in actions.items():
+            if isinstance(action, Reidentify):
+                wanted.setdefault(action.id_type, (("response", location), declared))
+    if not wanted:
+        return ()
+    sources: list[IssuedSource] = []
+    for location, actions in (("body", spec.request_body), ("query", spec.request_query),
+                              ("path", spec.request_path), ("headers", spec.request_headers)):
+        for declared, action in actions.items():
+            if isinstance(action, Pseudonymise) and action.mode == "fpe" and action.id_type in wanted:
+                sources.append((action.id_type, location,
+                                parse_field_path(declared) if location == "body" else declared))
+    for id_type, (section, declared) in wanted.items():
+        if not any(source[0] == id_type for source in sources):
+            raise PolicyCompileError(
+                section, declared, f"reidentify {{type: {id_type}}} needs the request to pseudonymise a {id_type} "
+                "with mode fpe: only the pseudonyms a request sent are re-identified in its answer")
+    return tuple(sources)
+
+
+def _add_token(value: Any, id_type: str, tokens: dict[str, str]) -> None:
+    """Records one issued token under its spelling as sent and its normalised spelling."""
+    if type(value) is not str:
+        return  # null, or absent
+    tokens[value] = value
+    with contextlib.suppress(InvalidIdentifier):  # every fpe token is a valid value of its type
+        tokens.setdefault(normalise(id_type, value), value)
+
+
+def _collect_tokens(value: Any, segments: tuple[str | None, ...], index: int, id_type: str,
+                    tokens: dict[str, str]) -> None:
+    """The tokens at the declared path `segments` of a minimised body (None: every array element)."""
+    if index == len(segments):
+        _add_token(value, id_type, tokens)
+        return
+    segment = segments[index]
+    if segment is None:
+        if type(value) is list:
+            for item in value:
+                _collect_tokens(item, segments, index + 1, id_type, tokens)
+    elif type(value) is dict and segment in value:
+        _collect_tokens(value[segment], segments, index + 1, id_type, tokens)
 
 
 def _apply_root(apply: Apply, body: Any | None, run: _Run) -> Any | None:

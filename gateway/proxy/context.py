@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from gateway.auth import Caller
     from gateway.forward import OutboundRequest, PartnerLimiter, UpstreamResponse
     from gateway.ledger import AppendedRecord
-    from gateway.policy import MinimisedRequest, ValidatedBody
+    from gateway.policy import IssuedPseudonyms, MinimisedRequest, ValidatedBody
     from gateway.profiles import PartnerProfile, Route
 
 EGRESS_PREFIX = "/v1/partners/"
@@ -159,6 +160,9 @@ class RequestContext:
     legal_reference: str | None = None
     validated: ValidatedBody | None = None  # the schema check's result, reused by the minimise stage
     minimised: MinimisedRequest | None = None
+    # The fpe pseudonyms this request sends its partner, on a route whose response re-identifies: the
+    # only tokens FilterResponse may turn back (None elsewhere). Never logged or recorded.
+    issued: IssuedPseudonyms | None = field(default=None, repr=False)
     sent_body: bytes | None = None
     body_digest: str | None = None
     outbound: OutboundRequest | None = None  # the exact bytes for the partner, built before the ledger
@@ -170,6 +174,8 @@ class RequestContext:
     upstream: UpstreamResponse | None = None
     response: Answer | None = None
     fields_response_dropped: int = 0
+    # Declared response path -> values re-identified there (for the outcome record; paths only).
+    reidentified: Mapping[str, int] | None = None
     # The partner's concurrency slot, held from admission until the request ends (released by the
     # pipeline runner; a plain field instead of an AsyncExitStack, which cost ~10 µs per request).
     admitted: PartnerLimiter | None = None

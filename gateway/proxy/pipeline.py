@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError
+from gateway.errors import GatewayError, LedgerUnavailable, UpstreamError, UpstreamReidentifyRefused
 from gateway.ledger import RecordDraft
 from gateway.logs import get_logger
 from gateway.profiles import ProfileSet
@@ -130,7 +130,10 @@ class Pipeline:
             )
         if error is not None:
             self._record_error(ctx, error)
-            response = problem_answer(error, ctx.request_id)
+            # A disclosure record exists, so the request may have reached the partner (a 502/504 after
+            # forwarding, or a retry refused after an earlier try was sent): say which record covers it.
+            disclosure = ctx.disclosure
+            response = problem_answer(error, ctx.request_id, None if disclosure is None else str(disclosure.id))
         else:
             assert ctx.response is not None
             response = ctx.response
@@ -152,7 +155,10 @@ class Pipeline:
         # A retry the subject re-check refused was never sent: the earlier try's outcome is already
         # queued, and this attempt gets a refusal.
         if ctx.forwarded and not ledger_failed and not ctx.retry_refused:
-            record_outcome(self._writer, ctx, error.status, None, reason)
+            # A refused re-identification names the response paths it refused (declared paths, no values).
+            detail = ({"reidentify_refused": sorted({v.path for v in error.violations})}
+                      if isinstance(error, UpstreamReidentifyRefused) else None)
+            record_outcome(self._writer, ctx, error.status, None, reason, detail)
         elif ctx.caller is not None:
             self._writer.append_nowait(
                 RecordDraft(

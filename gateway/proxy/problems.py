@@ -24,9 +24,12 @@ class InternalError(GatewayError):
     title = "Internal error"
 
 
-def problem_answer(exc: GatewayError, request_id: str) -> Answer:
-    """The problem+json answer for a refusal, with the request id to correlate with the log line."""
+def problem_answer(exc: GatewayError, request_id: str, disclosure_id: str | None = None) -> Answer:
+    """The problem+json answer for a refusal, with the request id to correlate with the log line, and
+    the disclosure record's id when one was written (the request may have reached the partner)."""
     headers: tuple[tuple[str, str], ...] = (("X-Request-Id", request_id),)
+    if disclosure_id is not None:
+        headers += (("X-Disclosure-Id", disclosure_id),)
     if exc.status == 401:
         headers += (("WWW-Authenticate", 'Bearer realm="partner-data-gateway"'),)
     elif exc.status == 429:

@@ -29,12 +29,14 @@ from gateway.errors import (
     ScopeMissing,
     UnsupportedMediaType,
     UpstreamError,
+    UpstreamReidentifyRefused,
     Violation,
 )
 from gateway.forward import segment_problem
 from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
+from gateway.policy import NO_PSEUDONYMS_ISSUED
 from gateway.profiles import ProfileSet
 from gateway.profiles.headers import RESPONSE_HEADER_REFUSALS
 from gateway.proxy.context import Answer, RequestContext
@@ -387,6 +389,8 @@ class Minimise(SyncStage):
         else:
             minimised = policy.minimise_request(ctx.body, ctx.query, ctx.path_params, ctx.headers)
         ctx.minimised = minimised
+        if policy.reidentifies:  # only such routes keep what they issued
+            ctx.issued = policy.issued_pseudonyms(minimised)
         # Canonical bytes (sorted keys, NFC, no case/Unicode key collisions): what the partner receives and
         # what the ledger's body digest covers.
         ctx.sent_body = b"" if minimised.body is None else minimised.canonical_body()
@@ -567,14 +571,16 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class FilterResponse(SyncStage):
-    """Passes the partner's answer through the route's response policy (re-identifying `fpe` tokens);
-    a body that is not valid JSON is a partner error (502); a non-JSON body cannot be filtered field by
-    field and is withheld."""
+    """Passes the partner's answer through the route's response policy (re-identifying the `fpe` tokens
+    this request sent, and no other: 502 `upstream-reidentify` for any other token, which is never
+    decrypted); a body that is not valid JSON is a partner error (502); a non-JSON body cannot be
+    filtered field by field and is withheld."""
 
     name: ClassVar[str] = "filter_response"
 
     def configure(self, services: GatewayServices, profiles: ProfileSet) -> None:
         self._max_depth = services.settings.max_json_depth
+        self._series = services.metrics.series
 
     def apply(self, ctx: RequestContext) -> None:
         answer, route = ctx.upstream, ctx.route
@@ -588,10 +594,20 @@ class FilterResponse(SyncStage):
                 parsed = parse_json(answer.body, max_depth=self._max_depth)
             except GatewayError:
                 raise UpstreamError("the partner answered malformed JSON", reason="upstream-malformed") from None
+        policy = route.policy
         try:
-            filtered = route.policy.filter_response(parsed, answer.headers)
+            filtered = policy.filter_response(parsed, answer.headers,
+                                              NO_PSEUDONYMS_ISSUED if ctx.issued is None else ctx.issued)
+        except UpstreamReidentifyRefused as exc:
+            assert ctx.profile is not None
+            self._series.reidentifications(ctx.profile.id, route.id, "refused").inc(len(exc.violations))
+            raise
         except GatewayError as exc:
             raise UpstreamError("the partner's answer could not be filtered", reason="upstream-filter") from exc
+        if filtered.reidentified:
+            assert ctx.profile is not None
+            ctx.reidentified = filtered.reidentified
+            self._series.reidentifications(ctx.profile.id, route.id, "done").inc(sum(filtered.reidentified.values()))
         headers: dict[str, str] = {}
         withheld = 0
         for name, value in filtered.headers.items():
@@ -634,11 +650,12 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def record_outcome(
-    writer: LedgerWriter, ctx: RequestContext, status: int, latency_s: float | None, reason: str | None
+    writer: LedgerWriter, ctx: RequestContext, status: int, latency_s: float | None, reason: str | None,
+    detail: Mapping[str, Any] | None = None,
 ) -> None:
     """Queues the outcome of the current try (partner status or the gateway's error status). The answer
     does not wait for it: the disclosure record before it is already durable, and the design accepts
-    that a crash leaves a disclosure without its outcome."""
+    that a crash leaves a disclosure without its outcome. `detail` holds declared field paths only."""
     assert ctx.profile is not None
     assert ctx.disclosure is not None
     writer.append_nowait(
@@ -655,6 +672,7 @@ def record_outcome(
             latency_ms=None if latency_s is None else round(latency_s * 1000.0, 3),
             reason=reason,
             attempt=ctx.attempt,
+            detail=detail,
         ),
         request_id=ctx.request_id,
         event="outcome_not_recorded",
@@ -671,4 +689,6 @@ class RecordOutcome(SyncStage):
 
     def apply(self, ctx: RequestContext) -> None:
         assert ctx.upstream is not None
-        record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None)
+        # The response paths whose tokens were re-identified, and how many values each (never the values).
+        detail = {"reidentified": dict(ctx.reidentified)} if ctx.reidentified else None
+        record_outcome(self._writer, ctx, ctx.upstream.status, ctx.upstream.latency_s, None, detail)

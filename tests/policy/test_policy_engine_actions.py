@@ -192,15 +192,18 @@ def test_free_text_reject_mode(make_policy: MakePolicy) -> None:
 
 def test_response_filter_and_reidentify(make_policy: MakePolicy, pseudonymiser: Pseudonymiser) -> None:
     token = pseudonymiser.pseudonymise(PARTNER, "phone", "fpe", PHONE)
-    policy = make_policy(response_body={"tracking": "keep", "recipient.phone": {"reidentify": {"type": "phone"}}},
+    policy = make_policy({"recipient.phone": {"pseudonymise": {"type": "phone", "mode": "fpe"}}},
+                         response_body={"tracking": "keep", "recipient.phone": {"reidentify": {"type": "phone"}}},
                          response_headers={"Content-Type": "keep"}, unknown_fields="reject")
+    issued = policy.issued_pseudonyms(minimise(policy, {"recipient": {"phone": PHONE}}))
     result = policy.filter_response({"tracking": "T1", "recipient": {"phone": token}, "internal": 1},
-                                    {"content-type": "application/json", "Set-Cookie": "s"})
+                                    {"content-type": "application/json", "Set-Cookie": "s"}, issued)
     assert result.body == {"tracking": "T1", "recipient": {"phone": pseudonymiser.reidentify(PARTNER, "phone", token)}}
     assert result.headers == {"Content-Type": "application/json"}
     assert "*" in result.report.dropped  # never a refusal: the caller did nothing wrong
-    with pytest.raises(UpstreamError):
-        policy.filter_response({"recipient": {"phone": "not-a-token"}}, {})
+    with pytest.raises(UpstreamError) as caught:
+        policy.filter_response({"recipient": {"phone": "not-a-token"}}, {}, issued)
+    assert caught.value.reason == "response-policy"
 
 
 @pytest.mark.parametrize(

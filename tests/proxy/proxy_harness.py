@@ -170,6 +170,8 @@ class FakePartner:
     url: str = ""
     received: list[Received] = field(default_factory=list)
     mode: str = "ok"  # ok | 5xx | redirect | hang | slow | malformed | big (a 4 MB tracking answer)
+    # When set, the shipment answer carries this as recipient.phone instead of echoing the token it got.
+    reply_phone: str | None = None
     runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -200,7 +202,7 @@ class FakePartner:
         # response policy does not allow.
         return web.json_response({
             "tracking_number": "T-1",
-            "recipient": {"phone": sent.get("recipient", {}).get("phone")},
+            "recipient": {"phone": self.reply_phone or sent.get("recipient", {}).get("phone")},
             "internal_cost": 12.5,
         })
 
