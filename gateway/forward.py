@@ -19,8 +19,9 @@ This module owns
 
 Outcome mapping, decided here so the pipeline has one rule to apply: any HTTP answer the partner gives,
 including 4xx and 5xx, comes back as an `UpstreamResponse` (the pipeline maps partner 5xx to 502).
-What is not an answer raises: connection refused or reset, a malformed response, a redirect (never
-followed), a body over the size cap -> `UpstreamError` (502); connect or total timeout ->
+What is not an answer raises: connection refused or reset (`upstream-reset-idle` when a reused connection
+ended before any byte of the answer), a malformed response, a redirect (never followed), a body over the
+size cap -> `UpstreamError` (502); connect or total timeout ->
 `UpstreamTimeout` (504). Error details name the failure class, never a URL or a value, since a path
 parameter may be a pseudonym or worse.
 """
@@ -53,6 +54,7 @@ from gateway.errors import (
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "STALE_CONNECTION_REASON",
     "OutboundRequest",
     "UpstreamPool",
     "UpstreamResponse",
@@ -378,13 +380,46 @@ def _credential_header(auth: UpstreamAuthLike | None) -> tuple[str, str] | None:
 
 _MAX_HEAD_BYTES = 65536
 _MAX_HEADERS = 128
+# Interim (1xx) answers a partner may send before its final one: 100 Continue, 102 Processing, 103 Early
+# Hints, 104 Upload Resumption Supported. Any other 1xx is refused at once (101 is a protocol switch this
+# client never asked for; an unregistered one is more likely a broken partner than an extension), and at
+# most this many are skipped per exchange, so a partner cannot keep a call busy with them.
+_INTERIM_STATUSES = frozenset({100, 102, 103, 104})
+_MAX_INTERIM = 16
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n\x00]*)?")
 _HEADER_NAME_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # One search for CR, LF or NUL in a header value: `in` on bytes first tries its operand as a byte value and
 # raises and clears a TypeError for a bytes one (about 1 k instructions), three times per header.
 _FORBIDDEN_IN_VALUE_BYTES = re.compile(rb"[\r\n\x00]").search
+# An LF not preceded by CR in a response head: the head would never be seen as complete (this client only
+# accepts CRLF, RFC 9112 2.2), so it is refused as soon as it is seen instead of at the total timeout.
+_BARE_LF = re.compile(rb"(?<!\r)\n").search
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n\x00]*)?")
+# A chunk-size line (size, extensions, without its CRLF) longer than this is refused: extensions are
+# accepted (RFC 9112 7.1.1: a recipient ignores those it does not know) but a proxy needs none, and a
+# long one only makes the gateway read and scan bytes that carry nothing.
+_MAX_CHUNK_LINE = 256
+# Each chunk is charged at least this many bytes against the response cap, whatever its size on the wire:
+# the parser's work is per chunk, so tiny chunks must not make a capped answer cost much more CPU than an
+# ordinary one (the 8 MiB default then allows at most 131,072 chunks). Chunks this small are rare outside
+# a deliberate attack; a partner streaming them still gets its answer through unless it nears the cap.
+_MIN_CHUNK_CHARGE = 64
+# Chunked-body parser states other than "n bytes of chunk data left" (n >= 1).
+_CHUNK_SIZE_LINE = -1
+_CHUNK_DATA_END = -2
+_CHUNK_TRAILERS = -3
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+# Idle keep-alive connections are reused for at most this long, or for the partner's announced
+# `Keep-Alive: timeout=N` less _KEEPALIVE_MARGIN when that is shorter: a partner closes an idle
+# connection when its own timeout expires, and a call written as it does fails (see `STALE_CONNECTION_REASON`).
+_KEEPALIVE_SECONDS = 15.0
+_KEEPALIVE_MARGIN = 1.0
+_KEEPALIVE_PARAM = re.compile(rb"(?:^|,)[ \t]*(timeout|max)[ \t]*=[ \t]*([0-9]{1,9})[ \t]*(?=,|$)", re.IGNORECASE)
+# The failure reason when a reused connection ends before any byte of the answer arrived: most likely the
+# partner closed it as idle while the call was on its way, but the partner may also have received and
+# processed the request and then failed, so only idempotent routes retry it (gateway.proxy.stages.Forward).
+STALE_CONNECTION_REASON = "upstream-reset-idle"
+_STALE_DETAIL = "the partner closed a kept-alive connection before answering"
 
 
 class _Failure(Exception):
@@ -411,30 +446,46 @@ class _Connection(asyncio.Protocol):
     on per-request objects (request, response, stream reader, payload, timers, a writer task) that a
     proxy sending one buffered body and reading one buffered, size-capped answer does not need. The
     parser is strict and fails closed: anything ambiguous (conflicting lengths, transfer codings other
-    than chunked, obs-fold, bytes after the answer) ends the exchange as a malformed response.
+    than chunked, obs-fold, bare LF, bytes after the answer) ends the exchange as a malformed response.
+
+    Its work is linear in the bytes received: every search resumes where the previous one stopped, and a
+    chunked body is appended to one bytearray as it arrives. Every byte of a chunked body as received
+    (size lines, extensions, line ends, data, trailers) counts against the response cap, so framing
+    cannot make the gateway read more than the cap allows.
     """
 
     __slots__ = (
+        "_body",
         "_body_limit",
         "_buffer",
-        "_chunk_size",
-        "_chunks",
+        "_chunk_state",
+        "_consumed",
         "_head",
+        "_interim",
         "_length",
         "_mode",
         "_no_body",
-        "_size",
+        "_scan",
         "_waiter",
         "closed",
-        "idle_since",
+        "exchanges",
+        "idle_until",
+        "keepalive_s",
         "transport",
     )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.idle_since = 0.0
+        self.idle_until = 0.0
+        # How long this connection may stay idle after its current answer (the partner's Keep-Alive).
+        self.keepalive_s = _KEEPALIVE_SECONDS
+        self.exchanges = 0
         self._buffer = bytearray()
+        # The chunked body's state, set up when a chunked answer's head arrives.
+        self._body = bytearray()
+        self._chunk_state = _CHUNK_SIZE_LINE
+        self._consumed = 0  # bytes of the chunked body parsed and removed from the buffer
         self._waiter: asyncio.Future[_Answer] | None = None
         self._reset_state(False, 0)
 
@@ -442,9 +493,8 @@ class _Connection(asyncio.Protocol):
         self._head: tuple[int, CIMultiDict[str], bool] | None = None
         self._mode = ""  # "length" | "chunked" | "close"
         self._length = 0
-        self._chunks: list[bytes] = []
-        self._chunk_size = -1
-        self._size = 0
+        self._scan = 0  # where the next search for a line end starts in the buffer
+        self._interim = 0
         self._no_body = no_body
         self._body_limit = body_limit
 
@@ -464,6 +514,9 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self._waiter is not None and not self._waiter.done():
             self._advance(eof=True)
+        else:
+            # Closed by the partner while idle: unusable now, not only once connection_lost has run.
+            self.closed = True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -473,13 +526,21 @@ class _Connection(asyncio.Protocol):
             if self._mode == "close" and exc is None:
                 self._advance(eof=True)
             if not waiter.done():
-                waiter.set_exception(_Failure("upstream-reset", "the partner closed or reset the connection"))
+                if self._nothing_received():
+                    waiter.set_exception(_Failure(STALE_CONNECTION_REASON, _STALE_DETAIL))
+                else:
+                    waiter.set_exception(_Failure("upstream-reset", "the partner closed or reset the connection"))
+
+    def _nothing_received(self) -> bool:
+        """A reused connection ended before any byte of this exchange's answer arrived."""
+        return self.exchanges > 1 and self._head is None and self._interim == 0 and not self._buffer
 
     # -- exchange
     def exchange(self, request: bytes, no_body: bool, body_limit: int) -> asyncio.Future[_Answer]:
         assert self.transport is not None
         self._reset_state(no_body, body_limit)
         self._buffer.clear()
+        self.exchanges += 1
         waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self.transport.write(request)
@@ -505,19 +566,29 @@ class _Connection(asyncio.Protocol):
     def _advance_or_raise(self, eof: bool) -> None:
         buffer = self._buffer
         while self._head is None:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", self._scan)
             if end < 0:
+                if _BARE_LF(buffer, self._scan) is not None:
+                    raise _Failure("upstream-malformed", "the partner's response head has a bare line feed")
                 if len(buffer) > _MAX_HEAD_BYTES:
                     raise _Failure("upstream-malformed", "the partner's response head is too large")
                 if eof:
+                    if self._nothing_received():
+                        raise _Failure(STALE_CONNECTION_REASON, _STALE_DETAIL)
                     raise _Failure("upstream-reset", "the partner closed the connection before answering")
+                # The last 3 bytes may be the start of the blank line; nothing before them needs a rescan.
+                self._scan = max(0, len(buffer) - 3)
                 return
+            self._scan = 0
             head = bytes(buffer[:end])
             del buffer[: end + 4]
-            status, headers, keep_alive, mode, length = _parse_head(head)
-            if 100 <= status < 200:
-                if status == 101:
-                    raise _Failure("upstream-malformed", "the partner switched protocols")
+            status, headers, keep_alive, mode, length, keepalive_s = _parse_head(head)
+            if status < 200:
+                if status not in _INTERIM_STATUSES:
+                    raise _Failure("upstream-malformed", "the partner sent an unexpected 1xx status")
+                self._interim += 1
+                if self._interim > _MAX_INTERIM:
+                    raise _Failure("upstream-malformed", "the partner sent too many interim answers")
                 continue  # interim answer (100 Continue, 103 Early Hints): the final one follows
             if self._no_body or status in (204, 304):
                 mode, length = "length", 0
@@ -525,6 +596,11 @@ class _Connection(asyncio.Protocol):
                 raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
             self._head = (status, headers, keep_alive)
             self._mode, self._length = mode, length
+            self.keepalive_s = keepalive_s
+            if mode == "chunked":
+                self._body = bytearray()
+                self._chunk_state = _CHUNK_SIZE_LINE
+                self._consumed = 0
         body = self._body_if_complete(eof)
         if body is None:
             return
@@ -533,7 +609,13 @@ class _Connection(asyncio.Protocol):
         status, headers, keep_alive = self._head
         waiter = self._waiter
         assert waiter is not None
-        waiter.set_result(_Answer(status, headers, body, keep_alive and self._mode != "close"))
+        assert self.transport is not None
+        # Reusable only if the whole request has left: an answer that came before it did is not an answer
+        # to all of it, and whatever the partner makes of the rest would be read as the next call's answer.
+        reusable = (
+            keep_alive and self._mode != "close" and self.keepalive_s > 0 and not self.transport.get_write_buffer_size()
+        )
+        waiter.set_result(_Answer(status, headers, body, reusable))
 
     def _body_if_complete(self, eof: bool) -> bytes | None:
         buffer = self._buffer
@@ -553,48 +635,105 @@ class _Connection(asyncio.Protocol):
             body = bytes(buffer)
             buffer.clear()
             return body
-        # chunked (RFC 9112 7.1): size line, data, CRLF; a zero size line, optional trailers, CRLF.
-        while True:
-            if self._chunk_size < 0:
-                line_end = buffer.find(b"\r\n")
-                if line_end < 0:
-                    if len(buffer) > 4096:
-                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
-                    break
-                match = _CHUNK_SIZE.fullmatch(buffer, 0, line_end)
-                if match is None:
-                    raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
-                self._chunk_size = int(match.group(1), 16)
-                del buffer[: line_end + 2]
-                self._size += self._chunk_size
-                if self._size > self._body_limit:
-                    raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
-            if self._chunk_size == 0:
-                # Trailers are read and discarded: no trailer reaches the caller.
-                if buffer[:2] == b"\r\n":
-                    del buffer[:2]
-                    return b"".join(self._chunks)
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > _MAX_HEAD_BYTES:
-                        raise _Failure("upstream-malformed", "the partner's trailers are too large")
-                    break
-                del buffer[: end + 4]
-                return b"".join(self._chunks)
-            if len(buffer) < self._chunk_size + 2:
-                break
-            if buffer[self._chunk_size : self._chunk_size + 2] != b"\r\n":
-                raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
-            self._chunks.append(bytes(buffer[: self._chunk_size]))
-            del buffer[: self._chunk_size + 2]
-            self._chunk_size = -1
+        done = self._parse_chunked(buffer)
+        if done:
+            return bytes(self._body)
         if eof:
             raise _Failure("upstream-malformed", "the partner's chunked body ended early")
         return None
 
+    def _parse_chunked(self, buffer: bytearray) -> bool:
+        """Consumes what it can of a chunked body (RFC 9112 7.1: size line, data, CRLF; a zero size line,
+        optional trailers, CRLF) from `buffer`; True once the body is complete. Chunk data goes straight
+        into `self._body`; trailers are read and discarded (none reaches the caller)."""
+        position, available = 0, len(buffer)
+        state = self._chunk_state
+        body = self._body  # appended to in place
+        limit = self._body_limit - self._consumed  # what the rest of the chunked body may take
+        surcharge = 0
+        try:
+            while position < available:
+                if state > 0:  # chunk data
+                    end = position + state
+                    if end + 2 <= available:  # the rest of the chunk and its CRLF are here
+                        if not buffer.startswith(b"\r\n", end):
+                            raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                        body += buffer[position:end]
+                        position = end + 2
+                        state = _CHUNK_SIZE_LINE
+                        continue
+                    take = state if end <= available else available - position
+                    if take == available:  # the whole buffer: no slice to copy first
+                        body += buffer
+                    else:
+                        body += buffer[position : position + take]
+                    position += take
+                    state -= take
+                    if not state:
+                        state = _CHUNK_DATA_END
+                    continue
+                if state == _CHUNK_DATA_END:
+                    if available - position < 2:
+                        return False
+                    if not buffer.startswith(b"\r\n", position):
+                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                    position += 2
+                    state = _CHUNK_SIZE_LINE
+                    continue
+                scan = self._scan
+                line_end = buffer.find(b"\r\n", scan if scan > position else position)
+                if line_end < 0:
+                    pending = available - position
+                    if pending > (_MAX_CHUNK_LINE + 1 if state == _CHUNK_SIZE_LINE else _MAX_HEAD_BYTES):
+                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                    if available > limit:
+                        raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+                    # The last byte may be the CR of the line end; the rest needs no rescan.
+                    self._scan = available - 1
+                    return False
+                if scan:
+                    self._scan = 0
+                if state == _CHUNK_SIZE_LINE:
+                    if line_end - position > _MAX_CHUNK_LINE:
+                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                    match = _CHUNK_SIZE.fullmatch(buffer, position, line_end)
+                    if match is None:
+                        raise _Failure("upstream-malformed", "the partner sent a malformed chunk")
+                    size = int(match.group(1), 16)
+                    # The line, the data and the CRLF after it all count: refused before reading the data.
+                    wire = line_end + 2 - position + size + 2
+                    if wire < _MIN_CHUNK_CHARGE:
+                        surcharge += _MIN_CHUNK_CHARGE - wire
+                        limit -= _MIN_CHUNK_CHARGE - wire
+                    position = line_end + 2
+                    if position + size + 2 > limit:
+                        raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+                    state = size if size else _CHUNK_TRAILERS
+                    continue
+                # A trailer line (discarded), or the blank line that ends the body.
+                blank = line_end == position
+                self._length += line_end + 2 - position  # trailer bytes so far
+                position = line_end + 2
+                if position > limit:
+                    raise _Failure("upstream-too-large", "the partner's response is larger than allowed")
+                if blank:
+                    return True
+                if self._length > _MAX_HEAD_BYTES:
+                    raise _Failure("upstream-malformed", "the partner's trailers are too large")
+            return False
+        finally:
+            self._chunk_state = state
+            self._consumed += surcharge
+            if position:
+                del buffer[:position]
+                self._consumed += position
+                if self._scan:
+                    self._scan = max(0, self._scan - position)
 
-def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int]:
-    """(status, headers, keep-alive, framing mode, content length) of a response head; strict."""
+
+def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int, float]:
+    """(status, headers, keep-alive, framing mode, content length, seconds the connection may then stay
+    idle) of a response head; strict."""
     lines = head.split(b"\r\n")
     match = _STATUS_LINE.fullmatch(lines[0])
     if match is None:
@@ -605,6 +744,7 @@ def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int]:
     lengths: set[bytes] = set()
     transfer_encodings: list[bytes] = []
     connection = b""
+    keep_alive_params = b""
     for line in lines[1:]:
         name, sep, raw_value = line.partition(b":")
         # No colon, white space before it, or a continuation line (obs-fold) all fail the token check.
@@ -620,23 +760,41 @@ def _parse_head(head: bytes) -> tuple[int, CIMultiDict[str], bool, str, int]:
             transfer_encodings.append(value.lower())
         elif lowered == b"connection":
             connection += b"," + value.lower()
+        elif lowered == b"keep-alive":
+            keep_alive_params += b"," + value
         headers.add(name.decode("ascii"), value.decode("latin-1"))
     http10 = match.group(1) == b"0"
     tokens = {token.strip() for token in connection.split(b",")}
     keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
     status = int(match.group(2))
+    idle_s = _keepalive_seconds(keep_alive_params) if keep_alive_params else _KEEPALIVE_SECONDS
     if transfer_encodings:
         if lengths or transfer_encodings != [b"chunked"]:
             raise _Failure("upstream-malformed", "the partner's response framing is ambiguous")
-        return status, headers, keep_alive, "chunked", 0
+        return status, headers, keep_alive, "chunked", 0, idle_s
     if lengths:
         if len(lengths) != 1:
             raise _Failure("upstream-malformed", "the partner sent conflicting Content-Length values")
         (length,) = lengths
         if not length.isdigit() or len(length) > 15:
             raise _Failure("upstream-malformed", "the partner sent an invalid Content-Length")
-        return status, headers, keep_alive, "length", int(length)
-    return status, headers, False, "close", 0
+        return status, headers, keep_alive, "length", int(length), idle_s
+    return status, headers, False, "close", 0, idle_s
+
+
+def _keepalive_seconds(params: bytes) -> float:
+    """How long a connection may stay idle given the partner's `Keep-Alive` header (RFC 2068 19.7.1, still
+    sent by Apache, Node.js and others): its `timeout=N` less a margin (a call must reach the partner
+    before the partner's timer fires), never more than _KEEPALIVE_SECONDS; 0 (not reused) for `max=0`
+    or a timeout of 0. Parameters it does not know, or cannot parse, are ignored."""
+    seconds = _KEEPALIVE_SECONDS
+    for name, number in _KEEPALIVE_PARAM.findall(params):
+        value = int(number)
+        if name.lower() == b"timeout":
+            seconds = min(seconds, value - min(_KEEPALIVE_MARGIN, value / 2))
+        elif value < 1:
+            seconds = 0.0
+    return seconds
 
 
 class _PartnerChannel:
@@ -644,6 +802,7 @@ class _PartnerChannel:
 
     __slots__ = (
         "_closed",
+        "_connecting",
         "_connections",
         "_idle",
         "_ssl",
@@ -675,15 +834,18 @@ class _PartnerChannel:
         if self.credential is not None and _FORBIDDEN_IN_VALUE.search(self.credential[1]):
             raise ConfigError("upstream credential contains a control character")
         self.stripped = _STRIPPED_HEADERS | ({self.credential[0].lower()} if self.credential else set())
-        if limiter is None:
-            limiter = PartnerLimiter(limits.rate_per_second, limits.burst, limits.max_concurrency)
-        else:
-            limiter.retune(limits.rate_per_second, limits.burst, limits.max_concurrency)
-        self.limiter = limiter
+        # Admission (the limiter, run before the disclosure record) enforces the same cap as the pool, so
+        # the pool is never the first to refuse: a call it refused would leave a disclosure that never left.
         self.max_connections = limits.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        if limiter is None:
+            limiter = PartnerLimiter(limits.rate_per_second, limits.burst, self.max_connections)
+        else:
+            limiter.retune(limits.rate_per_second, limits.burst, self.max_connections)
+        self.limiter = limiter
         # LIFO: the most recently used connection is the least likely to have been closed by the partner.
         self._idle: list[_Connection] = []
         self._connections: set[_Connection] = set()
+        self._connecting = 0  # connects under way: they count against the cap before they complete
         self._closed = False
 
     def request_head(
@@ -745,7 +907,7 @@ class _PartnerChannel:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < _KEEPALIVE_SECONDS:
+            if not connection.closed and now < connection.idle_until:
                 return connection
             self._drop(connection)
         return None
@@ -754,9 +916,12 @@ class _PartnerChannel:
         connection = self.take_idle()
         if connection is not None:
             return connection
-        if len(self._connections) >= self.max_connections:
+        # A backstop behind the limiter, which refuses first when a call goes through Admit. The slot is
+        # taken before the connect is awaited, or simultaneous calls would all pass the check.
+        if len(self._connections) + self._connecting >= self.max_connections:
             raise RateLimited("partner concurrency limit reached", reason="concurrency-limit")
         loop = asyncio.get_running_loop()
+        self._connecting += 1
         try:
             async with asyncio.timeout(self.upstream.connect_timeout):
                 _, connection = await loop.create_connection(
@@ -772,12 +937,14 @@ class _PartnerChannel:
             ) from None
         except OSError:
             raise UpstreamError("could not connect to the partner", reason="upstream-connect") from None
+        finally:
+            self._connecting -= 1
         self._connections.add(connection)
         return connection
 
     def release(self, connection: _Connection, reusable: bool) -> None:
         if reusable and self.keep_alive and not connection.closed and not self._closed:
-            connection.idle_since = time.monotonic()
+            connection.idle_until = time.monotonic() + connection.keepalive_s
             self._idle.append(connection)
         else:
             self._drop(connection)
@@ -804,8 +971,6 @@ class _PartnerChannel:
             self._drop(connection)
         self._idle.clear()
 
-
-_KEEPALIVE_SECONDS = 15.0
 
 
 class UpstreamPool:
@@ -904,13 +1069,21 @@ class UpstreamPool:
             request += body
         return OutboundRequest(request, method == "HEAD")
 
-    async def send_prepared(self, profile: ProfileLike, outbound: OutboundRequest) -> UpstreamResponse:
+    async def send_prepared(
+        self, profile: ProfileLike, outbound: OutboundRequest, *, fresh: bool = False
+    ) -> UpstreamResponse:
         """One try of one prepared call. Returns any HTTP answer; raises `UpstreamError`/`UpstreamTimeout`
-        otherwise."""
+        otherwise. `fresh` opens a new connection instead of reusing an idle one (the retry after a kept-alive
+        connection the partner had closed: the other idle ones are likely closed too).
+
+        A reused connection that ends before any byte of the answer raises `UpstreamError` with reason
+        `upstream-reset-idle` rather than `upstream-reset`: the partner most likely closed it as idle while
+        the request was on its way, but it may have received and processed it, so only an idempotent
+        route may send it again."""
         channel = self._channel(profile)
         request, no_body = outbound
         started = time.perf_counter()
-        connection = channel.take_idle()
+        connection = None if fresh else channel.take_idle()
         if connection is not None:
             answer = await self._exchange_idle(channel, connection, request, no_body)
             return self._response(answer, started)

@@ -32,7 +32,7 @@ from gateway.errors import (
     UpstreamReidentifyRefused,
     Violation,
 )
-from gateway.forward import segment_problem
+from gateway.forward import STALE_CONNECTION_REASON, segment_problem
 from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
@@ -422,7 +422,8 @@ class Prepare(SyncStage):
 
 class Admit:
     """Takes a slot under the partner's rate and concurrency limits (429), held until the request ends,
-    before anything is recorded: a refused call leaves a refusal, not a disclosure."""
+    before anything is recorded: a refused call leaves a refusal, not a disclosure. Without a profile
+    `max_concurrency` the limit is the pool's connection cap, so the pool never refuses after the record."""
 
     name: ClassVar[str] = "admit"
 
@@ -544,12 +545,19 @@ class Forward:
         assert route is not None
         assert outbound is not None
         tries = 1 + (profile.upstream.retries if route.idempotent else 0)
+        fresh = False
         while True:
             try:
-                answer = await self._upstream.send_prepared(profile, outbound)
+                answer = await self._upstream.send_prepared(profile, outbound, fresh=fresh)
                 if answer.status >= 500:
                     raise UpstreamError(f"the partner answered {answer.status}", reason="upstream-5xx")
             except GatewayError as exc:
+                if exc.reason == STALE_CONNECTION_REASON and route.idempotent and not fresh:
+                    # A kept-alive connection the partner closed as the call was written: one more try, on
+                    # a new connection, even beyond `retries` (RFC 9112 9.3.1 allows retrying an idempotent
+                    # request). Never for a route not marked idempotent: the partner may have acted on it.
+                    tries = max(tries, ctx.attempt + 1)
+                    fresh = True
                 if ctx.attempt >= tries or exc.status not in (502, 504):
                     raise
                 record_outcome(self._writer, ctx, exc.status, None, exc.reason)
