@@ -281,6 +281,8 @@ def _keys_plainly_canonical(value: Any) -> bool:
         items = value
     for item in items:
         kind = type(item)
+        if kind is str or kind is int:  # the usual values, nothing to check: skip the three tests below
+            continue
         if kind is dict or kind is list:
             if not _keys_plainly_canonical(item):
                 return False
@@ -312,6 +314,8 @@ def canonical_dumps_with_known_keys(obj: Any, unchecked: Iterable[Any], finite_o
             # `_keys_plainly_canonical` written out for a remembered key sequence: only the values remain.
             for item in container.values():
                 kind = type(item)
+                if kind is str or kind is int:  # as in `_keys_plainly_canonical`
+                    continue
                 if kind is dict or kind is list:
                     if not _keys_plainly_canonical(item):
                         return canonical_dumps(obj)

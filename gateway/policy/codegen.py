@@ -400,10 +400,14 @@ def _emit_walk(w: _Writer, depth: int, var: str, schema: Any, node: PolicyNode,
         if plan is not None:
             # The first element the general code above served whole, holding every declared name, becomes
             # the shape: it made every record an element with its key set makes (records are per call).
+            # The shape's other names: with every declared name present, the symmetric difference is the
+            # element's undeclared names (one C call on the element, where `keys() - names` takes a view and
+            # a set copy); `len` stands for "no other name" (itemgetter() takes at least one).
             names = w.constant(frozenset(plan.checks), "names")
+            rest, getter = w.name("rest"), w.constant(operator.itemgetter, "itemgetter")
             w.emit(depth + 1, f"if not {shape} and {item}.keys() >= {names}:")
-            presence = w.constant(_presence, "presence")
-            w.emit(depth + 2, f"{shape} = len({item}); {others} = {presence}({item}.keys() - {names})")
+            w.emit(depth + 2, f"{rest} = {names}.symmetric_difference({item})")
+            w.emit(depth + 2, f"{shape} = len({item}); {others} = {getter}(*{rest}) if {rest} else len")
         w.emit(depth, store(out))
         return
     rest = _emit_container_schema(w, depth, var, schema, "object")
@@ -473,11 +477,6 @@ def _like_elements_plan(element: PolicyNode, schema: Any) -> _LikeElements | Non
                 return None
         checks[name] = sub
     return _LikeElements(checks, frozenset(kept)) if kept else None
-
-
-def _presence(names: Any) -> Callable[[Mapping[str, Any]], Any]:
-    """A function raising KeyError unless its argument has every one of `names` (one C call)."""
-    return operator.itemgetter(*names) if names else len
 
 
 def _emit_like_element(w: _Writer, depth: int, item: str, out: str, shape: str, others: str,

@@ -393,6 +393,24 @@ def test_like_array_elements_take_the_shape_path() -> None:
                                   for item in policy_bench.ORDER["items"]]
 
 
+def test_like_array_element_with_another_undeclared_name_is_not_served_by_shape() -> None:
+    """An element as long as the shape's, with every declared name, but an undeclared name other than the
+    shape's: served by the general loop. Pinned with a profile name (`name`, reported as `items[].name`),
+    the one case where the records differ; with the shape's other name unchecked, the walk would drop that
+    key silently. Also with no undeclared name in the shape (every name declared)."""
+    policy = BENCH["hmac"]
+    reference = reference_of(policy, BENCH_BINDER)
+    first = {"sku": "a", "quantity": 1, "unit_price": 2.5, "weight_g": 3, "title": "t"}
+    second = {"sku": "b", "quantity": 2, "unit_price": 1, "weight_g": 4, "name": "n"}
+    plain = {"sku": "c", "quantity": 3, "unit_price": 1, "weight_g": 5}
+    for items in ([first, second, first], [second, first, second], [plain, plain, first, second],
+                  [plain, {**plain, "title": "t"}, plain]):
+        body = {**policy_bench.ORDER, "items": items}
+        assert_same(policy, reference, body, headers={"Idempotency-Key": "k"})
+        dropped = policy.minimise_validated(policy.validate_request(body), (), {}, {}).report.dropped
+        assert ("items[].name" in dropped) == (second in items)
+
+
 def test_report_skips_the_kept_transformed_pass_only_where_no_path_is_recorded_both_ways() -> None:
     """`minimise_validated`'s plain finish takes transformed paths out of the kept ones only when the
     fused walk can record one path both ways (a transform or free text under an array) or a body path is
