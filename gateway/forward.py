@@ -512,11 +512,12 @@ class _Connection(asyncio.Protocol):
         self._advance(eof=False)
 
     def eof_received(self) -> bool:
+        # After the partner's FIN the connection is never reused, whether the EOF ends a close-delimited
+        # answer, comes just after a complete one (without `Connection: close`) or arrives while idle:
+        # unusable now, not only once connection_lost has run.
+        self.closed = True
         if self._waiter is not None and not self._waiter.done():
             self._advance(eof=True)
-        else:
-            # Closed by the partner while idle: unusable now, not only once connection_lost has run.
-            self.closed = True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -912,10 +913,13 @@ class _PartnerChannel:
             self._drop(connection)
         return None
 
-    async def acquire(self) -> _Connection:
-        connection = self.take_idle()
-        if connection is not None:
-            return connection
+    async def acquire(self, *, reuse: bool = True) -> _Connection:
+        """An idle connection when `reuse` and one is usable, else a new one (`reuse=False`: the retry after
+        a stale kept-alive connection, whose idle siblings are most likely stale too)."""
+        if reuse:
+            connection = self.take_idle()
+            if connection is not None:
+                return connection
         # A backstop behind the limiter, which refuses first when a call goes through Admit. The slot is
         # taken before the connect is awaited, or simultaneous calls would all pass the check.
         if len(self._connections) + self._connecting >= self.max_connections:
@@ -1089,7 +1093,7 @@ class UpstreamPool:
             return self._response(answer, started)
         try:
             async with asyncio.timeout(channel.upstream.total_timeout):
-                connection = await channel.acquire()
+                connection = await channel.acquire(reuse=not fresh)
                 answer = await connection.exchange(request, no_body, self._max_response_bytes)
         except TimeoutError:
             if connection is not None:

@@ -7,8 +7,9 @@ Two lists, both in lower case (header names are compared case-insensitively):
 - `RESPONSE_HEADER_REFUSALS`: names a route's `response.headers` may not declare. The gateway writes the
   caller's answer itself: its own framing over a body it re-serialised, its own Date, Server,
   X-Request-Id and X-Disclosure-Id. A partner's copy of any of these is wrong (Content-Encoding: gzip over
-  a body the gateway never compressed), forged (a second, lower-case X-Disclosure-Id), or acts on the
-  gateway's origin rather than the partner's (a cookie, an HSTS pin, an alternative service).
+  a body the gateway never compressed), forged (a second, lower-case X-Disclosure-Id), acts on the
+  gateway's origin rather than the partner's (a cookie, an HSTS pin, an alternative service, a CORS
+  grant), or contradicts the gateway's own `Cache-Control: no-store`.
   Content-Type is not in the list: most profiles declare it, and the gateway always writes its own.
 - `CREDENTIAL_HEADER_REFUSALS`: names `upstream.auth.header` may not be. The credential line is added to
   the request the gateway builds, after its own framing and X-Request-Id: a `Content-Length` there is a
@@ -24,6 +25,8 @@ _HOP_BY_HOP = "a hop-by-hop header (it belongs to one connection, not to the mes
 _BODY_BYTES = "it describes the partner's body bytes, and the gateway re-serialises the filtered body"
 _OWNED = "the gateway writes its own (a partner's copy would be a second, forged one)"
 _ORIGIN = "it would act on the gateway's origin, not the partner's"
+_CACHING = ("the gateway marks the answer `Cache-Control: no-store` itself (it may hold re-identified "
+            "personal data), and a partner's caching instruction would contradict it")
 _URL = ("it points the caller at a URL the response policy cannot filter (and that may carry personal "
         "data); pass the partner's resource id in a declared body field instead")
 
@@ -34,6 +37,20 @@ RESPONSE_HEADER_REFUSALS: Final[dict[str, str]] = {
                      "content-digest", "repr-digest"), _BODY_BYTES),
     **dict.fromkeys(("date", "server", "x-request-id", "x-disclosure-id"), _OWNED),
     **dict.fromkeys(("set-cookie", "set-cookie2", "alt-svc", "strict-transport-security"), _ORIGIN),
+    # What a browser would apply to the gateway's origin (review rv-partner R3): CORS grants, site data
+    # clearing, content and embedding policies, reporting endpoints, preload links.
+    **dict.fromkeys(("access-control-allow-origin", "access-control-allow-credentials",
+                     "access-control-allow-headers", "access-control-allow-methods",
+                     "access-control-expose-headers", "access-control-max-age",
+                     "access-control-allow-private-network", "clear-site-data", "content-security-policy",
+                     "content-security-policy-report-only", "cross-origin-embedder-policy",
+                     "cross-origin-opener-policy", "cross-origin-resource-policy", "permissions-policy",
+                     "origin-agent-cluster", "x-frame-options", "report-to", "reporting-endpoints", "nel",
+                     "link"), _ORIGIN),
+    "content-disposition": _BODY_BYTES,
+    # The gateway marks every partner answer it passes on `Cache-Control: no-store` (it may hold
+    # re-identified personal data); a partner's caching instruction would contradict it (rv-partner R2).
+    **dict.fromkeys(("cache-control", "expires", "pragma", "vary", "age"), _CACHING),
     **dict.fromkeys(("location", "content-location", "refresh"), _URL),
     "www-authenticate": "a challenge for the partner's credential, which the gateway holds, not the caller",
 }

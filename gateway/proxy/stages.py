@@ -628,6 +628,9 @@ class FilterResponse(SyncStage):
                 withheld += 1
                 continue
             headers[name] = value
+        # The answer may hold personal data, re-identified values among them: no cache on the way back
+        # (a shared one between caller and gateway) may keep it (rv-partner R2).
+        headers["Cache-Control"] = "no-store"
         headers["X-Disclosure-Id"] = str(ctx.disclosure.id)
         headers["X-Request-Id"] = ctx.request_id
         body = b"" if filtered.body is None else orjson.dumps(filtered.body)

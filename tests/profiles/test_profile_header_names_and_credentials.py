@@ -39,7 +39,9 @@ def with_response_headers(*names: str) -> str:
 
 @pytest.mark.parametrize("name", ["x-disclosure-id", "X-Request-ID", "Set-Cookie", "Content-Encoding", "Date",
                                   "SERVER", "Location", "Upgrade", "Trailer", "Connection", "Keep-Alive",
-                                  "Transfer-Encoding", "Content-Length", "Alt-Svc", "WWW-Authenticate"])
+                                  "Transfer-Encoding", "Content-Length", "Alt-Svc", "WWW-Authenticate",
+                                  "Access-Control-Allow-Origin", "Clear-Site-Data", "Link",
+                                  "Content-Disposition", "Cache-Control", "Expires", "Vary"])
 def test_a_reserved_response_header_is_refused_with_file_line_and_reason(
         write_profile: WriteProfile, pseudonymiser: Pseudonymiser, name: str) -> None:
     text = with_response_headers("Content-Type", name)

@@ -173,14 +173,15 @@ async def test_reserved_partner_headers_are_dropped_even_when_a_profile_declares
     loader's list) still cannot hand the caller a forged X-Disclosure-Id, a cookie or a partner framing."""
     monkeypatch.setattr("gateway.profiles.loader.RESPONSE_HEADER_REFUSALS", {})
     names = ["x-disclosure-id", "x-request-id", "Set-Cookie", "Content-Encoding", "Date", "Server", "Location",
-             "Upgrade", "Trailer", "X-Partner-Note"]
+             "Upgrade", "Trailer", "Cache-Control", "Access-Control-Allow-Origin", "X-Partner-Note"]
     harness = await gateway_with(SHIPMENT_RESPONSE + "".join(
         f"        {name}: keep\n" for name in names))
     raw_partner.answer = json_answer({"tracking_number": "T-1"}, (
         b"x-disclosure-id: forged-disclosure\r\nx-request-id: forged-request\r\n"
         b"Set-Cookie: session=evil; Domain=.corp.example; Path=/\r\nContent-Encoding: gzip\r\n"
         b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nServer: partner\r\nLocation: http://evil.example/\r\n"
-        b"Upgrade: h2c\r\nTrailer: X-Foo\r\nX-Partner-Note: kept\r\n"))
+        b"Upgrade: h2c\r\nTrailer: X-Foo\r\nCache-Control: public, max-age=86400\r\n"
+        b"Access-Control-Allow-Origin: *\r\nX-Partner-Note: kept\r\n"))
     status, headers, head, body = await post_raw(harness)
     assert status == 200
     assert json.loads(body) == {"tracking_number": "T-1"}
@@ -190,8 +191,10 @@ async def test_reserved_partner_headers_are_dropped_even_when_a_profile_declares
     assert b"partner\r\n" not in head
     for name in ("x-disclosure-id", "x-request-id", "date", "server"):
         assert len(named(headers, name)) == 1, name
-    for name in ("set-cookie", "content-encoding", "location", "upgrade", "trailer"):
+    for name in ("set-cookie", "content-encoding", "location", "upgrade", "trailer", "access-control-allow-origin"):
         assert named(headers, name) == [], name
+    # The gateway's own caching instruction, never the partner's (rv-partner R2).
+    assert named(headers, "cache-control") == ["no-store"]
     assert named(headers, "x-partner-note") == ["kept"]
     (disclosure,) = await harness.ledger_records(kind="disclosure")
     assert named(headers, "x-disclosure-id") == [disclosure["id"]]

@@ -120,6 +120,32 @@ async def test_a_stale_connection_on_an_idempotent_route_is_retried_once_on_a_ne
     ]
 
 
+async def test_the_retry_after_a_stale_connection_skips_the_other_idle_connections(harness: GatewayHarness) -> None:
+    """Two calls in flight at once leave two kept-alive connections, both closed by the partner on their
+    next request: the retry must open a new connection, not take the other (equally stale) idle one
+    (review rv-partner R1: it did, and the call failed with 502 although a new connection would answer)."""
+    partner: ConnectionClosingPartner = harness.partner  # type: ignore[assignment]
+    partner.hold = asyncio.Event()
+    calls = [asyncio.ensure_future(harness.session.get(harness.url + TRACK, headers=_track_headers(harness)))
+             for _ in range(2)]
+    for _ in range(300):
+        if partner.requests == 2:
+            break
+        await asyncio.sleep(0.01)
+    partner.hold.set()
+    assert [r.status for r in await asyncio.gather(*calls)] == [200, 200]
+    assert partner.connections == 2
+    third = await harness.session.get(harness.url + TRACK, headers=_track_headers(harness))
+    assert third.status == 200, await third.read()
+    assert (partner.requests, partner.connections) == (4, 3)
+    assert _shape((await _records(harness, 8))[4:]) == [
+        ("disclosure", 1, None, None),
+        ("outcome", 1, 502, "upstream-reset-idle"),
+        ("disclosure", 2, None, None),
+        ("outcome", 2, 200, None),
+    ]
+
+
 async def test_a_stale_connection_on_a_route_not_marked_idempotent_is_not_retried(harness: GatewayHarness) -> None:
     first = await harness.session.post(harness.url + SHIPMENT, json=shipment_body(), headers=harness.auth())
     assert first.status == 200
