@@ -19,6 +19,8 @@ identifier) is never decrypted, and fails the answer with `UpstreamReidentifyRef
 Reports use the declared path form (`items[].sku`) so one field is one entry however many array
 elements carried it. Query parameters, path parameters and headers are reported as `query:NAME`,
 `path:NAME` and `header:NAME`, so they can never be confused with a body field of the same name.
+A path parameter with a schema (`request.path_schema`) is checked against it before its action applies;
+one that does not fit is refused (`SchemaViolation` at `path:NAME`), never put in the partner's URL.
 Only names the profile writes are reported (or echoed in a refusal) by name: an undeclared key, query
 parameter or header has a name the caller chose, which may be a phone or an e-mail, and shows as its
 parent's marker (`recipient.*`, `*`, `query:*`, `header:*`).
@@ -66,7 +68,7 @@ from gateway.policy.codegen import (
     value_function,
 )
 from gateway.policy.freetext import FREE_TEXT_MAX_CHARS, redact, scan
-from gateway.policy.schema import ROOT, CompiledSchema
+from gateway.policy.schema import ROOT, CompiledParamSchemas, CompiledSchema
 from gateway.pseudonyms import normalise
 from gateway.strictjson import canonical_dumps, canonical_dumps_with_known_keys
 
@@ -263,6 +265,9 @@ class RoutePolicySpec:
     # Characters of free text scanned per request (and per response) at most; beyond, a refusal.
     free_text_max_chars: int = FREE_TEXT_MAX_CHARS
     schema: Mapping[str, Any] | None = None
+    # Path parameter name -> JSON Schema of its value (`request.path_schema`); a parameter not named
+    # here is only checked by the route matcher (one safe segment).
+    path_schema: Mapping[str, Mapping[str, Any]] | None = None
 
 
 class PolicyCompileError(ValueError):
@@ -719,6 +724,7 @@ class CompiledRoutePolicy:
         "_issued_sources",
         "_kept_header_paths",
         "_path",
+        "_path_schema",
         "_plain_request_names",
         "_query",
         "_reject_unknown",
@@ -761,6 +767,7 @@ class CompiledRoutePolicy:
                                      ("request", "query"), fold_case=False)
         self._path = _compile_names(spec.request_path, "path:", partner_id, pseudonymiser,
                                     ("request", "path"), fold_case=False)
+        self._path_schema = CompiledParamSchemas(spec.path_schema) if spec.path_schema else None
         self._request_headers = _compile_names(spec.request_headers, "header:", partner_id, pseudonymiser,
                                                ("request", "headers"), fold_case=True)
         # When every declared request header is a plain keep, minimise_validated finishes inline: declared
@@ -874,10 +881,14 @@ class CompiledRoutePolicy:
             if result is not MISSING:
                 out_query.append((entry[0], result))
         out_path: dict[str, str] = {}
+        path_schema = self._path_schema
         for name, value in path_params.items():
             entry = self._path.get(name)
             if entry is None:
                 run.unknown(f"path:{name}")
+                continue
+            if path_schema is not None and (problem := path_schema.problem(name, value)) is not None:
+                run.refuse(SchemaViolation, f"path:{name}", problem)
                 continue
             result = entry[1](value, run)
             if result is not MISSING:

@@ -1,4 +1,5 @@
-"""A route's request JSON Schema (Draft 2020-12), compiled once, and its violations as safe paths.
+"""A route's request JSON Schema (Draft 2020-12) and its path parameter schemas, compiled once, and their
+violations as safe paths.
 
 jsonschema's own messages quote the offending value ("'abc' does not match ..."), so they never leave
 this module: each error becomes a `Violation` of a field path and a reason built from the keyword and
@@ -118,3 +119,28 @@ class CompiledSchema:
         found.sort(key=lambda v: v.path)
         raise SchemaViolation(f"request body violates the route's schema at {len(found)} place(s)", found,
                               reason="schema")
+
+
+class CompiledParamSchemas:
+    """A route's path parameter schemas (`request.path_schema`: parameter name -> JSON Schema of its
+    string value), each validator built once. A path parameter has no place in the body's schema, yet it
+    is sent to the partner as much as a body field is: an id meant as `CMP-2024-17` must not carry an
+    IMEI or a phone number there either."""
+
+    __slots__ = ("_validators", "schemas")
+
+    def __init__(self, schemas: Mapping[str, Mapping[str, Any]]) -> None:
+        self.schemas = schemas
+        self._validators = {
+            name: Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            for name, schema in schemas.items()
+        }
+
+    def problem(self, name: str, value: str) -> str | None:
+        """Why `value` does not fit parameter `name`'s schema (the keyword's rule, never the value), or
+        None; a parameter without a schema always fits."""
+        validator = self._validators.get(name)
+        if validator is None:
+            return None
+        error = next(validator.iter_errors(value), None)
+        return None if error is None else _reason(error)

@@ -424,6 +424,17 @@ def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_
         if problem:
             ctx.add((*at, "request", "schema"), f"route {route_id}: {problem}")
 
+    path_schema = request.get("path_schema")
+    for name, param_schema in (path_schema or {}).items():
+        if name not in params:
+            ctx.add((*at, "request", "path_schema", name), f"route {route_id}: request.path_schema.{name} is not a "
+                                                            f"parameter of the path template")
+            continue
+        problem = check_schema(param_schema)
+        if problem:
+            ctx.add((*at, "request", "path_schema", name),
+                    f"route {route_id}: request.path_schema.{name}: {problem.replace('request schema', 'schema', 1)}")
+
     sections: dict[tuple[str, str], dict[str, FieldAction]] = {}
     for part, key, source in (("request", "body", request), ("request", "query", request), ("request", "path", request),
                               ("request", "headers", request), ("response", "body", response),
@@ -446,7 +457,7 @@ def _build_route(ctx: _FileContext, index: int, raw: Mapping[str, Any], profile_
         request_path=sections[("request", "path")], request_headers=sections[("request", "headers")],
         response_body=sections[("response", "body")], response_headers=sections[("response", "headers")],
         unknown_fields=raw.get("unknown_fields", "drop"), free_text=raw.get("free_text", "reject"), schema=schema,
-        free_text_max_chars=raw.get("free_text_max_chars", FREE_TEXT_MAX_CHARS),
+        free_text_max_chars=raw.get("free_text_max_chars", FREE_TEXT_MAX_CHARS), path_schema=path_schema or None,
     )
     if len(ctx.problems) > before:
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from profile_texts import ENV, VALID_PROFILE
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SchemaViolation
 from gateway.profiles import ProfileLoadError, ProfileProblem, ValueSource, load_profiles
 from gateway.pseudonyms import Pseudonymiser
 
@@ -103,6 +103,12 @@ BROKEN = [
      "same method and path shape"),
     ("retries: ${TEST_RETRIES:-1}", "retries: [", "retries: [", "YAML syntax"),
     ("retries: ${TEST_RETRIES:-1}", "retries: 1\n  keep_alive: nope", "keep_alive: nope", "must be of type boolean"),
+    ("        shipment_id: keep\n      headers",
+     "        shipment_id: keep\n      path_schema:\n        order: {type: string}\n      headers",
+     "order: {type: string}", "request.path_schema.order is not a parameter"),
+    ("        shipment_id: keep\n      headers",
+     "        shipment_id: keep\n      path_schema:\n        shipment_id: {type: strin}\n      headers",
+     "shipment_id: {type: strin}", "request.path_schema.shipment_id: schema is not valid"),
 ]
 
 
@@ -191,3 +197,30 @@ def test_schema_problems_name_path_and_rule_never_the_value(write_profile: Write
     message = str(ProfileLoadError(found))
     assert "S3cr3t" not in message
     assert value not in message
+
+
+def test_a_path_parameter_schema_refuses_a_value_that_does_not_fit(write_profile: WriteProfile,
+                                                                   pseudonymiser: Pseudonymiser) -> None:
+    """`request.path_schema` pins a path parameter like a body field: a value that does not fit is refused
+    (422 schema-violation at `path:NAME`, the rule named, never the value) before it reaches the partner's
+    URL; one that fits passes unchanged."""
+    text = VALID_PROFILE.replace(
+        "        shipment_id: keep\n      headers",
+        "        shipment_id: keep\n      path_schema:\n"
+        "        shipment_id: {type: string, pattern: '^S-[0-9]{1,6}$'}\n      headers", 1)
+    route = load_profiles(write_profile(text), pseudonymiser=pseudonymiser, environ=ENV).profiles[
+        "carrier-xx-test"].route("create-shipment")
+    body = {"order_id": "O-1", "recipient": {"phone": "+84912345678"}}
+    minimised = route.policy.minimise_request(body, (), {"shipment_id": "S-17"}, {})
+    assert minimised.path_params == {"shipment_id": "S-17"}
+    assert "path:shipment_id" in minimised.report.kept
+    with pytest.raises(SchemaViolation) as caught:
+        route.policy.minimise_request(body, (), {"shipment_id": "490154203237518"}, {})
+    assert caught.value.status == 422
+    assert [(v.path, v.reason) for v in caught.value.violations] == [
+        ("path:shipment_id", "does not match the required pattern")]
+    assert "490154203237518" not in str(caught.value)
+    # The other route's parameter of the same name has no schema: only the route matcher's rules apply.
+    track = load_profiles(write_profile(text), pseudonymiser=pseudonymiser, environ=ENV).profiles[
+        "carrier-xx-test"].route("track")
+    assert track.policy.minimise_request(None, (), {"shipment_id": "X 1"}, {}).path_params == {"shipment_id": "X 1"}
