@@ -29,7 +29,41 @@ def check_schema(schema: Mapping[str, Any]) -> str | None:
     except SchemaError as exc:
         where = ".".join(str(p) for p in exc.path)
         return f"request schema is not valid JSON Schema 2020-12 ({exc.validator} at {where or 'the root'})"
+    unchecked = sorted(_unchecked_formats(schema))
+    if unchecked:
+        # jsonschema treats a format it has no checker for as an annotation and accepts any string, so a
+        # `format: uri` (or `date-time` without its validator package) would let an IMEI through where
+        # the author meant to allow only a URL: refuse the profile instead (fail closed).
+        return (f"request schema uses format {', '.join(unchecked)}, which this installation cannot check "
+                f"(checked: {', '.join(sorted(CHECKED_FORMATS))}); use a pattern instead")
     return None
+
+
+CHECKED_FORMATS = frozenset(Draft202012Validator.FORMAT_CHECKER.checkers)
+# Keywords whose values are data, not subschemas (a `{"format": ...}` inside them is a value), and those
+# whose values map names to subschemas (a property may itself be called `format`).
+_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+_NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _unchecked_formats(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _DATA_KEYWORDS:
+                continue
+            if key == "format" and isinstance(value, str):
+                if value not in CHECKED_FORMATS:
+                    found.add(value)
+            elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                for sub in value.values():
+                    found |= _unchecked_formats(sub)
+            else:
+                found |= _unchecked_formats(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _unchecked_formats(item)
+    return found
 
 
 def render_path(parts: Iterable[Any], names: frozenset[str] | None = None) -> str:
