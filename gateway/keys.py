@@ -10,11 +10,16 @@ references built from it.
 - `jwt-dev.pem` / `jwt-dev.pub.pem`: Ed25519 pair for development caller tokens (`gateway token mint`).
 
 In development mode missing files are created with a warning; otherwise a missing key is a ConfigError.
+Outside development mode a key that is not secret is refused as well (`weak_key_reason`): the example
+master key the project publishes, and keys anyone would guess (one byte repeated, a counting sequence,
+a short pattern repeated). With the published key a partner could decrypt its own `fpe` pseudonyms and
+test guesses against `hmac` ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import unicodedata
@@ -37,8 +42,18 @@ JWT_DEV_PRIVATE_FILE = "jwt-dev.pem"
 JWT_DEV_PUBLIC_FILE = "jwt-dev.pub.pem"
 
 
+# bytes 0x00..0x1f: the key route examples run under, published in docs/profile-format.md (and
+# gateway.profiles.EXAMPLE_MASTER_KEY) so that authors can write exact pseudonyms; never a real key.
+EXAMPLE_MASTER_KEY = bytes(range(32))
+# Every key value the project publishes, and where (for the refusal's reason).
+PUBLISHED_EXAMPLE_KEYS = {EXAMPLE_MASTER_KEY: "the example key published in docs/profile-format.md"}
+# A key made of one short pattern repeated (`deadbeef` x 8, a 16-hex-digit string pasted twice) is
+# refused up to this period; a random 32-byte key has such a period with probability 2**-192.
+_WEAK_PERIOD = 8
+
+
 class DevelopmentKeyWarning(UserWarning):
-    """Keys were generated on the fly: fine on a laptop, never in production."""
+    """Keys were generated on the fly, or a key is not secret: fine on a laptop, never in production."""
 
 
 def _derive(root: bytes, label: bytes) -> bytes:
@@ -132,6 +147,44 @@ def _read_hex_key(path: Path) -> bytes:
     return key
 
 
+def weak_key_reason(key: bytes) -> str | None:
+    """Why `key` is not a secret (a phrase without the key), or None. Refused: a key the project publishes,
+    one byte value throughout (32 zero bytes), an arithmetic sequence of bytes (00 01 02 ..., ff fe fd ...,
+    any constant step modulo 256) and a pattern of at most 8 bytes repeated. A key drawn at random is any of
+    these with probability below 2**-190, so no real key is ever refused."""
+    published = PUBLISHED_EXAMPLE_KEYS.get(key)
+    if published is not None:
+        return f"it is {published}"
+    if len(set(key)) == 1:
+        return "it is one byte value repeated"
+    steps = {(b - a) % 256 for a, b in itertools.pairwise(key)}
+    if len(steps) == 1:
+        return "it is a counting sequence of bytes"
+    for period in range(2, _WEAK_PERIOD + 1):
+        if key == (key[:period] * (len(key) // period + 1))[: len(key)]:
+            return f"it is a {period}-byte pattern repeated"
+    return None
+
+
+def _refuse_weak(path: Path, key: bytes, *, dev_mode: bool) -> None:
+    """Outside development mode a weak key stops the start (ConfigError); in development mode it is
+    accepted with a warning. Neither names the key, only the file and the reason."""
+    reason = weak_key_reason(key)
+    if reason is None:
+        return
+    if dev_mode:
+        warnings.warn(
+            f"development mode: {path.name} is not secret ({reason}); never use it in production",
+            DevelopmentKeyWarning,
+            stacklevel=3,
+        )
+        return
+    raise ConfigError(
+        f"{path}: refused outside development mode: {reason}, so it is no secret; "
+        "put 32 random bytes there (docs/configuration.md, \"Keys\")"
+    )
+
+
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -183,6 +236,10 @@ def load_ed25519_private(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def _ed25519_seed(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
 def load_ed25519_public(path: Path) -> Ed25519PublicKey:
     key = serialization.load_pem_public_key(path.read_bytes())
     if not isinstance(key, Ed25519PublicKey):
@@ -190,9 +247,13 @@ def load_ed25519_public(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def load_keys(keys_dir: Path, *, dev_mode: bool) -> GatewayKeys:
-    """Load every key from `keys_dir`; in development mode create the missing ones first."""
-    if dev_mode:
+def load_keys(keys_dir: Path, *, dev_mode: bool, create_missing: bool | None = None) -> GatewayKeys:
+    """Load every key from `keys_dir`. In development mode create the missing ones first (unless
+    `create_missing` is False: tools that must never invent a key, as a new one would match nothing already
+    recorded) and accept a weak key with a warning; outside it refuse a missing or weak key (ConfigError,
+    see `weak_key_reason`)."""
+    create = dev_mode if create_missing is None else create_missing
+    if create:
         created = ensure_dev_keys(keys_dir)
         if created:
             warnings.warn(
@@ -206,6 +267,9 @@ def load_keys(keys_dir: Path, *, dev_mode: bool) -> GatewayKeys:
         signing = load_ed25519_private(keys_dir / LEDGER_SIGNING_FILE)
     except FileNotFoundError as exc:
         raise ConfigError(f"missing key file {exc.filename} (GATEWAY_KEYS_DIR={keys_dir})") from exc
+    _refuse_weak(keys_dir / MASTER_KEY_FILE, master, dev_mode=dev_mode)
+    _refuse_weak(keys_dir / LEDGER_HMAC_FILE, ledger_hmac, dev_mode=dev_mode)
+    _refuse_weak(keys_dir / LEDGER_SIGNING_FILE, _ed25519_seed(signing), dev_mode=dev_mode)
     jwt_priv: Ed25519PrivateKey | None = None
     jwt_pub: Ed25519PublicKey | None = None
     if (keys_dir / JWT_DEV_PUBLIC_FILE).exists():

@@ -192,7 +192,8 @@ def build_query(args: argparse.Namespace, settings: Settings) -> LedgerQuery:
         raise ConfigError("--limit: must be 0 (all records) or more")
     subject_ref = None
     if args.subject is not None:
-        subject_ref = load_keys(settings.keys_dir, dev_mode=False).ledger.subject_ref(read_subject_id(args.subject))
+        keys = load_keys(settings.keys_dir, dev_mode=settings.dev_mode, create_missing=False)
+        subject_ref = keys.ledger.subject_ref(read_subject_id(args.subject))
     return LedgerQuery(
         kind="disclosure" if args.recipients and args.kind is None else args.kind,
         partner=args.partner, route=args.route, caller=args.caller, purpose=args.purpose,
@@ -270,7 +271,7 @@ def run_prune(args: argparse.Namespace) -> int:
     before = parse_time(before_text)
     if before > datetime.now(UTC):
         raise ConfigError("--before: the date is in the future; prune removes only records older than it")
-    keys = load_keys(settings.keys_dir, dev_mode=False)
+    keys = load_keys(settings.keys_dir, dev_mode=settings.dev_mode, create_missing=False)
     accepted = [ExpectedHead.parse(text, option="--accept-unsigned") for text in args.accept_unsigned]
     report = asyncio.run(verify_url(url, keys.ledger.verify_key, (), accepted, _policy(settings)))
     if not report.ok:

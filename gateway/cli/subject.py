@@ -99,7 +99,7 @@ def _source(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> tuple[Settings, LedgerKeys]:
     settings = load_settings(args.config, ledger_url=args.ledger, keys_dir=args.keys_dir)
     # Never create keys here: a fresh key would give references that match nothing already recorded.
-    keys = load_keys(settings.keys_dir, dev_mode=False)
+    keys = load_keys(settings.keys_dir, dev_mode=settings.dev_mode, create_missing=False)
     return settings, keys.ledger
 
 

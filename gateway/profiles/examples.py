@@ -4,7 +4,8 @@ output (or exactly the expected refusal).
 
 The example key is public on purpose (it is in this file and in docs/profile-format.md): it lets a
 profile author write the exact pseudonym a partner would see in a test, and it is never used for real
-traffic, so publishing it discloses nothing.
+traffic (the gateway refuses it as `master.key` outside development mode), so publishing it discloses
+nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.keys import EXAMPLE_MASTER_KEY as EXAMPLE_MASTER_KEY
 from gateway.policy import CompiledRoutePolicy, MinimisedRequest, PseudonymBinder
 from gateway.profiles.model import PartnerProfile, Route, RouteExample
 from gateway.pseudonyms import PartnerKeyring, Pseudonymiser
 from gateway.strictjson import canonical_dumps, parse_json
 
-# bytes 0x00..0x1f: published, for examples only.
-EXAMPLE_MASTER_KEY = bytes(range(32))
+# EXAMPLE_MASTER_KEY (bytes 0x00..0x1f) is defined in gateway.keys, which refuses it as a real key outside
+# development mode.
 PSEUDONYM_PLACEHOLDER = "$pseudonym"
 
 

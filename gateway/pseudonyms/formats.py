@@ -519,10 +519,12 @@ _PHONE_FPE_MIN_NATIONAL = 7  # the first national digit is kept; FF1 needs at le
 
 class PhoneFormat(FF1Format):
     """International phone number, normalised to E.164 `+CC...`. The pseudonym keeps the country calling
-    code and the first national digit (which in most plans only tells the kind of number, and is never a
-    trunk 0, so national validators accept the result); the remaining national digits are replaced,
-    same count. Numbers without an international prefix (`+` or `00`) are refused: their country is
-    unknown."""
+    code and the first national digit as written (for a mobile it mostly tells the kind of number; for a
+    fixed line in plans with geographic area codes it narrows the region; a trunk 0 written after the
+    country code, `+82 010...`, is kept as a 0); the remaining national digits are replaced, same count,
+    with no regard to the numbering plan, so the result is often a stranger's valid number and sometimes
+    an invalid one (docs/pseudonyms.md). Numbers without an international prefix (`+` or `00`) are
+    refused: their country is unknown."""
 
     id_type = "phone"
     ff1_radix = 10

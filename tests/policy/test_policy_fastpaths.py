@@ -296,17 +296,19 @@ def test_mac_prefilter_equals_the_plain_counts(text: str) -> None:
 
 
 def _date_by_pattern(value: str, precision: str) -> str:
-    from gateway.policy.actions import _DATE, NotGeneralisable
+    from gateway.policy.actions import _DATE, NotGeneralisable, _days_in_month
 
     match = _DATE.match(value)
-    if match is None or not 1 <= int(match.group(2)) <= 12:
-        raise NotGeneralisable("a date must be ISO 8601 (YYYY-MM-DD)")
+    if match is None or (match.group(3) is not None and not 1 <= int(match.group(3)) <= _days_in_month(
+            int(match.group(1)), int(match.group(2)))):
+        raise NotGeneralisable("a date must be ISO 8601 (YYYY-MM-DD, or a date-time)")
     return match.group(1) if precision == "year" else f"{match.group(1)}-{match.group(2)}"
 
 
 date_like = st.text("0123456789-T:Z \u0663", min_size=8, max_size=12) | st.dates().map(str) | st.sampled_from(
     ["1988-11-02", "1988-00-02", "1988-13-02", "1988-1a-02", "19881102xx", "1988-11-0\u0663", "1988-11-02T10:00Z",
-     "1988-11-02\n", "1988-1-022", "+988-11-02", "1988-11-+2", "1988-0-102"])
+     "1988-11-02\n", "1988-1-022", "+988-11-02", "1988-11-+2", "1988-0-102", "1988-11-28", "1988-11-29",
+     "1988-02-29", "1988-02-30", "1988-11-31", "1988-11-00", "1988-11-99", "1900-02-29", "2000-02-29"])
 
 
 @settings(max_examples=500, deadline=None)
