@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.keys import GatewayKeys, load_keys
 
@@ -82,3 +83,15 @@ def keys_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def gateway_keys(keys_dir: Path) -> GatewayKeys:
     return load_keys(keys_dir, dev_mode=False)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_configuration_restored() -> Iterator[None]:
+    """A test that runs the CLI (`main(["serve"])` refusing a key, say) configures structlog to write to
+    the stream pytest captured for that test, which is closed afterwards: every later gateway in the same
+    process would then fail to log ("I/O operation on closed file"). Each test gets back the configuration
+    it started with, so test files can run in any combination and order."""
+    saved = structlog.get_config()
+    yield
+    if structlog.get_config() != saved:
+        structlog.configure(**saved)

@@ -479,8 +479,14 @@ async def _caller(request: web.Request, scopes: Sequence[str]) -> tuple[GatewayS
     return state, await authorise(state.services, request, scopes)
 
 
+# Admin answers carry subject references, consents, holds and disclosure listings: no cache between the
+# operator and the gateway may keep them (as partner answers passed on, rv-transforms R5).
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+                        headers=_NO_STORE)
 
 
 async def list_partners(request: web.Request) -> web.Response:

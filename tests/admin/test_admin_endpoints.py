@@ -72,8 +72,10 @@ async def test_every_admin_endpoint_needs_a_token_and_its_scope(admin: AdminHarn
         assert orjson.loads(raw)["type"].endswith("scope-missing")
     for method, path, body in READ_ENDPOINTS:
         for scope in ("gateway:audit", "gateway:admin"):
-            status, _, raw = await call(admin, method, path, json=body, headers=admin.auth(scope))
+            status, headers, raw = await call(admin, method, path, json=body, headers=admin.auth(scope))
             assert status == 200, (path, scope, raw)
+            # Subject data, disclosure listings: never kept by a cache on the way (rv-transforms R5).
+            assert headers.get("Cache-Control") == "no-store", path
     for method, path, body in CHANGE_ENDPOINTS:
         status, _, raw = await call(admin, method, path, json=body, headers=admin.auth("gateway:audit"))
         assert status == 403, path
