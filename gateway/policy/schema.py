@@ -29,6 +29,9 @@ def check_schema(schema: Mapping[str, Any]) -> str | None:
     except SchemaError as exc:
         where = ".".join(str(p) for p in exc.path)
         return f"request schema is not valid JSON Schema 2020-12 ({exc.validator} at {where or 'the root'})"
+    if _remote_refs(schema):
+        # jsonschema would try to resolve it at the first request and fail every request from then on.
+        return "request schema has a $ref outside itself; only local references (#/...) are allowed"
     unchecked = sorted(_unchecked_formats(schema))
     if unchecked:
         # jsonschema treats a format it has no checker for as an annotation and accepts any string, so a
@@ -44,6 +47,23 @@ CHECKED_FORMATS = frozenset(Draft202012Validator.FORMAT_CHECKER.checkers)
 # whose values map names to subschemas (a property may itself be called `format`).
 _DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
 _NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _remote_refs(node: Any) -> bool:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _DATA_KEYWORDS:
+                continue
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                return True
+            if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                if any(_remote_refs(sub) for sub in value.values()):
+                    return True
+            elif _remote_refs(value):
+                return True
+    elif isinstance(node, list):
+        return any(_remote_refs(item) for item in node)
+    return False
 
 
 def _unchecked_formats(node: Any) -> set[str]:

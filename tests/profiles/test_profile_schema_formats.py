@@ -55,3 +55,17 @@ def test_the_loader_refuses_a_route_schema_with_an_unchecked_format(
     with pytest.raises(ProfileLoadError) as caught:
         load_profiles(folder, pseudonymiser=pseudonymiser, environ=ENV)
     assert any("format uri" in str(problem) for problem in caught.value.problems)
+
+
+@pytest.mark.parametrize("ref", ["http://schemas.example/order.json", "order.json#/x", "urn:x:order"])
+def test_a_reference_outside_the_schema_is_refused(ref: str) -> None:
+    """jsonschema resolves it only at the first request, which then fails, as every later one would."""
+    problem = check_schema({"type": "object", "properties": {"o": {"$ref": ref}}})
+    assert problem is not None
+    assert "$ref" in problem
+
+
+def test_a_local_reference_loads() -> None:
+    assert check_schema({"$defs": {"id": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+                         "type": "object", "properties": {"o": {"$ref": "#/$defs/id"}},
+                         "examples": [{"$ref": "http://not.a.ref/"}]}) is None
