@@ -422,3 +422,16 @@ def test_the_payment_idempotency_key_reaches_the_bank_only_as_a_pseudonym(shippe
     assert IMEI not in sent_key(IMEI)
     assert sent_key(IMEI) == sent_key(IMEI)
     assert sent_key("pay-7f3a2c") != sent_key("pay-7f3a2d")
+
+
+def test_no_shipped_route_forwards_an_idempotency_key_raw(shipped: ProfileSet) -> None:
+    """rv-transforms R1: the carriers' create-shipment routes kept the caller's Idempotency-Key verbatim
+    next to the fpe sender phone; every shipped key is now a one-way token pseudonym."""
+    declared = [(profile.id, route.id, action) for profile in shipped.profiles.values() for route in profile.routes
+                for name, action in route.policy.spec.request_headers.items() if name.lower() == "idempotency-key"]
+    assert len(declared) == 11
+    assert [entry for entry in declared if action_is_not_a_token_pseudonym(entry[2])] == []
+
+
+def action_is_not_a_token_pseudonym(action: Any) -> bool:
+    return not (isinstance(action, Pseudonymise) and action.id_type == "token")
