@@ -135,8 +135,10 @@ def describe_protection(action: FieldAction) -> str:
 
 
 def _category_of(location: str, path: str, action: FieldAction, aggregate: bool) -> str:
-    if isinstance(action, Pseudonymise):
+    if isinstance(action, Pseudonymise) and not (action.id_type == "token" and location != "body"):
         return _CATEGORY_BY_ID_TYPE.get(action.id_type, _UNCATEGORISED)
+    # A token pseudonym of a header or parameter is a request reference made one-way (an
+    # Idempotency-Key), not an account identifier: it falls through to the rules below.
     segments = [segment.removesuffix("[]").lower() for segment in path.split(".")]
     if location == "body" and aggregate:
         return _AGGREGATE

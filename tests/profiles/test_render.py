@@ -57,6 +57,9 @@ def test_markdown_says_how_each_field_is_protected(shipped: ProfileSet) -> None:
     carrier = next(row for name, row in rows.items() if "`carrier-tw-hct`, route `create-shipment`" in name)
     assert "`sender.phone` pseudonymised (reversible, phone)" in carrier[6]
     assert "`recipient.address.line1` kept" in carrier[6]
+    # A one-way idempotency key is a request reference, not an account identifier (rv-transforms R1).
+    payment = next(row for name, row in rows.items() if "`payment-vietcombank`" in name)
+    assert "**Request references**: `Idempotency-Key (header)` pseudonymised (one-way, token)" in payment[6]
     police = next(row for name, row in rows.items() if "`law-enforcement-kr`" in name)
     assert police[4] == "legal_obligation"
     assert police[5] == "no (legal reference required)"

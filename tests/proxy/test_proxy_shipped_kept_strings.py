@@ -1,7 +1,9 @@
-"""The shipped promotion and browser profiles through the real gateway (review-transforms F2, F4): a raw
-identifier in a kept value next to identifiers (a device model, a campaign id in the partner's URL, a
-region) or a cell of fewer than 10 people is refused with 422 and never reaches the fake partner; the
-ordinary report and device context pass."""
+"""The shipped promotion, browser, analytics and payment profiles through the real gateway
+(review-transforms F2, F4; rv-transforms R1-R3): a raw identifier in a kept value next to identifiers (a
+device model, a campaign id in the partner's URL, a region, an app version or order number, whole or split
+into groups) or a cell of fewer than 10 people is refused with 422 and never reaches the fake partner; the
+ordinary report, device context, SemVer pre-release versions and payment pass, and the payment's
+Idempotency-Key reaches the bank only as a pseudonym."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from gateway.keys import GatewayKeys
 from gateway.proxy import start_gateway
 
 SHIPPED = Path(__file__).resolve().parents[2] / "partner_profiles"
-PROFILES = ("promotion-entrustors", "browser-google")
+PROFILES = ("promotion-entrustors", "browser-google", "analytics-infinity-valley", "payment-vietcombank")
 IMEI, IMSI = "490154203237518", "452040123456789"
 REPORT = {"period": {"from": "2024-05-01", "to": "2024-05-31"}, "viewers": 18234, "buyers": 412,
           "gender": {"female": 9820, "male": 8011, "unknown": 403},
@@ -108,3 +110,56 @@ async def test_a_raw_imei_or_imsi_beside_the_device_pseudonyms_never_reaches_the
         assert IMSI not in text
     assert len(harness.partner.received) == 1
     assert not any(IMEI.encode() in r.body or IMSI.encode() in r.body for r in harness.partner.received)
+
+
+async def test_real_versions_pass_and_split_identifiers_never_reach_the_partner(
+        shipped_harness: GatewayHarness) -> None:
+    harness = shipped_harness
+    admin = {"Authorization": f"Bearer {harness.token(['gateway:admin'])}"}
+    async with harness.session.post(f"{harness.url}/v1/admin/subjects/consent", headers=admin,
+                                    json={"subject_id": "u-100293", "purpose": "analytics", "action": "grant"}) as r:
+        assert r.status == 200, await r.text()
+    user = {"id": "u-100293", "country": "VN"}
+
+    def usage(version: str) -> dict[str, object]:
+        return {"user": user, "device": {"model": "SM-A525F"}, "app_version": version,
+                "events": [{"name": "level_10_complete", "count": 1}]}
+
+    for version in ("1.2.3-beta.1", "2.0.0-rc.1"):
+        status, text = await post(harness, "analytics-infinity-valley", "analytics", "/v1/usage", usage(version))
+        assert status == 200, text
+        assert json.loads(harness.partner.received[-1].body)["app_version"] == version
+    forwarded = len(harness.partner.received)
+    for version in ("0912.345.678", "490154.203237.518"):
+        status, text = await post(harness, "analytics-infinity-valley", "analytics", "/v1/usage", usage(version))
+        assert status == 422, text
+        assert version not in text
+    for campaign_id in ("TEL-091234-5678", "MAC-001A2B-3C4D5E", "IMEI-490154-203237"):
+        status, text = await post(harness, "promotion-entrustors", "promotion_reporting",
+                                  f"/v1/campaigns/{campaign_id}/reports", REPORT)
+        assert status == 422, text
+        assert campaign_id not in text
+    assert len(harness.partner.received) == forwarded
+
+
+async def test_the_payment_gets_no_raw_identifier_beside_the_device_pseudonyms(
+        shipped_harness: GatewayHarness) -> None:
+    harness = shipped_harness
+    headers = {"Authorization": f"Bearer {harness.token(['disclose:payment-vietcombank:payment'])}",
+               "Idempotency-Key": IMEI}
+    url = f"{harness.url}/v1/partners/payment-vietcombank/v1/payments"
+    body = {"user": {"id": "u-100293", "country": "VN"},
+            "order": {"number": "OBX-2024-000981", "amount": 50000, "currency": "VND"}, "device": {"imei": IMEI}}
+    async with harness.session.post(url, json=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    [received] = harness.partner.received
+    assert IMEI.encode() not in received.body
+    key = harness.partner.headers_of()["idempotency-key"]
+    assert key
+    assert IMEI not in key
+    for number in (IMEI, "0912345678", "kim@example.com"):
+        async with harness.session.post(url, json={**body, "order": {**body["order"], "number": number}},
+                                        headers=headers) as response:
+            assert response.status == 422
+            assert number not in await response.text()
+    assert len(harness.partner.received) == 1
