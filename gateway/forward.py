@@ -638,7 +638,10 @@ class _Connection(asyncio.Protocol):
             return body
         done = self._parse_chunked(buffer)
         if done:
-            return bytes(self._body)
+            # Handed over and let go: a kept-alive connection must not hold the partner's unfiltered answer
+            # (fields the response policy drops) in memory while it idles in the pool (final review Q1).
+            body, self._body = self._body, bytearray()
+            return bytes(body)
         if eof:
             raise _Failure("upstream-malformed", "the partner's chunked body ended early")
         return None
@@ -913,13 +916,10 @@ class _PartnerChannel:
             self._drop(connection)
         return None
 
-    async def acquire(self, *, reuse: bool = True) -> _Connection:
-        """An idle connection when `reuse` and one is usable, else a new one (`reuse=False`: the retry after
-        a stale kept-alive connection, whose idle siblings are most likely stale too)."""
-        if reuse:
-            connection = self.take_idle()
-            if connection is not None:
-                return connection
+    async def acquire(self) -> _Connection:
+        """A new connection. The caller takes an idle one with `take_idle` first, except for the retry after a
+        stale kept-alive connection, whose idle siblings are most likely stale too (rv-partner R1: taking
+        one here sent that retry on another stale connection)."""
         # A backstop behind the limiter, which refuses first when a call goes through Admit. The slot is
         # taken before the connect is awaited, or simultaneous calls would all pass the check.
         if len(self._connections) + self._connecting >= self.max_connections:
@@ -1093,7 +1093,7 @@ class UpstreamPool:
             return self._response(answer, started)
         try:
             async with asyncio.timeout(channel.upstream.total_timeout):
-                connection = await channel.acquire(reuse=not fresh)
+                connection = await channel.acquire()
                 answer = await connection.exchange(request, no_body, self._max_response_bytes)
         except TimeoutError:
             if connection is not None:

@@ -72,6 +72,19 @@ async def test_one_byte_chunks_are_held_in_one_buffer_not_one_object_each() -> N
     assert peak < 1_000_000
 
 
+async def test_a_chunked_answer_is_not_kept_by_the_connection_after_it_was_handed_over() -> None:
+    """The partner's unfiltered answer (fields the response policy drops among them) must not stay in a
+    kept-alive connection's buffers while it idles in the pool (final review Q1)."""
+    connection = forward._Connection()
+    connection.connection_made(_Transport())  # type: ignore[arg-type]
+    answer = connection.exchange(b"GET / HTTP/1.1\r\n\r\n", False, 64 * 1024 * 1024)
+    connection.data_received(CHUNKED_HEAD + b"10\r\n" + b"s" * 16 + b"\r\n0\r\n\r\n")
+    assert answer.result().body == b"s" * 16
+    assert answer.result().reusable
+    assert not connection._body
+    assert not connection._buffer
+
+
 async def test_chunk_extensions_and_framing_count_against_the_cap(
     pool: UpstreamPool, raw_partner_factory: MakePartner
 ) -> None:

@@ -156,3 +156,18 @@ def test_basic_credentials_may_be_non_ascii_but_not_control_characters(
                                      "its value is not shown"),
         (line_of(text, "password:"), "upstream.auth.password: the credential must not contain a control character "
                                      "or line break; its value is not shown")]
+
+
+def test_a_basic_username_with_a_colon_is_refused_a_password_with_one_loads(
+        write_profile: WriteProfile, pseudonymiser: Pseudonymiser) -> None:
+    """RFC 7617: the first colon ends the user-id, so `svc:eu` would reach the partner as user `svc`; a
+    password may hold colons (pinned after final review Q6 asked)."""
+    basic = "    type: basic\n    username: %s\n    password: ${PASSWORD}"
+    folder = write_profile(VALID_PROFILE.replace(BEARER, basic % '"svc"', 1))
+    load_profiles(folder, pseudonymiser=pseudonymiser, environ={"PASSWORD": "a:b:c"})
+    text = VALID_PROFILE.replace(BEARER, basic % '"svc:eu"', 1)
+    folder = write_profile(text)
+    (problem,) = problems(folder, pseudonymiser, environ={"PASSWORD": "pw"})
+    # The profile schema's username pattern refuses it (reported on the auth block).
+    assert problem.line == line_of(text, "type: basic") - 1
+    assert "svc:eu" not in problem.reason
