@@ -640,8 +640,9 @@ class _Connection(asyncio.Protocol):
         if done:
             # Handed over and let go: a kept-alive connection must not hold the partner's unfiltered answer
             # (fields the response policy drops) in memory while it idles in the pool (final review Q1).
-            body, self._body = self._body, bytearray()
-            return bytes(body)
+            chunked = bytes(self._body)
+            self._body = bytearray()
+            return chunked
         if eof:
             raise _Failure("upstream-malformed", "the partner's chunked body ended early")
         return None
