@@ -50,6 +50,7 @@ from gateway.errors import (
     UpstreamTimeout,
     Violation,
 )
+from gateway.httpheaders import HOP_BY_HOP
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
@@ -70,28 +71,10 @@ DEFAULT_MAX_CONCURRENCY = 100
 
 # Never forwarded, whatever the pipeline passes: the caller's credentials and cookies, hop-by-hop headers
 # (RFC 9110 7.6.1, plus the legacy ones proxies still see), and headers the client computes itself.
-_STRIPPED_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "cookie",
-        "cookie2",
-        "set-cookie",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "expect",
-        "x-request-id",
-    }
-)
+_STRIPPED_HEADERS = HOP_BY_HOP | {
+    "authorization", "cookie", "cookie2", "set-cookie", "trailers", "host", "content-length", "expect",
+    "x-request-id",
+}
 # RFC 9110 token characters: what a header name may consist of.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from gateway.httpheaders import HOP_BY_HOP
+
 _HOP_BY_HOP = "a hop-by-hop header (it belongs to one connection, not to the message)"
 _BODY_BYTES = "it describes the partner's body bytes, and the gateway re-serialises the filtered body"
 _OWNED = "the gateway writes its own (a partner's copy would be a second, forged one)"
@@ -31,8 +33,7 @@ _URL = ("it points the caller at a URL the response policy cannot filter (and th
         "data); pass the partner's resource id in a declared body field instead")
 
 RESPONSE_HEADER_REFUSALS: Final[dict[str, str]] = {
-    **dict.fromkeys(("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                     "upgrade", "proxy-authenticate", "proxy-authorization"), _HOP_BY_HOP),
+    **dict.fromkeys(sorted(HOP_BY_HOP), _HOP_BY_HOP),
     **dict.fromkeys(("content-length", "content-encoding", "content-range", "content-md5", "digest",
                      "content-digest", "repr-digest"), _BODY_BYTES),
     **dict.fromkeys(("date", "server", "x-request-id", "x-disclosure-id"), _OWNED),
@@ -57,8 +58,7 @@ RESPONSE_HEADER_REFUSALS: Final[dict[str, str]] = {
 
 _FRAMING = "the gateway frames the request itself (a second one would split or smuggle the request)"
 CREDENTIAL_HEADER_REFUSALS: Final[dict[str, str]] = {
-    **dict.fromkeys(("connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
-                     "proxy-authorization"), _HOP_BY_HOP),
+    **dict.fromkeys(sorted(HOP_BY_HOP), _HOP_BY_HOP),  # transfer-encoding: the framing reason below
     **dict.fromkeys(("host", "content-length", "transfer-encoding", "content-type", "content-encoding",
                      "expect"), _FRAMING),
     **dict.fromkeys(("x-request-id", "x-disclosure-id"), "the gateway's own header"),

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import time
 from collections import deque
@@ -79,6 +78,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.errors import GatewayError, MalformedRequest
+from gateway.httpheaders import find_unpassable_character
 from gateway.logs import get_logger
 from gateway.proxy.context import EGRESS_PREFIX, Answer, request_id_from, start_context
 from gateway.proxy.pipeline import Pipeline
@@ -111,10 +111,8 @@ _SINGLETON_HEADERS: Final = (
     "Content-Length", "Content-Location", "Content-Range", "Content-Type", "ETag", "Max-Forwards", "Server",
     "Transfer-Encoding", "User-Agent",
 )  # and Host, checked on its own (exactly one in HTTP/1.1)
-# What an answer's header line may not hold: anything but visible ASCII, space and tab. A line break or
-# NUL would split the head; another control character or a non-ASCII one has no agreed meaning in a
-# header (FilterResponse withholds such partner values; this is the last check before the bytes go out).
-_UNSAFE_HEADER = re.compile(r"[^\t\x20-\x7e]")
+# An answer's header line holds only what `find_unpassable_character` (gateway/httpheaders.py) accepts:
+# FilterResponse withholds other partner values; this is the last check before the bytes go out.
 # Always HTTP/1.1, whatever 1.x the request named: a server sends its own version (RFC 9110, 6.2).
 _STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n"
@@ -1099,7 +1097,7 @@ def _head(version: str, answer: Answer, close: bool) -> bytes:
         if name.lower() in _FRAMING:
             continue
         line = f"{name}: {value}\r\n"
-        if _UNSAFE_HEADER.search(line, 0, len(line) - 2):
+        if find_unpassable_character(line, 0, len(line) - 2):
             raise ValueError("unsafe header")
         lines.append(line)
     if answer.content_type is not None:

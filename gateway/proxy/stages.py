@@ -33,6 +33,7 @@ from gateway.errors import (
     Violation,
 )
 from gateway.forward import STALE_CONNECTION_REASON, segment_problem
+from gateway.httpheaders import HOP_BY_HOP, is_passable_value
 from gateway.keys import normal_subject_id
 from gateway.ledger import AppendedRecord, RecordDraft
 from gateway.logs import get_logger
@@ -47,10 +48,9 @@ from gateway.subjects import SubjectStatus, check_legal_reference, check_subject
 
 # Headers of the caller that never reach the policy (and so never the partner): credentials, cookies,
 # hop-by-hop headers, framing, and the gateway's own control headers.
-STRIPPED_HEADERS = frozenset(
+STRIPPED_HEADERS = HOP_BY_HOP | frozenset(
     {
-        "authorization", "proxy-authorization", "cookie", "cookie2", "host", "content-length",
-        "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
+        "authorization", "cookie", "cookie2", "host", "content-length",
         "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
         "x-purpose", "x-request-id", "x-legal-reference",
     }
@@ -622,9 +622,9 @@ class FilterResponse(SyncStage):
             lowered = name.lower()
             if lowered in _FRAMING_HEADERS:
                 continue
-            # The loader refuses these names and values in `response.headers`; this holds for a profile set
-            # built any other way, and for a spelling the declared name matched case-insensitively.
-            if lowered in RESPONSE_HEADER_REFUSALS or _HEADER_VALUE(value) is None:
+            # The loader refuses these names in `response.headers`; this holds for a profile set built any
+            # other way. Values are the partner's, checked here only.
+            if lowered in RESPONSE_HEADER_REFUSALS or is_passable_value(value) is None:
                 withheld += 1
                 continue
             headers[name] = value
@@ -643,11 +643,10 @@ class FilterResponse(SyncStage):
 # Set by the gateway from the body it writes, never copied from the partner's answer (a declared
 # Content-Type is allowed and has no effect; the rest are refused at load, see RESPONSE_HEADER_REFUSALS).
 _FRAMING_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
-# What a partner's header value may hold to be passed on: visible ASCII, space and tab. The upstream client
-# reads header bytes as Latin-1, and the caller's answer is written as ASCII: a control character (\v, DEL)
-# or a non-ASCII byte (whose charset nobody agreed on; `café` would reach the caller as `cafÃ©`) withholds
-# the header, as a declared request header with a non-ASCII value is refused.
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*").fullmatch
+# A partner's header value is passed on only when `is_passable_value` (gateway/httpheaders.py): the upstream
+# client reads header bytes as Latin-1 and the caller's answer is written as ASCII, so a control character
+# (\v, DEL) or a non-ASCII byte (`café` would reach the caller as `cafÃ©`) withholds the header, as a
+# declared request header with a non-ASCII value is refused.
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
