@@ -27,6 +27,7 @@ UNKNOWN = "-"
 # Outcomes of a request through the egress pipeline (label `outcome`): a fixed set.
 OUTCOMES = ("forwarded", "refused", "upstream_error", "ledger_error", "internal_error")
 RELOAD_RESULTS = ("ok", "error")
+JWKS_RESULTS = ("ok", "error")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -101,7 +102,7 @@ class GatewayMetrics:
             "Loads of the caller-token key set (JWKS URL or key file, the one at start included) by result.",
             ("result",), registry=reg,
         )
-        for result in RELOAD_RESULTS:
+        for result in JWKS_RESULTS:
             self.jwks_refreshes.labels(result=result)
         self.jwks_last_success = Gauge(
             "gateway_jwks_last_success_timestamp_seconds",
