@@ -8,7 +8,7 @@ the schema alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -49,41 +49,32 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
 _NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 
 
-def _remote_refs(node: Any) -> bool:
+def _keywords(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every keyword (name, value) of every subschema under `node`, skipping data keywords' values and
+    treating the names under `properties` and the like as names, not keywords."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _DATA_KEYWORDS:
                 continue
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
-                return True
+            yield key, value
             if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
-                if any(_remote_refs(sub) for sub in value.values()):
-                    return True
-            elif _remote_refs(value):
-                return True
-    elif isinstance(node, list):
-        return any(_remote_refs(item) for item in node)
-    return False
-
-
-def _unchecked_formats(node: Any) -> set[str]:
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _DATA_KEYWORDS:
-                continue
-            if key == "format" and isinstance(value, str):
-                if value not in CHECKED_FORMATS:
-                    found.add(value)
-            elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
                 for sub in value.values():
-                    found |= _unchecked_formats(sub)
+                    yield from _keywords(sub)
             else:
-                found |= _unchecked_formats(value)
+                yield from _keywords(value)
     elif isinstance(node, list):
         for item in node:
-            found |= _unchecked_formats(item)
-    return found
+            yield from _keywords(item)
+
+
+def _remote_refs(schema: Any) -> bool:
+    return any(key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#")
+               for key, value in _keywords(schema))
+
+
+def _unchecked_formats(schema: Any) -> set[str]:
+    return {value for key, value in _keywords(schema)
+            if key == "format" and isinstance(value, str) and value not in CHECKED_FORMATS}
 
 
 def render_path(parts: Iterable[Any], names: frozenset[str] | None = None) -> str:
@@ -181,10 +172,9 @@ class CompiledParamSchemas:
     is sent to the partner as much as a body field is: an id meant as `CMP-2024-17` must not carry an
     IMEI or a phone number there either."""
 
-    __slots__ = ("_validators", "schemas")
+    __slots__ = ("_validators",)
 
     def __init__(self, schemas: Mapping[str, Mapping[str, Any]]) -> None:
-        self.schemas = schemas
         self._validators = {
             name: Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
             for name, schema in schemas.items()
