@@ -179,7 +179,8 @@ def jwks_url_check(settings: Settings) -> JwksUrlCheck | None:
     if url.scheme == "https":
         return JwksUrlCheck(url, insecure=False, loopback_name=False)
     if is_loopback_host(url.host):
-        return JwksUrlCheck(url, insecure=False, loopback_name=not _is_ip(url.host))
+        # A loopback host is `localhost` or an IP literal (is_loopback_host): only the name needs resolving.
+        return JwksUrlCheck(url, insecure=False, loopback_name=url.host.lower() == "localhost")
     if not settings.dev_mode and not settings.jwks_allow_insecure_http:
         raise ConfigError(
             f"GATEWAY_JWT_KEYS: plain http:// JWKS URL to {url.host} refused outside development mode (anyone "
@@ -188,14 +189,6 @@ def jwks_url_check(settings: Settings) -> JwksUrlCheck | None:
             "protected otherwise"
         )
     return JwksUrlCheck(url, insecure=True, loopback_name=False)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def load_settings(
