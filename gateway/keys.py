@@ -247,13 +247,12 @@ def load_ed25519_public(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def load_keys(keys_dir: Path, *, dev_mode: bool, create_missing: bool | None = None) -> GatewayKeys:
+def load_keys(keys_dir: Path, *, dev_mode: bool, create_missing: bool = True) -> GatewayKeys:
     """Load every key from `keys_dir`. In development mode create the missing ones first (unless
     `create_missing` is False: tools that must never invent a key, as a new one would match nothing already
     recorded) and accept a weak key with a warning; outside it refuse a missing or weak key (ConfigError,
     see `weak_key_reason`)."""
-    create = dev_mode if create_missing is None else create_missing
-    if create:
+    if dev_mode and create_missing:
         created = ensure_dev_keys(keys_dir)
         if created:
             warnings.warn(
