@@ -56,9 +56,8 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from yarl import URL
 
-from gateway.config import ASYMMETRIC_ALGORITHMS, JwksUrlCheck, Settings, jwks_url_check
+from gateway.config import ASYMMETRIC_ALGORITHMS, JwksUrlCheck, Settings, jwks_url_check, redacted_url
 from gateway.errors import ConfigError, Unauthenticated
 from gateway.keys import GatewayKeys
 
@@ -345,12 +344,6 @@ def keyset_from_jwks(document: object, allowed: frozenset[str], where: str, *, s
     if not by_kid and strict:
         raise ConfigError(f"{where}: no usable signing key for the allowed algorithms {sorted(allowed)}")
     return KeySet(by_kid=by_kid, skipped=tuple(sorted(skipped, key=lambda s: s.index)))
-
-
-def _redacted_url(url: str) -> str:
-    """The URL without credentials or query, for log lines."""
-    parsed = URL(url)
-    return str(parsed.with_user(None).with_password(None).with_query(None).with_fragment(None))
 
 
 class KeyLoadObserver(Protocol):
@@ -725,7 +718,7 @@ class CallerAuthenticator:
                                    min_refresh_interval=math.inf, description="development key",
                                    observer=observer)
         elif checked is not None:
-            description = _redacted_url(source)
+            description = redacted_url(source)
             if checked.insecure:
                 log.warning(
                     "jwt keys fetched over plain http: anyone on the network path can replace them",

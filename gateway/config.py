@@ -149,6 +149,12 @@ class JwksUrlCheck:
     loopback_name: bool
 
 
+def redacted_url(url: str) -> str:
+    """`url` without user, password, query or fragment, for messages and log lines: a password (or a token
+    in a query) must not reach a terminal or a log."""
+    return str(URL(url).with_user(None).with_password(None).with_query(None).with_fragment(None))
+
+
 def is_loopback_host(host: str | None) -> bool:
     """An IP literal in 127.0.0.0/8 or ::1, or the name `localhost` (not `localhost.`, not a subdomain)."""
     if not host:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
-from gateway.config import sqlite_path
+from gateway.config import redacted_url, sqlite_path
 from gateway.errors import ConfigError
 from gateway.keys import normal_subject_id
 
@@ -41,11 +40,7 @@ def ledger_location(url: str) -> str:
     user, password and query (a password must not reach a terminal or a log)."""
     if url.startswith("sqlite://"):
         return str(sqlite_path(url).resolve())
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return redacted_url(url)
 
 
 async def require_existing_ledger(url: str) -> None:
